@@ -1,0 +1,40 @@
+//! `Subscribe {channel}` (agents, services): observe a channel or a
+//! `queue:<name>` without joining. A queue's result also lists its open
+//! engagements (`engagements`, an extension), taken under the same lock that
+//! announces new ones, so a console misses none.
+
+use serde_json::{json, Value};
+
+use super::{required_str, session_required, ActionContext, ActionResult};
+use crate::broker::channel::is_channel_sid;
+use crate::broker::queue::{queue_channel, QUEUE_PREFIX};
+use crate::error::ActionError;
+
+pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
+    let session = session_required(ctx)?;
+    let name = required_str(payload, "channel")?;
+    if let Some(queue_name) = name.strip_prefix(QUEUE_PREFIX) {
+        let queue = queue_channel(queue_name)
+            .ok_or_else(|| ActionError::bad_request("queue names are 1-64 of A-Z a-z 0-9 _ - ."))?;
+        let engagements = ctx.broker.with_queue(&queue, |qs| {
+            qs.subscribers.insert(session.key, session.clone());
+            qs.open_engagements()
+        });
+        session.add_subscription(queue.as_str().into());
+        return Ok(json!({ "channel": queue, "engagements": engagements }));
+    }
+    if !is_channel_sid(name) {
+        return Err(ActionError::bad_request(format!(
+            "`channel` {name:?} is neither a channel sid nor queue:<name>"
+        )));
+    }
+    let not_found = || ActionError::NotFound(format!("no channel {name}"));
+    let channel = ctx.broker.channel(name).ok_or_else(not_found)?;
+    let mut cs = channel.lock();
+    if cs.closed {
+        return Err(not_found());
+    }
+    cs.add_subscriber(session, &ctx.identity.id);
+    session.add_subscription(channel.sid.clone());
+    Ok(json!({ "channel": name }))
+}

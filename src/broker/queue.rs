@@ -1,0 +1,100 @@
+//! Queues (`queue:<name>`): where agent consoles watch engagements start and end.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::codec::Push;
+
+use super::session::{SessionHandle, SessionKey};
+
+pub const QUEUE_PREFIX: &str = "queue:";
+pub const DEFAULT_QUEUE: &str = "queue:default";
+const MAX_QUEUE_NAME: usize = 64;
+
+/// `queue:<name>` for a valid name: 1 to 64 of `A-Z a-z 0-9 _ - .`
+pub fn queue_channel(name: &str) -> Option<String> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_QUEUE_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    valid.then(|| format!("{QUEUE_PREFIX}{name}"))
+}
+
+pub struct Queue {
+    pub name: Arc<str>,
+    /// Why a lock: announcing an engagement and adding a subscriber must not
+    /// interleave, or a console could miss an engagement that started while
+    /// it subscribed.
+    state: Mutex<QueueState>,
+}
+
+#[derive(Default)]
+pub struct QueueState {
+    pub closed: bool,
+    pub subscribers: HashMap<SessionKey, Arc<SessionHandle>>,
+    /// Open engagements announced here, by channel sid.
+    pub open: HashMap<Arc<str>, OpenEngagement>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenEngagement {
+    pub channel_sid: Arc<str>,
+    pub identity: Arc<str>,
+    pub form_data: Value,
+    pub started_at: String,
+}
+
+impl Queue {
+    pub fn new(name: Arc<str>) -> Self {
+        Queue {
+            name,
+            state: Mutex::new(QueueState::default()),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock()
+    }
+}
+
+impl QueueState {
+    pub fn broadcast<T: Serialize>(&self, push: &Push<'_, T>) {
+        for session in self.subscribers.values() {
+            session.push(push);
+        }
+    }
+
+    pub fn is_abandoned(&self) -> bool {
+        self.subscribers.is_empty() && self.open.is_empty()
+    }
+
+    /// Open engagements, oldest first.
+    pub fn open_engagements(&self) -> Vec<OpenEngagement> {
+        let mut open: Vec<_> = self.open.values().cloned().collect();
+        open.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+        open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names() {
+        assert_eq!(queue_channel("default").as_deref(), Some(DEFAULT_QUEUE));
+        assert_eq!(
+            queue_channel("sales-eu.1").as_deref(),
+            Some("queue:sales-eu.1")
+        );
+        assert!(queue_channel("").is_none());
+        assert!(queue_channel("a b").is_none());
+        assert!(queue_channel(&"x".repeat(65)).is_none());
+    }
+}

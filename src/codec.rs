@@ -1,0 +1,297 @@
+//! Wire encodings: decoding commands and encoding replies and pushes.
+//!
+//! Both encodings carry the same maps with the same camelCase keys; a command
+//! is decoded into a `serde_json::Value` whichever encoding it came in, so
+//! every action sees one shape. Pushes are encoded at most once per encoding
+//! and the resulting frame (`bytes::Bytes` inside) is shared by every
+//! recipient: cloning a [`Message`] is a reference-count bump.
+
+use std::cell::OnceCell;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The subprotocol a session picked at the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Json,
+    MsgPack,
+}
+
+impl Encoding {
+    pub const ALL: [Encoding; 2] = [Encoding::Json, Encoding::MsgPack];
+
+    pub fn from_subprotocol(name: &str) -> Option<Encoding> {
+        match name.trim() {
+            "switchboard.v1.json" => Some(Encoding::Json),
+            "switchboard.v1.msgpack" => Some(Encoding::MsgPack),
+            _ => None,
+        }
+    }
+
+    pub fn subprotocol(self) -> &'static str {
+        match self {
+            Encoding::Json => "switchboard.v1.json",
+            Encoding::MsgPack => "switchboard.v1.msgpack",
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// A decoded command frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    pub id: u64,
+    pub action: String,
+    /// Always an object (`{}` when the client sent none).
+    pub payload: Value,
+}
+
+/// A frame that is not a well-formed command. `id` is set when it could be
+/// read, so the error reply can carry it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError {
+    pub id: Option<u64>,
+    pub message: String,
+}
+
+impl DecodeError {
+    fn new(id: Option<u64>, message: impl Into<String>) -> Self {
+        DecodeError {
+            id,
+            message: message.into(),
+        }
+    }
+}
+
+/// Decodes one client frame in the session's encoding.
+pub fn decode_command(encoding: Encoding, frame: &Message) -> Result<Command, DecodeError> {
+    let value: Value = match (encoding, frame) {
+        (Encoding::Json, Message::Text(text)) => serde_json::from_str(text.as_str())
+            .map_err(|e| DecodeError::new(None, format!("invalid JSON: {e}")))?,
+        (Encoding::MsgPack, Message::Binary(bytes)) => rmp_serde::from_slice(bytes)
+            .map_err(|e| DecodeError::new(None, format!("invalid MessagePack: {e}")))?,
+        (Encoding::Json, _) => {
+            return Err(DecodeError::new(
+                None,
+                "this session speaks switchboard.v1.json: send text frames",
+            ))
+        }
+        (Encoding::MsgPack, _) => {
+            return Err(DecodeError::new(
+                None,
+                "this session speaks switchboard.v1.msgpack: send binary frames",
+            ))
+        }
+    };
+    command_from_value(value)
+}
+
+fn command_from_value(value: Value) -> Result<Command, DecodeError> {
+    let Value::Object(mut map) = value else {
+        return Err(DecodeError::new(None, "a command must be a map"));
+    };
+    let id = match map.get("id") {
+        Some(Value::Number(n)) => n.as_u64(),
+        _ => None,
+    };
+    let Some(id) = id else {
+        return Err(DecodeError::new(None, "`id` must be an unsigned integer"));
+    };
+    let action = match map.remove("action") {
+        Some(Value::String(action)) if !action.is_empty() => action,
+        Some(_) => return Err(DecodeError::new(Some(id), "`action` must be a string")),
+        None => return Err(DecodeError::new(Some(id), "`action` is missing")),
+    };
+    let payload = match map.remove("payload") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(payload @ Value::Object(_)) => payload,
+        Some(_) => return Err(DecodeError::new(Some(id), "`payload` must be a map")),
+    };
+    Ok(Command {
+        id,
+        action,
+        payload,
+    })
+}
+
+/// Encodes any serializable frame in one encoding.
+pub fn encode<T: Serialize + ?Sized>(encoding: Encoding, value: &T) -> Message {
+    match encoding {
+        // Serializing these types cannot fail: maps have string keys.
+        Encoding::Json => Message::Text(
+            serde_json::to_string(value)
+                .expect("wire frames serialize")
+                .into(),
+        ),
+        Encoding::MsgPack => Message::Binary(Bytes::from(
+            rmp_serde::to_vec_named(value).expect("wire frames serialize"),
+        )),
+    }
+}
+
+#[derive(Serialize)]
+struct ReplyFrame<'a> {
+    id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a Value>,
+}
+
+/// `{"id": 7, "result": {…}}`
+pub fn encode_result(encoding: Encoding, id: u64, result: &Value) -> Message {
+    encode(
+        encoding,
+        &ReplyFrame {
+            id: Some(id),
+            result: Some(result),
+            error: None,
+        },
+    )
+}
+
+/// `{"id": 7, "error": {…}}`, with `"id": null` when the id was unreadable.
+pub fn encode_error(encoding: Encoding, id: Option<u64>, error: &Value) -> Message {
+    encode(
+        encoding,
+        &ReplyFrame {
+            id,
+            result: None,
+            error: Some(error),
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct PushFrame<'a, T> {
+    event: &'a str,
+    data: &'a T,
+}
+
+/// A push, encoded lazily and at most once per encoding, then shared.
+pub struct Push<'a, T: Serialize> {
+    event: &'static str,
+    data: &'a T,
+    frames: [OnceCell<Message>; 2],
+}
+
+impl<'a, T: Serialize> Push<'a, T> {
+    pub fn new(event: &'static str, data: &'a T) -> Self {
+        Push {
+            event,
+            data,
+            frames: [OnceCell::new(), OnceCell::new()],
+        }
+    }
+
+    pub fn event(&self) -> &'static str {
+        self.event
+    }
+
+    /// The frame for one encoding; the bytes are shared with every other
+    /// recipient of the same encoding.
+    pub fn frame(&self, encoding: Encoding) -> Message {
+        self.frames[encoding.slot()]
+            .get_or_init(|| {
+                encode(
+                    encoding,
+                    &PushFrame {
+                        event: self.event,
+                        data: self.data,
+                    },
+                )
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn text(s: &str) -> Message {
+        Message::Text(s.into())
+    }
+
+    #[test]
+    fn decodes_json_and_msgpack_alike() {
+        let json_cmd = decode_command(
+            Encoding::Json,
+            &text(r#"{"id":7,"action":"SendMessage","payload":{"channelSid":"CHx","body":"hi"}}"#),
+        )
+        .unwrap();
+        let packed = rmp_serde::to_vec_named(&json!({
+            "id": 7, "action": "SendMessage", "payload": {"channelSid": "CHx", "body": "hi"}
+        }))
+        .unwrap();
+        let msgpack_cmd =
+            decode_command(Encoding::MsgPack, &Message::Binary(packed.into())).unwrap();
+        assert_eq!(json_cmd, msgpack_cmd);
+        assert_eq!(json_cmd.payload["body"], "hi");
+    }
+
+    #[test]
+    fn missing_payload_is_an_empty_map() {
+        let cmd =
+            decode_command(Encoding::Json, &text(r#"{"id":1,"action":"GetActions"}"#)).unwrap();
+        assert_eq!(cmd.payload, json!({}));
+    }
+
+    #[test]
+    fn bad_frames_keep_the_id_when_readable() {
+        let err = decode_command(Encoding::Json, &text("{nope")).unwrap_err();
+        assert_eq!(err.id, None);
+        let err = decode_command(Encoding::Json, &text(r#"{"id":3}"#)).unwrap_err();
+        assert_eq!(err.id, Some(3));
+        let err = decode_command(Encoding::Json, &text(r#"{"id":-1,"action":"X"}"#)).unwrap_err();
+        assert_eq!(err.id, None);
+        let err = decode_command(
+            Encoding::Json,
+            &text(r#"{"id":4,"action":"X","payload":[]}"#),
+        )
+        .unwrap_err();
+        assert_eq!(err.id, Some(4));
+        let err = decode_command(Encoding::MsgPack, &text(r#"{"id":4}"#)).unwrap_err();
+        assert!(err.message.contains("binary"));
+    }
+
+    #[test]
+    fn a_push_is_encoded_once_per_encoding_and_shared() {
+        let data = json!({"channelSid": "CHx", "index": 0});
+        let push = Push::new("messageAdded", &data);
+        let (a, b) = (push.frame(Encoding::Json), push.frame(Encoding::Json));
+        match (a, b) {
+            (Message::Text(a), Message::Text(b)) => {
+                assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr(), "same bytes");
+                let v: Value = serde_json::from_str(a.as_str()).unwrap();
+                assert_eq!(v, json!({"event": "messageAdded", "data": data}));
+            }
+            _ => panic!("json pushes are text frames"),
+        }
+        let Message::Binary(packed) = push.frame(Encoding::MsgPack) else {
+            panic!("msgpack pushes are binary frames");
+        };
+        let v: Value = rmp_serde::from_slice(&packed).unwrap();
+        assert_eq!(v["event"], "messageAdded");
+    }
+
+    #[test]
+    fn replies() {
+        let Message::Text(t) = encode_result(Encoding::Json, 9, &json!({})) else {
+            panic!()
+        };
+        assert_eq!(t.as_str(), r#"{"id":9,"result":{}}"#);
+        let Message::Text(t) = encode_error(Encoding::Json, None, &json!({"code": "bad_request"}))
+        else {
+            panic!()
+        };
+        assert_eq!(t.as_str(), r#"{"id":null,"error":{"code":"bad_request"}}"#);
+    }
+}

@@ -1,0 +1,388 @@
+//! Broker configuration: a TOML file, environment variables and command-line
+//! flags, in that order of precedence (the flag wins).
+//!
+//! Every key has a default, so an empty file (or none) is a working broker on
+//! `127.0.0.1:8080` with anonymous customers. Unknown keys are refused: a typo
+//! in a limit should stop the broker, not silently leave the default in force.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Default listen address, as written in the wire contract.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid listen address {0:?}: expected HOST:PORT such as 127.0.0.1:8080")]
+    Listen(String),
+    #[error("invalid [business_hours]: {0}")]
+    BusinessHours(String),
+    #[error("invalid [actions]: {0}")]
+    Actions(String),
+    #[error("invalid [limits]: {0}")]
+    Limits(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (`SWITCHBOARD_LISTEN`, `--listen`).
+    pub listen: String,
+    /// HS256 secret for client JWTs (`SWITCHBOARD_JWT_SECRET`). Without one,
+    /// only anonymous customers (and demo tokens) can connect.
+    pub jwt_secret: Option<String>,
+    /// Customers may connect with no token and get a fresh identity.
+    pub anonymous_customers: bool,
+    /// Serve `GET /demo/token` (mints short-lived agent/service tokens for the
+    /// demo console). Only ever honoured on a loopback listen address.
+    pub demo_tokens: bool,
+    pub limits: Limits,
+    pub typing: Typing,
+    pub identities: Identities,
+    pub business_hours: Option<BusinessHoursConfig>,
+    pub actions: ActionsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.to_string(),
+            jwt_secret: None,
+            anonymous_customers: true,
+            demo_tokens: true,
+            limits: Limits::default(),
+            typing: Typing::default(),
+            identities: Identities::default(),
+            business_hours: None,
+            actions: ActionsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest WebSocket frame (and message) a client may send; over it the
+    /// session is closed with 4009 before the payload is buffered.
+    pub max_frame_bytes: usize,
+    /// Largest message body (and draft) in bytes; over it = `too_large`.
+    pub max_body_bytes: usize,
+    /// Time a new session has to send `Connect` (then close 4001).
+    pub connect_timeout_ms: u64,
+    /// Time a client has to finish the HTTP upgrade request.
+    pub handshake_timeout_ms: u64,
+    /// The server pings every session this often.
+    pub ping_interval_ms: u64,
+    /// A session from which nothing at all arrives (not even a pong) for this
+    /// long is closed: it is a half-open socket or a stalled peer.
+    pub idle_timeout_ms: u64,
+    /// Frames a session's outbound queue holds before the session is closed
+    /// with 4008 (slow consumer).
+    pub outbox_frames: usize,
+    /// Bytes a session's outbound queue holds before it is closed with 4008.
+    pub outbox_bytes: usize,
+    /// Typing pushes queued per session; past this (or when the queue is half
+    /// full) typing pushes are dropped instead of queued.
+    pub outbox_typing_frames: usize,
+    /// Per-connection WebSocket read buffer. tungstenite's default (128 KiB)
+    /// would cost gigabytes at tens of thousands of connections.
+    pub read_buffer_bytes: usize,
+    /// Per-connection write buffer threshold before bytes go to the socket.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 64 * 1024,
+            max_body_bytes: 16 * 1024,
+            connect_timeout_ms: 10_000,
+            handshake_timeout_ms: 10_000,
+            ping_interval_ms: 20_000,
+            idle_timeout_ms: 60_000,
+            outbox_frames: 1024,
+            outbox_bytes: 8 * 1024 * 1024,
+            outbox_typing_frames: 64,
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("ping_interval_ms", self.ping_interval_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("outbox_frames", self.outbox_frames as u64),
+            ("outbox_bytes", self.outbox_bytes as u64),
+            ("read_buffer_bytes", self.read_buffer_bytes as u64),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Limits(format!(
+                "{name} must be greater than 0"
+            )));
+        }
+        if self.max_body_bytes > self.max_frame_bytes {
+            return Err(ConfigError::Limits(
+                "max_body_bytes must not exceed max_frame_bytes".into(),
+            ));
+        }
+        if self.idle_timeout_ms <= self.ping_interval_ms {
+            return Err(ConfigError::Limits(
+                "idle_timeout_ms must be longer than ping_interval_ms, or live clients time out"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Typing {
+    /// Repeated `SendTyping` inside this window are not re-sent; `typingEnded`
+    /// follows the window's end with no new `SendTyping`.
+    pub window_ms: u64,
+}
+
+impl Default for Typing {
+    fn default() -> Self {
+        Typing { window_ms: 5000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Identities {
+    /// An identity with no session and no channel membership is forgotten
+    /// after this long (its resume token then yields a fresh identity).
+    pub idle_ttl_secs: u64,
+    /// Lifetime of the `resumeToken` given to anonymous customers.
+    pub resume_ttl_secs: u64,
+    /// How long a `/demo/token` token lives.
+    pub demo_token_ttl_secs: u64,
+}
+
+impl Default for Identities {
+    fn default() -> Self {
+        Identities {
+            idle_ttl_secs: 24 * 3600,
+            resume_ttl_secs: 30 * 24 * 3600,
+            demo_token_ttl_secs: 12 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusinessHoursConfig {
+    /// IANA time zone name, e.g. `Europe/London`.
+    pub timezone: String,
+    /// Opening windows; outside all of them `StartEngagement` is refused.
+    pub open: Vec<OpenWindow>,
+    /// Whole days closed (`YYYY-MM-DD`, in the configured time zone).
+    #[serde(default)]
+    pub closed_dates: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenWindow {
+    /// `mon-fri`, `sat`, `mon,wed,fri`, `fri-mon` …
+    pub days: String,
+    /// `HH:MM`, local time.
+    pub from: String,
+    /// `HH:MM`, local time; `24:00` is the end of the day; earlier than
+    /// `from` means the window runs past midnight.
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionsConfig {
+    pub custom: Vec<CustomActionConfig>,
+    pub before: Vec<BeforeListenerConfig>,
+    pub after: Vec<AfterListenerConfig>,
+}
+
+/// A widget's "API action": a reference name for a preset action.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomActionConfig {
+    pub name: String,
+    pub action: String,
+    #[serde(default)]
+    pub payload: Option<Value>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A `before` listener from configuration: fills payload defaults, or rejects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BeforeListenerConfig {
+    pub on: String,
+    /// Keys merged into the payload where the client left them out.
+    #[serde(default)]
+    pub defaults: Option<Value>,
+    /// When set, the action is rejected with `rejected` and this message.
+    #[serde(default)]
+    pub reject: Option<String>,
+}
+
+/// An `after` listener from configuration: invokes another action.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfterListenerConfig {
+    pub on: String,
+    pub invoke: String,
+    /// Service identity to run the invoked action as (default: the caller).
+    #[serde(default, rename = "as")]
+    pub as_identity: Option<String>,
+    #[serde(default)]
+    pub payload: Option<Value>,
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text and checks it.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<inline>".into(),
+            source: Box::new(e),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: limits, addresses, business hours, actions.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        self.limits.validate()?;
+        if let Some(hours) = &self.business_hours {
+            crate::business_hours::BusinessHours::from_config(hours)?;
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen
+            .parse()
+            .map_err(|_| ConfigError::Listen(self.listen.clone()))
+    }
+
+    pub fn typing_window(&self) -> Duration {
+        Duration::from_millis(self.typing.window_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = r#"
+anonymous_customers = true
+
+[limits]
+max_frame_bytes = 65536
+max_body_bytes = 16384
+
+[typing]
+window_ms = 5000
+
+[business_hours]
+timezone = "Europe/London"
+open = [ { days = "mon-fri", from = "09:00", to = "17:00" } ]
+
+[[actions.custom]]
+name = "contact-sales"
+action = "StartEngagement"
+payload = { formData = { department = "sales" } }
+description = "Start a chat with sales"
+
+[[actions.after]]
+on = "StartEngagement"
+invoke = "SendMessage"
+as = "greeter"
+payload = { body = "Thanks for reaching out! An agent will be with you shortly." }
+"#;
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(config.actions.custom[0].name, "contact-sales");
+        assert_eq!(
+            config.actions.after[0].as_identity.as_deref(),
+            Some("greeter")
+        );
+        assert_eq!(config.limits.max_body_bytes, 16384);
+        assert_eq!(config.business_hours.unwrap().open.len(), 1);
+    }
+
+    #[test]
+    fn typos_are_refused() {
+        let err = Config::from_toml("[limits]\nmax_frame_byte = 10\n").unwrap_err();
+        assert!(err.to_string().contains("max_frame_byte"), "{err}");
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.listen, DEFAULT_LISTEN);
+        assert!(config.anonymous_customers);
+        assert_eq!(config.limits.max_frame_bytes, 65536);
+    }
+
+    #[test]
+    fn nonsense_limits_are_refused() {
+        assert!(Config::from_toml("[limits]\nmax_body_bytes = 0\n").is_err());
+        assert!(
+            Config::from_toml("[limits]\nidle_timeout_ms = 10\nping_interval_ms = 20\n").is_err()
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! `switchboard [--config FILE] [--listen ADDR]`
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use switchboard::{ActionRegistry, Broker, Config, Server};
+use tracing_subscriber::EnvFilter;
+
+/// A realtime chat-channel broker for web-chat widgets, agent consoles and bots.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8080; port 0 picks one).
+    #[arg(long, value_name = "ADDR", env = "SWITCHBOARD_LISTEN")]
+    listen: Option<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = match load_config(&cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("switchboard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Ok(secret) = std::env::var("SWITCHBOARD_JWT_SECRET") {
+        if !secret.is_empty() {
+            config.jwt_secret = Some(secret);
+        }
+    }
+    if let Some(listen) = &cli.listen {
+        config.listen = listen.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let addr = match config.listen_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if config.jwt_secret.is_none() {
+        tracing::warn!("no JWT secret (SWITCHBOARD_JWT_SECRET): only anonymous customers and demo tokens can connect");
+    }
+    let broker = match Broker::new(config, ActionRegistry::new()) {
+        Ok(broker) => Arc::new(broker),
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match Server::bind(broker, addr).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("switchboard: cannot listen on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = server.local_addr().unwrap_or(addr);
+    // One line on stdout, for scripts and tests that start the broker on
+    // port 0 and need to know where it is.
+    println!("switchboard listening on {local}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%local, "listening");
+    server.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

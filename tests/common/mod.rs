@@ -1,0 +1,322 @@
+//! Test support: a broker on an ephemeral loopback port, and a protocol v1
+//! client over a real WebSocket.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchboard::{ActionRegistry, Broker, Config, Server};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret";
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub broker: Arc<Broker>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// A broker with the given TOML config (plus the test JWT secret).
+    pub async fn start(toml: &str) -> TestServer {
+        Self::start_with(toml, ActionRegistry::new()).await
+    }
+
+    pub async fn start_with(toml: &str, actions: ActionRegistry) -> TestServer {
+        let mut config = Config::from_toml(toml).expect("test config");
+        config.jwt_secret = Some(SECRET.into());
+        config.listen = "127.0.0.1:0".into();
+        let broker = Arc::new(Broker::new(config, actions).expect("broker"));
+        let server = Server::bind(broker.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            broker,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Graceful shutdown; returns once the server has drained.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("server drains")
+                .unwrap();
+        }
+    }
+
+    pub async fn customer(&self) -> Client {
+        let mut c = Client::open(self, Enc::Json).await;
+        c.connect(json!({})).await.expect("anonymous connect");
+        c
+    }
+
+    pub async fn staff(&self, sub: &str, role: &str) -> Client {
+        self.staff_enc(sub, role, Enc::Json).await
+    }
+
+    pub async fn staff_enc(&self, sub: &str, role: &str, enc: Enc) -> Client {
+        let mut c = Client::open(self, enc).await;
+        c.connect(json!({ "token": token(sub, role, 3600) }))
+            .await
+            .expect("token connect");
+        c
+    }
+}
+
+/// An HS256 token signed with the test secret; `ttl` may be negative.
+pub fn token(sub: &str, role: &str, ttl: i64) -> String {
+    token_with(SECRET, sub, role, ttl)
+}
+
+pub fn token_with(secret: &str, sub: &str, role: &str, ttl: i64) -> String {
+    let exp = chrono::Utc::now().timestamp() + ttl;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": sub, "role": role, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Enc {
+    Json,
+    MsgPack,
+    /// No subprotocol offered (must mean JSON).
+    None,
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A protocol v1 client that keeps pushes aside while it waits for replies.
+pub struct Client {
+    pub ws: Ws,
+    pub enc: Enc,
+    next_id: u64,
+    pub pushes: VecDeque<Value>,
+    /// Replies that arrived while waiting for something else.
+    replies: VecDeque<Value>,
+    pub connect_result: Value,
+    pub closed: Option<(u16, String)>,
+}
+
+impl Client {
+    pub async fn open(server: &TestServer, enc: Enc) -> Client {
+        Self::open_url(&server.url(), enc)
+            .await
+            .expect("websocket upgrade")
+    }
+
+    pub async fn open_url(
+        url: &str,
+        enc: Enc,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let mut request = url.into_client_request().unwrap();
+        let protocol = match enc {
+            Enc::Json => Some("switchboard.v1.json"),
+            Enc::MsgPack => Some("switchboard.v1.msgpack"),
+            Enc::None => None,
+        };
+        if let Some(p) = protocol {
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(p));
+        }
+        let (ws, response) = tokio_tungstenite::connect_async(request).await?;
+        if let Some(p) = protocol {
+            assert_eq!(
+                response.headers().get("Sec-WebSocket-Protocol").unwrap(),
+                p,
+                "server echoes the subprotocol"
+            );
+        }
+        Ok(Client {
+            ws,
+            enc,
+            next_id: 1,
+            pushes: VecDeque::new(),
+            replies: VecDeque::new(),
+            connect_result: Value::Null,
+            closed: None,
+        })
+    }
+
+    pub async fn connect(&mut self, payload: Value) -> Result<Value, Value> {
+        let result = self.call("Connect", payload).await?;
+        self.connect_result = result.clone();
+        Ok(result)
+    }
+
+    pub fn identity(&self) -> String {
+        self.connect_result["identity"].as_str().unwrap().to_owned()
+    }
+
+    pub fn encode(&self, frame: &Value) -> Message {
+        match self.enc {
+            Enc::MsgPack => Message::Binary(rmp_serde::to_vec_named(frame).unwrap().into()),
+            _ => Message::Text(frame.to_string().into()),
+        }
+    }
+
+    /// Sends a command, returns its id.
+    pub async fn send(&mut self, action: &str, payload: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = self.encode(&json!({ "id": id, "action": action, "payload": payload }));
+        self.ws.send(frame).await.expect("send");
+        id
+    }
+
+    pub async fn send_raw(&mut self, frame: Message) {
+        self.ws.send(frame).await.expect("send raw");
+    }
+
+    /// Next decoded frame, or `None` when the socket closed (then `closed`
+    /// holds the close code and reason) or nothing came within `WAIT`.
+    pub async fn read_frame(&mut self) -> Option<Value> {
+        self.read_frame_within(WAIT).await
+    }
+
+    pub async fn read_frame_within(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            let next = tokio::time::timeout(wait, self.ws.next()).await.ok()?;
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    assert_ne!(self.enc, Enc::MsgPack, "msgpack session got a text frame");
+                    return Some(serde_json::from_str(t.as_str()).expect("server sends JSON"));
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    assert_eq!(self.enc, Enc::MsgPack, "json session got a binary frame");
+                    return Some(rmp_serde::from_slice(&b).expect("server sends MessagePack"));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    self.closed = Some(
+                        frame
+                            .map(|f| (u16::from(f.code), f.reason.to_string()))
+                            .unwrap_or((1005, String::new())),
+                    );
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => {
+                    if self.closed.is_none() {
+                        self.closed = Some((1006, String::new()));
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The reply to `id`; pushes that arrive first are kept.
+    pub async fn reply(&mut self, id: u64) -> Value {
+        if let Some(pos) = self.replies.iter().position(|r| r["id"] == id) {
+            return self.replies.remove(pos).unwrap();
+        }
+        loop {
+            let frame = self
+                .read_frame()
+                .await
+                .unwrap_or_else(|| panic!("no reply to {id}; closed: {:?}", self.closed));
+            if frame.get("event").is_some() {
+                self.pushes.push_back(frame);
+            } else if frame["id"] == id {
+                return frame;
+            } else {
+                self.replies.push_back(frame);
+            }
+        }
+    }
+
+    /// Sends a command and waits for its reply: `Ok(result)` or `Err(error)`.
+    pub async fn call(&mut self, action: &str, payload: Value) -> Result<Value, Value> {
+        let id = self.send(action, payload).await;
+        let reply = self.reply(id).await;
+        match reply.get("result") {
+            Some(result) => Ok(result.clone()),
+            None => Err(reply["error"].clone()),
+        }
+    }
+
+    /// The error code of a call that must fail.
+    pub async fn fails(&mut self, action: &str, payload: Value) -> String {
+        match self.call(action, payload).await {
+            Ok(result) => panic!("{action} should fail, got {result}"),
+            Err(error) => error["code"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// The next push named `event` (earlier pushes of other names are kept).
+    pub async fn push(&mut self, event: &str) -> Value {
+        self.push_within(event, WAIT).await.unwrap_or_else(|| {
+            panic!(
+                "no {event} push; closed: {:?}; kept: {:?}",
+                self.closed, self.pushes
+            )
+        })
+    }
+
+    pub async fn push_within(&mut self, event: &str, wait: Duration) -> Option<Value> {
+        if let Some(pos) = self.pushes.iter().position(|p| p["event"] == event) {
+            return Some(self.pushes.remove(pos).unwrap()["data"].clone());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self.read_frame_within(left).await?;
+            if frame["event"] == event {
+                return Some(frame["data"].clone());
+            }
+            if frame.get("event").is_some() {
+                self.pushes.push_back(frame);
+            } else {
+                self.replies.push_back(frame);
+            }
+        }
+    }
+
+    /// Asserts no push named `event` arrives within `wait`.
+    pub async fn no_push(&mut self, event: &str, wait: Duration) {
+        if let Some(data) = self.push_within(event, wait).await {
+            panic!("unexpected {event} push: {data}");
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn close_code(&mut self) -> u16 {
+        while self.closed.is_none() {
+            if self.read_frame().await.is_none() && self.closed.is_none() {
+                panic!("socket still open after {WAIT:?}");
+            }
+        }
+        self.closed.as_ref().unwrap().0
+    }
+}
