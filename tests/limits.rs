@@ -1,0 +1,112 @@
+//! Limits: frame size (4009), idle timeout, slow consumers (4008).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Enc, TestServer};
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn an_oversized_frame_closes_that_session_only() {
+    let server = TestServer::start("").await;
+    let mut honest = server.customer().await;
+    let sid = honest.call("StartEngagement", json!({})).await.unwrap()["channelSid"].clone();
+    let mut big = server.customer().await;
+    big.send_raw(Message::Text("x".repeat(70 * 1024).into()))
+        .await;
+    assert_eq!(big.close_code().await, 4009);
+    assert_eq!(server.broker.metrics.snapshot().frames_too_large, 1);
+    honest
+        .call(
+            "SendMessage",
+            json!({"channelSid": sid, "body": "still here"}),
+        )
+        .await
+        .unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_goes_silent_is_closed_by_the_idle_timeout() {
+    let server =
+        TestServer::start("[limits]\nping_interval_ms = 100\nidle_timeout_ms = 400\n").await;
+    let mut silent = server.customer().await;
+    let mut live = server.customer().await;
+    // `live` keeps reading, so its client library answers the pings.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1200);
+    while tokio::time::Instant::now() < deadline {
+        let _ = live.read_frame_within(Duration::from_millis(50)).await;
+    }
+    assert!(live.closed.is_none());
+    live.call("GetActions", json!({})).await.unwrap();
+    // `silent` never read, never answered a ping.
+    assert_eq!(silent.close_code().await, 1001);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_is_closed_with_4008_and_costs_nobody_anything() {
+    const MESSAGES: usize = 3000;
+    let server = TestServer::start("[limits]\noutbox_frames = 256\noutbox_bytes = 1048576\n").await;
+    let mut customer = server.customer().await;
+    let sid = customer.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A stalled observer: subscribes, then never reads again.
+    let mut stalled = server.staff("stalled", "agent").await;
+    stalled
+        .call("Subscribe", json!({"channel": sid}))
+        .await
+        .unwrap();
+    // A healthy observer reads everything, in its own task.
+    let mut healthy = server.staff_enc("healthy", "agent", Enc::MsgPack).await;
+    healthy
+        .call("Subscribe", json!({"channel": sid}))
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut next = 0u64;
+        while next < MESSAGES as u64 {
+            let m = healthy.push("messageAdded").await;
+            assert_eq!(m["index"], next, "healthy observer: order");
+            next += 1;
+        }
+        healthy
+    });
+
+    let body = "y".repeat(8 * 1024);
+    for i in 0..MESSAGES {
+        let r = customer
+            .call("SendMessage", json!({"channelSid": sid, "body": body}))
+            .await
+            .unwrap();
+        assert_eq!(r["index"], i as u64);
+        customer.pushes.clear();
+    }
+    let healthy = reader.await.unwrap();
+    assert!(healthy.closed.is_none());
+    let metrics = server.broker.metrics.snapshot();
+    assert_eq!(metrics.slow_consumer_closes, 1, "{metrics:?}");
+    // The stalled session is gone from the broker.
+    let stalled_gone = async {
+        while server.broker.sessions.len() != 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), stalled_gone)
+        .await
+        .expect("stalled session removed");
+    // Reading what reached its socket ends in a closed connection.
+    let _ = stalled.ws.flush().await;
+    while stalled
+        .read_frame_within(Duration::from_secs(5))
+        .await
+        .is_some()
+    {}
+    assert!(stalled.closed.is_some());
+    server.shutdown().await;
+}
