@@ -95,14 +95,25 @@ impl Authenticator {
     /// With no configured secret a random one is made: no outside token can
     /// then verify, but demo tokens and resume tokens still work for the
     /// life of the process.
-    pub fn new(secret: Option<&str>, anonymous_customers: bool, resume_ttl: Duration) -> Self {
+    ///
+    /// `resume_secret` (kept by the store) signs resume tokens so that they
+    /// outlive a restart; without one a key derived from the secret is used.
+    pub fn new(
+        secret: Option<&str>,
+        resume_secret: Option<&[u8]>,
+        anonymous_customers: bool,
+        resume_ttl: Duration,
+    ) -> Self {
         let secret: Vec<u8> = match secret {
             Some(s) => s.as_bytes().to_vec(),
             None => rand::random::<[u8; 32]>().to_vec(),
         };
         // Resume tokens are signed with a different key so that one can never
         // pass as a client JWT (or the other way round).
-        let resume_secret = [secret.as_slice(), b"\0switchboard-resume"].concat();
+        let resume_secret = match resume_secret {
+            Some(stored) => [stored, b"\0switchboard-resume"].concat(),
+            None => [secret.as_slice(), b"\0switchboard-resume"].concat(),
+        };
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_aud = false;
@@ -208,7 +219,7 @@ mod tests {
     const DAY: Duration = Duration::from_secs(86400);
 
     fn auth() -> Authenticator {
-        Authenticator::new(Some("s3cret"), true, DAY)
+        Authenticator::new(Some("s3cret"), None, true, DAY)
     }
 
     #[test]
@@ -224,7 +235,7 @@ mod tests {
     #[test]
     fn forged_expired_and_garbage_tokens_are_refused() {
         let a = auth();
-        let other = Authenticator::new(Some("other"), true, DAY);
+        let other = Authenticator::new(Some("other"), None, true, DAY);
         let forged = other.client_token("alice", Role::Agent, DAY);
         assert!(a.authenticate(Some(&forged), None).is_err());
         assert!(a.authenticate(Some("garbage"), None).is_err());
@@ -269,7 +280,7 @@ mod tests {
 
     #[test]
     fn anonymous_can_be_disabled() {
-        let a = Authenticator::new(Some("s"), false, DAY);
+        let a = Authenticator::new(Some("s"), None, false, DAY);
         assert_eq!(a.authenticate(None, None), Err(AuthError::TokenRequired));
     }
 }

@@ -6,11 +6,13 @@
 //! in a limit should stop the broker, not silently leave the default in force.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
+
+pub use crate::store::Durability;
 
 /// Default listen address, as written in the wire contract.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -35,6 +37,8 @@ pub enum ConfigError {
     Actions(String),
     #[error("invalid [limits]: {0}")]
     Limits(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +54,11 @@ pub struct Config {
     /// Serve `GET /demo/token` (mints short-lived agent/service tokens for the
     /// demo console). Only ever honoured on a loopback listen address.
     pub demo_tokens: bool,
+    /// `fsync` (default), `os` or `memory`: see `Durability`.
+    pub durability: Durability,
+    /// Where the store lives (`--data-dir`); unused with `memory`.
+    pub data_dir: PathBuf,
+    pub history: History,
     pub limits: Limits,
     pub typing: Typing,
     pub identities: Identities,
@@ -64,6 +73,9 @@ impl Default for Config {
             jwt_secret: None,
             anonymous_customers: true,
             demo_tokens: true,
+            durability: Durability::default(),
+            data_dir: PathBuf::from("data"),
+            history: History::default(),
             limits: Limits::default(),
             typing: Typing::default(),
             identities: Identities::default(),
@@ -166,6 +178,51 @@ impl Limits {
             ));
         }
         Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct History {
+    /// Messages kept per channel; older ones are purged.
+    pub max_messages: u64,
+    /// Messages older than this are purged.
+    pub max_age_secs: u64,
+    /// Newest messages per channel held in memory, so that recovery after a
+    /// reconnect rarely reads the disk. With `durability = "memory"` this
+    /// window is the whole history.
+    pub memory_messages: usize,
+    /// Ended engagements (no member left) and their transcripts are purged
+    /// this long after they ended.
+    pub ended_retention_secs: u64,
+    /// How often retention runs.
+    pub purge_interval_secs: u64,
+    /// Most messages pushed to one session by a recovery (`recover`,
+    /// `after`); a larger gap (or one over `[limits] outbox_bytes`) answers
+    /// `recovered: false` and the client pages with `GetMessages`.
+    pub max_replay: u64,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            max_messages: 10_000,
+            max_age_secs: 30 * 24 * 3600,
+            memory_messages: 256,
+            ended_retention_secs: 7 * 24 * 3600,
+            purge_interval_secs: 60,
+            max_replay: 5000,
+        }
+    }
+}
+
+impl History {
+    /// Messages a channel holds in memory.
+    pub fn window(&self, durability: Durability) -> usize {
+        match durability {
+            Durability::Memory => self.memory_messages.min(self.max_messages as usize),
+            _ => self.memory_messages,
+        }
     }
 }
 
@@ -305,6 +362,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.limits.validate()?;
+        if self.history.max_messages == 0 || self.history.purge_interval_secs == 0 {
+            return Err(ConfigError::Limits(
+                "[history] max_messages and purge_interval_secs must be greater than 0".into(),
+            ));
+        }
         if let Some(hours) = &self.business_hours {
             crate::business_hours::BusinessHours::from_config(hours)?;
         }

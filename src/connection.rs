@@ -179,6 +179,15 @@ impl Reader<'_> {
             }
         };
         let id = command.id;
+        let store = self.broker.store.as_ref();
+        if store.is_some_and(|s| !s.has_room()) {
+            let error = ActionError::Internal("storage is overloaded; retry shortly".into());
+            self.session
+                .outbox
+                .push(encode_error(encoding, Some(id), &error.to_wire()));
+            return;
+        }
+        let written_before = store.map(|s| s.last_ticket());
         let outcome = match &self.ctx {
             Some(ctx) if command.action == "Connect" => {
                 let _ = ctx;
@@ -188,6 +197,13 @@ impl Reader<'_> {
             None if command.action == "Connect" => self.connect(command).await,
             None => Err(ActionError::NotConnected),
         };
+        // A command that wrote anything is answered once it is durable.
+        if let (Some(store), Ok(_)) = (store, &outcome) {
+            let written = store.last_ticket();
+            if Some(written) != written_before {
+                store.wait_durable(written).await;
+            }
+        }
         let frame = match &outcome {
             Ok(result) => encode_result(encoding, id, result),
             Err(error) => encode_error(encoding, Some(id), &error.to_wire()),

@@ -22,6 +22,8 @@
 //! - [`broker`]: shared state: identities (and their tabs), channels, queues
 //!   and sessions in sharded concurrent maps, each object behind its own
 //!   small lock.
+//! - [`store`]: durable storage (SQLite, group commit on a writer thread);
+//!   a channel's pushes wait for their writes to be durable.
 //! - [`auth`]: JWTs, anonymous customers, resume tokens.
 //! - [`business_hours`], [`config`], [`metrics`], [`error`] (the one mapping
 //!   from Rust errors to the contract's error codes).
@@ -42,6 +44,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod server;
+pub mod store;
 
 pub use actions::{ActionContext, ActionRegistry, CustomAction, Roles};
 pub use broker::Broker;

@@ -19,6 +19,10 @@ struct Cli {
     /// Address to listen on (default 127.0.0.1:8080; port 0 picks one).
     #[arg(long, value_name = "ADDR", env = "SWITCHBOARD_LISTEN")]
     listen: Option<String>,
+    /// Directory of the durable store (default ./data; unused with
+    /// `durability = "memory"`).
+    #[arg(long, value_name = "DIR", env = "SWITCHBOARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,9 @@ fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
     if let Some(listen) = &cli.listen {
         config.listen = listen.clone();
     }
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = dir.clone();
+    }
     config.validate()?;
     Ok(config)
 }
@@ -77,6 +84,10 @@ async fn serve(config: Config) -> ExitCode {
     if config.jwt_secret.is_none() {
         tracing::warn!("no JWT secret (SWITCHBOARD_JWT_SECRET): only anonymous customers and demo tokens can connect");
     }
+    let durability = config.durability;
+    let data_dir = config.data_dir.clone();
+    // Opening the store restores its state before anything is accepted; a
+    // store that cannot be read stops the broker here, untouched.
     let broker = match Broker::new(config, ActionRegistry::new()) {
         Ok(broker) => Arc::new(broker),
         Err(e) => {
@@ -91,13 +102,23 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match durability {
+        switchboard::config::Durability::Memory => {
+            tracing::warn!("durability = memory: nothing survives a restart")
+        }
+        level => tracing::info!(?level, dir = %data_dir.display(), "durable store open"),
+    }
     let local = server.local_addr().unwrap_or(addr);
     // One line on stdout, for scripts and tests that start the broker on
     // port 0 and need to know where it is.
     println!("switchboard listening on {local}");
     let _ = std::io::stdout().flush();
     tracing::info!(%local, "listening");
+    let broker = server.broker().clone();
     server.run(shutdown_signal()).await;
+    if let Some(store) = &broker.store {
+        store.close();
+    }
     ExitCode::SUCCESS
 }
 

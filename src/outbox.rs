@@ -96,6 +96,10 @@ struct State {
     bytes: usize,
     /// How many of the queued frames are droppable (typing).
     droppable: usize,
+    /// Queued replay frames, and their bytes: bounded by the replay itself,
+    /// so not counted against the outbox bound.
+    replayed: usize,
+    replayed_bytes: usize,
     closing: Option<CloseReason>,
 }
 
@@ -122,12 +126,15 @@ impl Outbox {
         if state.closing.is_some() {
             return false;
         }
-        let must_deliver = state.queue.len() - state.droppable;
-        if must_deliver >= self.limits.frames || state.bytes + len > self.limits.bytes {
+        let must_deliver = state.queue.len() - state.droppable - state.replayed;
+        let bytes = state.bytes - state.replayed_bytes;
+        if must_deliver >= self.limits.frames || bytes + len > self.limits.bytes {
             // Free the backlog now: the session is going away with 4008.
             state.queue = VecDeque::new();
             state.bytes = 0;
             state.droppable = 0;
+            state.replayed = 0;
+            state.replayed_bytes = 0;
             state.closing = Some(CloseReason::SlowConsumer);
             drop(state);
             self.metrics.slow_consumer_closed();
@@ -141,12 +148,30 @@ impl Outbox {
         true
     }
 
+    /// Queues recovered history (a replay on reconnect). The caller has
+    /// bounded the whole replay (`[history] max_replay`, `outbox_bytes`), so
+    /// it is not held to the frame bound, which a recovering slow consumer
+    /// would otherwise trip again at once.
+    pub fn push_replay(&self, frame: Message) -> bool {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return false;
+        }
+        state.bytes += frame.len();
+        state.replayed_bytes += frame.len();
+        state.replayed += 1;
+        state.queue.push_back(frame);
+        drop(state);
+        self.wake.notify_one();
+        true
+    }
+
     /// Queues a frame the broker may drop under pressure (typing). Returns
     /// whether it was queued.
     pub fn push_droppable(&self, frame: Message) -> bool {
         let len = frame.len();
         let mut state = self.state.lock();
-        let under_pressure = state.queue.len() >= self.limits.frames / 2
+        let under_pressure = state.queue.len() - state.replayed >= self.limits.frames / 2
             || state.droppable >= self.limits.typing_frames
             || state.bytes + len > self.limits.bytes / 2;
         if state.closing.is_some() {
@@ -193,6 +218,8 @@ impl Outbox {
                     out.extend(state.queue.drain(..));
                     state.bytes = 0;
                     state.droppable = 0;
+                    state.replayed = 0;
+                    state.replayed_bytes = 0;
                     return Batch {
                         closing: state.closing,
                     };

@@ -55,7 +55,7 @@ impl Server {
             .local_addr()
             .map(|a| a.ip().is_loopback())
             .unwrap_or(false);
-        tracker.spawn(reap_identities(self.broker.clone(), token.clone()));
+        tracker.spawn(housekeeping(self.broker.clone(), token.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -159,17 +159,23 @@ async fn handle_connection(
     }
 }
 
-async fn reap_identities(broker: Arc<Broker>, shutdown: CancellationToken) {
+/// Periodic work off the hot path: forgetting idle identities and
+/// retention (history length and age, ended engagements).
+async fn housekeeping(broker: Arc<Broker>, shutdown: CancellationToken) {
     let ttl = Duration::from_secs(broker.config.identities.idle_ttl_secs);
+    let purge_every = Duration::from_secs(broker.config.history.purge_interval_secs);
+    let mut reap = tokio::time::interval(REAP_EVERY);
+    let mut purge = tokio::time::interval(purge_every);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(REAP_EVERY) => {
+            _ = reap.tick() => {
                 let reaped = broker.reap_identities(ttl);
                 if reaped > 0 {
                     debug!(reaped, "forgot idle identities");
                 }
             }
+            _ = purge.tick() => broker.purge(),
         }
     }
 }

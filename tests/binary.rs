@@ -3,74 +3,24 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use common::{token, Client, Enc};
+use common::{config_file, token, BrokerProcess, Client, Enc};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
-fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("switchboard-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path
-}
-
-/// Starts the binary; returns it and the `ws://` URL it printed.
-fn start(args: &[&str], envs: &[(&str, &str)]) -> (Child, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("RUST_LOG", "warn")
-        .env_remove("SWITCHBOARD_LISTEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn switchboard");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("switchboard listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (child, format!("ws://{addr}/ws"))
-}
-
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    for _ in 0..300 {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    panic!("switchboard did not exit");
+fn start(args: &[&str], envs: &[(&str, &str)]) -> BrokerProcess {
+    BrokerProcess::start(args, envs, &common::fresh_data_dir())
 }
 
 #[tokio::test]
 async fn config_file_env_secret_and_sigterm() {
-    let config = temp_file(
+    let config = config_file(
         "custom.toml",
         "anonymous_customers = true\n[[actions.custom]]\nname = \"contact-sales\"\naction = \"StartEngagement\"\n",
     );
-    let (mut child, url) = start(
+    let mut broker = start(
         &[
             "--config",
             config.to_str().unwrap(),
@@ -79,6 +29,7 @@ async fn config_file_env_secret_and_sigterm() {
         ],
         &[("SWITCHBOARD_JWT_SECRET", common::SECRET)],
     );
+    let url = broker.url.clone();
     let mut agent = Client::open_url(&url, Enc::MsgPack).await.unwrap();
     agent
         .connect(json!({"token": token("bob", "agent", 60)}))
@@ -91,10 +42,10 @@ async fn config_file_env_secret_and_sigterm() {
         .await
         .expect("config file read");
 
-    signal(&child, "TERM");
+    broker.signal("TERM");
     assert_eq!(agent.close_code().await, 4000);
     assert_eq!(customer.close_code().await, 4000);
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child))
+    let status = tokio::task::spawn_blocking(move || broker.wait_exit())
         .await
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
@@ -104,12 +55,12 @@ async fn config_file_env_secret_and_sigterm() {
 
 #[tokio::test]
 async fn sigint_and_listen_from_the_environment() {
-    let (mut child, url) = start(&[], &[("SWITCHBOARD_LISTEN", "127.0.0.1:0")]);
-    let mut c = Client::open_url(&url, Enc::Json).await.unwrap();
+    let mut broker = start(&[], &[("SWITCHBOARD_LISTEN", "127.0.0.1:0")]);
+    let mut c = Client::open_url(&broker.url, Enc::Json).await.unwrap();
     c.connect(json!({})).await.unwrap();
-    signal(&child, "INT");
+    broker.signal("INT");
     assert_eq!(c.close_code().await, 4000);
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child))
+    let status = tokio::task::spawn_blocking(move || broker.wait_exit())
         .await
         .unwrap();
     assert!(status.success());
@@ -117,7 +68,7 @@ async fn sigint_and_listen_from_the_environment() {
 
 #[test]
 fn a_bad_config_is_refused_with_a_clear_message() {
-    let config = temp_file("bad.toml", "[limits]\nmax_frame_byte = 1\n");
+    let config = config_file("bad.toml", "[limits]\nmax_frame_byte = 1\n");
     let out = Command::new(BIN)
         .args([
             "--config",

@@ -4,8 +4,9 @@
 use serde_json::{json, Value};
 
 use super::{channel_sid, ActionContext, ActionResult};
-use crate::codec::Push;
+use crate::broker::channel::Event;
 use crate::error::ActionError;
+use crate::store::Op;
 
 pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
     let sid = channel_sid(payload)?;
@@ -22,12 +23,24 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
         .insert(identity.id.clone(), identity.role)
         .is_none()
     {
-        for session in &state.sessions {
-            cs.add_member_session(session, &identity.id);
-        }
         state.channels.insert(channel.sid.clone());
-        let event = json!({ "channelSid": sid, "identity": identity.id, "role": identity.role });
-        cs.broadcast(&Push::new("memberJoined", &event), None);
+        let ticket = ctx.broker.persist(
+            Op::AddMember {
+                sid: channel.sid.clone(),
+                identity: identity.id.clone(),
+                role: identity.role,
+            },
+            Some(channel.clone()),
+        );
+        // The identity's sessions start receiving with its `memberJoined`,
+        // after every message accepted before the join.
+        let event = Event::MemberJoined {
+            identity: identity.id.clone(),
+            role: identity.role,
+            sessions: state.sessions.clone(),
+        };
+        cs.publish(sid, ticket, event, &ctx.broker.metrics);
+        ctx.broker.save_identity(identity, &state);
     }
     let mut members: Vec<_> = cs.members.iter().collect();
     members.sort();

@@ -11,6 +11,7 @@ pub(super) fn run(ctx: &ActionContext, _payload: &Value) -> ActionResult {
     let result = json!({ "expanded": false });
     if state.expanded {
         state.expanded = false;
+        ctx.broker.save_identity(&ctx.identity, &state);
         state.push(&Push::new("widgetStateChanged", &result), ctx.session_key());
     }
     Ok(result)

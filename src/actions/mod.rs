@@ -16,6 +16,7 @@
 
 mod connect;
 mod get_actions;
+mod get_messages;
 mod join_channel;
 mod leave_channel;
 mod minimize_chat;
@@ -194,7 +195,7 @@ impl CustomAction {
 /// The built-in actions, in the contract's order. `TriggerAction` has no
 /// plain function: it runs other actions, so it is async (see
 /// `trigger_action.rs`).
-const BUILTINS: [(&str, Roles, Option<BuiltinFn>, &str); 14] = [
+const BUILTINS: [(&str, Roles, Option<BuiltinFn>, &str); 15] = [
     (
         "Connect",
         Roles::ALL,
@@ -278,6 +279,12 @@ const BUILTINS: [(&str, Roles, Option<BuiltinFn>, &str); 14] = [
         Roles::STAFF,
         Some(unsubscribe::run),
         "Stop observing a channel or queue.",
+    ),
+    (
+        "GetMessages",
+        Roles::ALL,
+        Some(get_messages::run),
+        "Read a page of a channel's history.",
     ),
 ];
 

@@ -1,27 +1,16 @@
 //! `SendMessage {channelSid, body, messageAttributes?}`: appends a message
 //! and fans it out to every member's and observer's sessions.
 
-use serde::Serialize;
+use std::sync::Arc;
+
+use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
 use super::{channel_sid, member_channel, ActionContext, ActionResult};
 use crate::auth::Role;
-use crate::broker::now_rfc3339;
-use crate::codec::Push;
+use crate::broker::channel::Event;
 use crate::error::ActionError;
-
-/// The `messageAdded` push, serialized straight from borrowed parts.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MessageAdded<'a> {
-    channel_sid: &'a str,
-    index: u64,
-    author: &'a str,
-    author_role: &'a str,
-    body: &'a str,
-    attributes: &'a Value,
-    date_created: &'a str,
-}
+use crate::store::{Op, StoredMessage};
 
 pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
     let sid = channel_sid(payload)?;
@@ -40,9 +29,8 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
             body.len()
         )));
     }
-    let empty = Value::Object(Map::new());
     let attributes = match payload.get("messageAttributes") {
-        None | Some(Value::Null) => &empty,
+        None | Some(Value::Null) => Value::Object(Map::new()),
         Some(attributes @ Value::Object(map)) => {
             if !map.is_empty() {
                 let bytes = serde_json::to_string(attributes).map_or(usize::MAX, |s| s.len());
@@ -52,7 +40,7 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
                     )));
                 }
             }
-            attributes
+            attributes.clone()
         }
         Some(_) => {
             return Err(ActionError::bad_request(
@@ -74,19 +62,29 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
     }
     let index = cs.next_index;
     cs.next_index += 1;
-    let date_created = now_rfc3339();
-    cs.end_typing(sid, &identity.id);
-    let message = MessageAdded {
-        channel_sid: sid,
+    let now = Utc::now();
+    let message = Arc::new(StoredMessage {
+        channel_sid: channel.sid.clone(),
         index,
-        author: &identity.id,
-        author_role: identity.role.as_str(),
-        body,
+        author: identity.id.clone(),
+        author_role: identity.role,
+        body: body.clone(),
         attributes,
-        date_created: &date_created,
-    };
-    let delivered = cs.broadcast(&Push::new("messageAdded", &message), None);
+        date_created: now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        created_ms: now.timestamp_millis(),
+    });
+    cs.end_typing(sid, &identity.id);
+    // Written (and, with a store, delivered once durable) in index order:
+    // both happen under this lock.
+    let ticket = ctx
+        .broker
+        .persist(Op::AppendMessage(message.clone()), Some(channel.clone()));
+    cs.publish(
+        sid,
+        ticket,
+        Event::Message(message.clone()),
+        &ctx.broker.metrics,
+    );
     drop(cs);
-    ctx.broker.metrics.message_added(delivered);
-    Ok(json!({ "channelSid": sid, "index": index, "dateCreated": date_created }))
+    Ok(json!({ "channelSid": sid, "index": index, "dateCreated": message.date_created }))
 }

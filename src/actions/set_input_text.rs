@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::{channel_sid, required_str, ActionContext, ActionResult};
 use crate::codec::Push;
 use crate::error::ActionError;
+use crate::store::Op;
 
 pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
     let sid = channel_sid(payload)?;
@@ -23,11 +24,21 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
     if !state.is_member(sid) {
         return Err(ActionError::NotAMember(sid.to_owned()));
     }
+    let sid: Arc<str> = Arc::from(sid);
     if body.is_empty() {
-        state.drafts.remove(sid);
+        state.drafts.remove(&sid);
     } else {
-        state.drafts.insert(Arc::from(sid), body.to_owned());
+        state.drafts.insert(sid.clone(), body.to_owned());
     }
+    ctx.broker.persist(
+        Op::SetDraft {
+            identity: ctx.identity.id.clone(),
+            sid: sid.clone(),
+            body: (!body.is_empty()).then(|| body.to_owned()),
+        },
+        None,
+    );
+    let sid = &*sid;
     let event = json!({ "channelSid": sid, "body": body });
     state.push(&Push::new("inputTextSet", &event), ctx.session_key());
     Ok(json!({}))

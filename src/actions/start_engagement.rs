@@ -14,6 +14,7 @@ use crate::broker::now_rfc3339;
 use crate::broker::queue::{queue_channel, OpenEngagement, DEFAULT_QUEUE};
 use crate::codec::Push;
 use crate::error::ActionError;
+use crate::store::Op;
 
 pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
     let broker = &ctx.broker;
@@ -58,6 +59,7 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
         Some(identity.id.clone()),
         form_data.clone(),
         started_at.clone(),
+        broker.history_window(),
     ));
     {
         let mut cs = channel.lock();
@@ -72,6 +74,25 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
         channel_sid: sid.clone(),
         started_at: started_at.clone(),
     });
+    broker.persist(
+        Op::SaveChannel {
+            sid: sid.clone(),
+            queue: Arc::from(queue.as_str()),
+            customer: Some(identity.id.clone()),
+            form_data: form_data.to_string(),
+            started_at: started_at.clone(),
+        },
+        None,
+    );
+    broker.persist(
+        Op::AddMember {
+            sid: sid.clone(),
+            identity: identity.id.clone(),
+            role: Role::Customer,
+        },
+        None,
+    );
+    broker.save_identity(identity, &state);
 
     let event = json!({
         "channelSid": sid,

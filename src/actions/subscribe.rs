@@ -1,7 +1,9 @@
 //! `Subscribe {channel}` (agents, services): observe a channel or a
 //! `queue:<name>` without joining. A queue's result also lists its open
 //! engagements (`engagements`, an extension), taken under the same lock that
-//! announces new ones, so a console misses none.
+//! announces new ones, so a console misses none. `after: <last index seen>`
+//! on a channel pushes what was missed first (`recovered` says whether history
+//! still reached back that far).
 
 use serde_json::{json, Value};
 
@@ -28,6 +30,17 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
             "`channel` {name:?} is neither a channel sid nor queue:<name>"
         )));
     }
+    let after = match payload.get("after") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(after) if after >= -1 => Some(after),
+            _ => {
+                return Err(ActionError::bad_request(
+                    "`after` must be the last index seen (an integer, -1 for none)",
+                ))
+            }
+        },
+    };
     let not_found = || ActionError::NotFound(format!("no channel {name}"));
     let channel = ctx.broker.channel(name).ok_or_else(not_found)?;
     let mut cs = channel.lock();
@@ -36,5 +49,13 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
     }
     cs.add_subscriber(session, &ctx.identity.id);
     session.add_subscription(channel.sid.clone());
-    Ok(json!({ "channel": name }))
+    // Missed messages go out under the same lock that made the session a
+    // recipient: nothing newer can slip in between.
+    match after {
+        Some(after) => {
+            let recovered = ctx.broker.replay(&channel, &cs, session, after);
+            Ok(json!({ "channel": name, "recovered": recovered }))
+        }
+        None => Ok(json!({ "channel": name })),
+    }
 }

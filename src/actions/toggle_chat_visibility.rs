@@ -10,6 +10,7 @@ pub(super) fn run(ctx: &ActionContext, _payload: &Value) -> ActionResult {
     let mut state = ctx.identity.lock();
     state.expanded = !state.expanded;
     let result = json!({ "expanded": state.expanded });
+    ctx.broker.save_identity(&ctx.identity, &state);
     state.push(&Push::new("widgetStateChanged", &result), ctx.session_key());
     Ok(result)
 }

@@ -1,6 +1,6 @@
 //! Channels: members, observers, message indexes and typing state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,8 @@ use serde_json::Value;
 
 use crate::auth::Role;
 use crate::codec::Push;
+use crate::metrics::Metrics;
+use crate::store::StoredMessage;
 
 use super::session::{SessionHandle, SessionKey};
 
@@ -42,13 +44,29 @@ pub struct Channel {
 }
 
 pub struct ChannelState {
-    /// Set once the channel is removed from the registry; late lookups that
-    /// still hold the `Arc` treat it as gone.
+    /// Set once the channel has ended (no member left): it takes no more
+    /// members, observers or messages; late lookups that still hold the
+    /// `Arc` treat it as gone.
     pub closed: bool,
+    /// When it ended (kept in memory for transcripts only without a store).
+    pub ended_at: Option<Instant>,
+    /// Who is a member now. Checked by every action, changed at once.
     pub members: HashMap<Arc<str>, Role>,
-    /// Every session that receives this channel's pushes, once each.
+    /// Every session that receives this channel's pushes, once each. Member
+    /// sessions join and leave it when their `memberJoined`/`memberLeft` is
+    /// delivered, so that it follows the order of the channel's events.
     pub recipients: HashMap<SessionKey, Recipient>,
+    /// The next index to assign.
     pub next_index: u64,
+    /// Messages below this index have been delivered (and are durable).
+    pub delivered_next: u64,
+    /// The newest delivered messages, ascending (recovery and history
+    /// without a disk read; the whole history without a store).
+    pub history: VecDeque<Arc<StoredMessage>>,
+    history_cap: usize,
+    /// Events waiting for their write to be durable, in channel order. An
+    /// event is delivered only once every event before it has been.
+    pending: VecDeque<(u64, Event)>,
     pub typing: HashMap<Arc<str>, Typing>,
     pub typing_generation: u64,
     pub customer: Option<Arc<str>>,
@@ -71,6 +89,21 @@ pub struct Typing {
     pub generation: u64,
 }
 
+/// Something that happened in a channel that its recipients must see in
+/// order with its messages.
+pub enum Event {
+    Message(Arc<StoredMessage>),
+    MemberJoined {
+        identity: Arc<str>,
+        role: Role,
+        sessions: Vec<Arc<SessionHandle>>,
+    },
+    MemberLeft {
+        identity: Arc<str>,
+        reason: &'static str,
+    },
+}
+
 impl Channel {
     pub fn new(
         sid: Arc<str>,
@@ -78,15 +111,21 @@ impl Channel {
         customer: Option<Arc<str>>,
         form_data: Value,
         started_at: String,
+        history_cap: usize,
     ) -> Self {
         Channel {
             sid,
             queue,
             state: Mutex::new(ChannelState {
                 closed: false,
+                ended_at: None,
                 members: HashMap::new(),
                 recipients: HashMap::new(),
                 next_index: 0,
+                delivered_next: 0,
+                history: VecDeque::new(),
+                history_cap,
+                pending: VecDeque::new(),
                 typing: HashMap::new(),
                 typing_generation: 0,
                 customer,
@@ -99,6 +138,17 @@ impl Channel {
     pub fn lock(&self) -> MutexGuard<'_, ChannelState> {
         self.state.lock()
     }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MemberEvent<'a> {
+    channel_sid: &'a str,
+    identity: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -175,14 +225,119 @@ impl ChannelState {
         }
     }
 
-    /// No member and no observer left: the channel can go.
+    /// No member and no observer left: the channel has ended.
     pub fn is_abandoned(&self) -> bool {
-        self.members.is_empty() && self.recipients.is_empty()
+        self.members.is_empty() && !self.recipients.values().any(|r| r.subscribed)
     }
 
     /// Index of the newest message, `-1` when there is none.
     pub fn last_index(&self) -> i64 {
         self.next_index as i64 - 1
+    }
+
+    /// Makes `event` visible: at once when `ticket` is `None` (nothing to
+    /// wait for) and nothing is waiting before it, otherwise once the
+    /// store has made `ticket` durable and every earlier event is out.
+    pub fn publish(&mut self, sid: &str, ticket: Option<u64>, event: Event, metrics: &Metrics) {
+        match ticket {
+            None if self.pending.is_empty() => self.deliver(sid, event, metrics),
+            ticket => self.pending.push_back((ticket.unwrap_or(0), event)),
+        }
+    }
+
+    /// Delivers waiting events whose write is durable (`ticket <= upto`).
+    pub fn deliver_ready(&mut self, sid: &str, upto: u64, metrics: &Metrics) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|(ticket, _)| *ticket <= upto)
+        {
+            let (_, event) = self.pending.pop_front().expect("checked");
+            self.deliver(sid, event, metrics);
+        }
+    }
+
+    fn deliver(&mut self, sid: &str, event: Event, metrics: &Metrics) {
+        match event {
+            Event::Message(message) => {
+                let sent = self.broadcast(&Push::new("messageAdded", &*message), None);
+                metrics.message_added(sent);
+                self.delivered_next = message.index + 1;
+                self.history.push_back(message);
+                while self.history.len() > self.history_cap {
+                    self.history.pop_front();
+                }
+            }
+            Event::MemberJoined {
+                identity,
+                role,
+                sessions,
+            } => {
+                for session in sessions {
+                    if !session.outbox.is_closing() {
+                        self.add_member_session(&session, &identity);
+                    }
+                }
+                let joined = MemberEvent {
+                    channel_sid: sid,
+                    identity: &identity,
+                    role: Some(role),
+                    reason: None,
+                };
+                self.broadcast(&Push::new("memberJoined", &joined), None);
+            }
+            Event::MemberLeft { identity, reason } => {
+                let leaving: Vec<SessionKey> = self
+                    .recipients
+                    .iter()
+                    .filter(|(_, r)| r.member && r.identity == identity)
+                    .map(|(key, _)| *key)
+                    .collect();
+                for key in leaving {
+                    self.remove_member_session(key);
+                }
+                let left = MemberEvent {
+                    channel_sid: sid,
+                    identity: &identity,
+                    role: None,
+                    reason: Some(reason),
+                };
+                self.broadcast(&Push::new("memberLeft", &left), None);
+            }
+        }
+    }
+
+    /// The oldest index in the in-memory window (`delivered_next` if empty).
+    pub fn history_start(&self) -> u64 {
+        self.history
+            .front()
+            .map_or(self.delivered_next, |m| m.index)
+    }
+
+    /// The window's messages with `index >= from`.
+    pub fn window_from(&self, from: u64) -> impl Iterator<Item = &Arc<StoredMessage>> {
+        self.history.iter().filter(move |m| m.index >= from)
+    }
+
+    /// Drops window messages created before `cutoff_ms` (unix ms).
+    pub fn trim_history(&mut self, cutoff_ms: i64) {
+        while self
+            .history
+            .front()
+            .is_some_and(|m| m.created_ms < cutoff_ms)
+        {
+            self.history.pop_front();
+        }
+    }
+
+    /// Restores a channel's state from the store.
+    pub fn restore(&mut self, next_index: u64, recent: Vec<Arc<StoredMessage>>) {
+        self.next_index = next_index;
+        self.delivered_next = next_index;
+        self.history = recent.into();
+        while self.history.len() > self.history_cap {
+            self.history.pop_front();
+        }
     }
 
     /// Records a `SendTyping`. Returns the generation to time out when this

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod queue;
 pub mod session;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use chrono::{SecondsFormat, Utc};
 use dashmap::DashMap;
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::actions::ActionRegistry;
 use crate::auth::{Authenticator, Principal, Role};
@@ -28,8 +30,9 @@ use crate::config::{Config, ConfigError};
 use crate::error::ActionError;
 use crate::metrics::Metrics;
 use crate::outbox::OutboxLimits;
+use crate::store::{Durability, IdentityRow, Op, Retention, Snapshot, Store, StoredMessage};
 
-use channel::{Channel, ChannelState};
+use channel::{Channel, ChannelState, Event};
 use identity::{Identity, IdentityState};
 use queue::Queue;
 use session::{SessionHandle, SessionKey};
@@ -44,7 +47,17 @@ pub struct Broker {
     pub channels: DashMap<Arc<str>, Arc<Channel>>,
     pub queues: DashMap<Arc<str>, Arc<Queue>>,
     pub sessions: DashMap<SessionKey, Arc<SessionHandle>>,
+    /// Durable storage; `None` with `durability = "memory"`.
+    pub store: Option<Store>,
     next_session: AtomicU64,
+}
+
+/// What attaching a session to its identity gives the `Connect` result.
+pub struct Attached {
+    /// The identity's shared state (engagement, widget, drafts).
+    pub snapshot: Value,
+    /// Per channel asked to recover: whether history reached back.
+    pub recovered: HashMap<String, bool>,
 }
 
 /// Why a member left a channel, as pushed in `memberLeft.reason`.
@@ -65,14 +78,6 @@ impl LeaveReason {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct MemberLeft<'a> {
-    channel_sid: &'a str,
-    identity: &'a str,
-    reason: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
 struct EngagementEnded<'a> {
     channel_sid: &'a str,
     reason: &'a str,
@@ -80,7 +85,8 @@ struct EngagementEnded<'a> {
 
 impl Broker {
     /// A broker with `actions` (built-ins plus whatever the embedding code
-    /// registered) and the configuration's `[actions]` added to them.
+    /// registered) and the configuration's `[actions]` added to them. With a
+    /// durable store, opens it and restores its state first.
     pub fn new(config: Config, mut actions: ActionRegistry) -> Result<Broker, ConfigError> {
         config.validate()?;
         actions
@@ -91,23 +97,157 @@ impl Broker {
             .as_ref()
             .map(BusinessHours::from_config)
             .transpose()?;
+        let metrics = Arc::new(Metrics::default());
+        let (store, snapshot) = match config.durability {
+            Durability::Memory => (None, None),
+            durability => {
+                let (store, snapshot) = Store::open(
+                    &config.data_dir,
+                    durability,
+                    config.history.window(durability),
+                    metrics.clone(),
+                )?;
+                (Some(store), Some(snapshot))
+            }
+        };
         let auth = Authenticator::new(
             config.jwt_secret.as_deref(),
+            snapshot.as_ref().map(|s| s.resume_secret.as_slice()),
             config.anonymous_customers,
             Duration::from_secs(config.identities.resume_ttl_secs),
         );
-        Ok(Broker {
+        let broker = Broker {
             config: Arc::new(config),
             auth,
             actions,
             business_hours,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             identities: DashMap::new(),
             channels: DashMap::new(),
             queues: DashMap::new(),
             sessions: DashMap::new(),
+            store,
             next_session: AtomicU64::new(1),
-        })
+        };
+        if let Some(snapshot) = snapshot {
+            broker.restore(snapshot);
+        }
+        Ok(broker)
+    }
+
+    /// Rebuilds identities, channels, memberships, drafts and the queues'
+    /// open engagements from the store, before any connection is accepted.
+    fn restore(&self, snapshot: Snapshot) {
+        let window = self.history_window();
+        for row in snapshot.channels {
+            let channel = Channel::new(
+                row.sid.clone(),
+                row.queue.clone(),
+                row.customer.clone(),
+                row.form_data.clone(),
+                row.started_at.clone(),
+                window,
+            );
+            {
+                let mut cs = channel.lock();
+                cs.restore(row.next_index, row.recent);
+                cs.members = row.members.iter().cloned().collect();
+            }
+            self.channels.insert(row.sid.clone(), Arc::new(channel));
+            for (identity, role) in row.members {
+                let identity = self
+                    .identities
+                    .entry(identity.clone())
+                    .or_insert_with(|| Arc::new(Identity::new(identity.clone(), role, false)));
+                identity.lock().channels.insert(row.sid.clone());
+            }
+        }
+        for row in snapshot.identities {
+            let identity = self
+                .identities
+                .entry(row.id.clone())
+                .or_insert_with(|| Arc::new(Identity::new(row.id.clone(), row.role, row.anonymous)))
+                .clone();
+            let identity = if identity.anonymous != row.anonymous {
+                let fixed = Arc::new(Identity::new(row.id.clone(), row.role, row.anonymous));
+                fixed.lock().channels = identity.lock().channels.clone();
+                self.identities.insert(row.id.clone(), fixed.clone());
+                fixed
+            } else {
+                identity
+            };
+            let mut state = identity.lock();
+            state.expanded = row.expanded;
+            if let Some((sid, started_at)) = row.engagement {
+                if let Some(channel) = self.channel(&sid) {
+                    state.engagement = Some(identity::Engagement {
+                        channel_sid: sid.clone(),
+                        started_at: started_at.clone(),
+                    });
+                    let cs = channel.lock();
+                    let open = queue::OpenEngagement {
+                        channel_sid: sid.clone(),
+                        identity: identity.id.clone(),
+                        form_data: cs.form_data.clone(),
+                        started_at,
+                    };
+                    drop(cs);
+                    self.with_queue(&channel.queue, |qs| {
+                        qs.open.insert(sid.clone(), open.clone());
+                    });
+                }
+            }
+        }
+        for (identity, sid, body) in snapshot.drafts {
+            if let Some(identity) = self.identities.get(&identity).map(|i| i.clone()) {
+                let mut state = identity.lock();
+                if state.channels.contains(&sid) {
+                    state.drafts.insert(sid, body);
+                }
+            }
+        }
+        tracing::info!(
+            identities = self.identities.len(),
+            channels = self.channels.len(),
+            "restored state from the store"
+        );
+    }
+
+    /// Messages a channel keeps in memory.
+    pub fn history_window(&self) -> usize {
+        self.config.history.window(self.config.durability)
+    }
+
+    /// Queues a write; returns its ticket (`None` without a store). A write
+    /// that cannot be queued is logged: the caller checked for room first.
+    pub fn persist(&self, op: Op, deliver: Option<Arc<Channel>>) -> Option<u64> {
+        let store = self.store.as_ref()?;
+        match store.submit(op, deliver) {
+            Ok(ticket) => Some(ticket),
+            Err(e) => {
+                tracing::error!(error = %e, "a write could not be queued");
+                None
+            }
+        }
+    }
+
+    /// Persists an identity's state.
+    pub fn save_identity(&self, identity: &Identity, state: &IdentityState) {
+        if self.store.is_some() {
+            self.persist(
+                Op::SaveIdentity(IdentityRow {
+                    id: identity.id.clone(),
+                    role: identity.role,
+                    anonymous: identity.anonymous,
+                    expanded: state.expanded,
+                    engagement: state
+                        .engagement
+                        .as_ref()
+                        .map(|e| (e.channel_sid.clone(), e.started_at.clone())),
+                }),
+                None,
+            );
+        }
     }
 
     pub fn next_session_key(&self) -> SessionKey {
@@ -187,21 +327,123 @@ impl Broker {
         }
     }
 
-    /// Drops a channel with no member and no observer.
+    /// Ends a channel with no member and no observer. With a store it
+    /// leaves memory (its transcript stays on disk until the ended
+    /// retention passes); without one it stays in memory, closed, for that
+    /// long.
     pub fn drop_channel_if_abandoned(&self, channel: &Channel, state: &mut ChannelState) {
         if state.is_abandoned() && !state.closed {
             state.closed = true;
-            self.channels.remove(&channel.sid);
+            state.ended_at = Some(Instant::now());
+            if self.store.is_some() {
+                self.persist(
+                    Op::EndChannel {
+                        sid: channel.sid.clone(),
+                        ended_ms: Utc::now().timestamp_millis(),
+                    },
+                    None,
+                );
+                self.channels.remove(&channel.sid);
+            }
+        }
+    }
+
+    /// Pushes to `session` every message of the channel after `last_seen`,
+    /// before anything newer can reach it (the caller holds the channel lock
+    /// and has just made the session a recipient). Returns `false`, pushing
+    /// nothing, when history no longer reaches back that far or the gap is
+    /// larger than a replay may be (the client should page with
+    /// `GetMessages`).
+    pub fn replay(
+        &self,
+        channel: &Channel,
+        state: &ChannelState,
+        session: &SessionHandle,
+        last_seen: i64,
+    ) -> bool {
+        let from = (last_seen + 1).max(0) as u64;
+        if from >= state.delivered_next {
+            return true;
+        }
+        if state.delivered_next - from > self.config.history.max_replay {
+            return false;
+        }
+        let window_start = state.history_start();
+        let older = if from >= window_start {
+            Vec::new()
+        } else {
+            let Some(store) = &self.store else {
+                return false;
+            };
+            // Older than the memory window: read the gap from disk. Rare,
+            // and bounded by `max_replay`.
+            match store.messages(&channel.sid, from, window_start, usize::MAX) {
+                Ok(older)
+                    if older.first().map(|m| m.index) == Some(from)
+                        && older.len() as u64 == window_start - from =>
+                {
+                    older.into_iter().map(Arc::new).collect()
+                }
+                Ok(_) => return false,
+                Err(e) => {
+                    tracing::error!(error = %e, "recovery read failed");
+                    return false;
+                }
+            }
+        };
+        let replay: Vec<&Arc<StoredMessage>> = older
+            .iter()
+            .chain(state.window_from(from.max(window_start)))
+            .collect();
+        let bytes: usize = replay.iter().map(|m| m.body.len() + 256).sum();
+        if bytes > self.config.limits.outbox_bytes {
+            return false;
+        }
+        for message in replay {
+            session.push_replay(&Push::new("messageAdded", &**message));
+        }
+        true
+    }
+
+    /// One retention pass: trims in-memory windows by age, forgets ended
+    /// channels past their retention, and queues one slice of disk purge.
+    pub fn purge(&self) {
+        let history = &self.config.history;
+        let now_ms = Utc::now().timestamp_millis();
+        let age_cutoff = now_ms - (history.max_age_secs as i64) * 1000;
+        let ended_retention = Duration::from_secs(history.ended_retention_secs);
+        let channels: Vec<Arc<Channel>> = self.channels.iter().map(|c| c.clone()).collect();
+        for channel in channels {
+            let mut cs = channel.lock();
+            cs.trim_history(age_cutoff);
+            if cs.ended_at.is_some_and(|t| t.elapsed() >= ended_retention) {
+                self.channels.remove(&channel.sid);
+            }
+        }
+        if let Some(store) = &self.store {
+            if store.has_room() {
+                self.persist(
+                    Op::Purge(Retention {
+                        max_messages: history.max_messages,
+                        older_than_ms: age_cutoff,
+                        ended_before_ms: now_ms - ended_retention.as_millis() as i64,
+                    }),
+                    None,
+                );
+            }
         }
     }
 
     /// Attaches a session to its identity (and the identity's channels) and
-    /// returns the identity's state for the `Connect` result.
+    /// returns the identity's state for the `Connect` result. For each
+    /// channel in `recover`, the messages after the given index are pushed
+    /// to the session before any newer push of that channel.
     pub fn attach_session(
         &self,
         principal: &Principal,
         session: &Arc<SessionHandle>,
-    ) -> Result<(Arc<Identity>, serde_json::Value), ActionError> {
+        recover: &HashMap<String, i64>,
+    ) -> Result<Attached, ActionError> {
         loop {
             let identity = self.identity_for(principal)?;
             let mut state = identity.lock();
@@ -210,18 +452,27 @@ impl Broker {
             }
             state.sessions.push(session.clone());
             state.idle_since = None;
+            let mut recovered: HashMap<String, bool> =
+                recover.keys().map(|sid| (sid.clone(), false)).collect();
             for sid in &state.channels {
                 if let Some(channel) = self.channel(sid) {
                     let mut channel_state = channel.lock();
                     if !channel_state.closed {
                         channel_state.add_member_session(session, &identity.id);
+                        if let Some(last_seen) = recover.get(&**sid) {
+                            let ok = self.replay(&channel, &channel_state, session, *last_seen);
+                            recovered.insert(sid.to_string(), ok);
+                        }
                     }
                 }
             }
             session.set_identity(identity.id.clone());
             let snapshot = state.snapshot();
             drop(state);
-            return Ok((identity, snapshot));
+            return Ok(Attached {
+                snapshot,
+                recovered,
+            });
         }
     }
 
@@ -263,10 +514,11 @@ impl Broker {
     }
 
     /// Takes `identity` (all its sessions) out of a channel in one step:
-    /// under the channel lock its typing ends, its sessions stop receiving,
-    /// and exactly one `memberLeft` goes to those who remain. A message the
-    /// identity sends afterwards finds it no longer a member. Ends the
-    /// identity's engagement when this was it.
+    /// under the channel lock it stops being a member, its typing ends, and
+    /// exactly one `memberLeft` is published, ordered after every message
+    /// already accepted; its sessions stop receiving when that `memberLeft`
+    /// is delivered. A message the identity sends afterwards finds it no
+    /// longer a member. Ends the identity's engagement when this was it.
     pub fn remove_member(
         &self,
         identity: &Identity,
@@ -278,52 +530,63 @@ impl Broker {
             return Err(ActionError::NotAMember(channel_sid.to_owned()));
         }
         state.drafts.remove(channel_sid);
-        if let Some(channel) = self.channel(channel_sid) {
-            let mut cs = channel.lock();
-            if !cs.closed && cs.members.remove(&identity.id).is_some() {
-                cs.end_typing(channel_sid, &identity.id);
-                for session in &state.sessions {
-                    cs.remove_member_session(session.key);
-                }
-                let left = MemberLeft {
-                    channel_sid,
-                    identity: &identity.id,
+        let is_engagement = state
+            .engagement
+            .as_ref()
+            .is_some_and(|e| &*e.channel_sid == channel_sid);
+        if is_engagement {
+            state.engagement = None;
+        }
+        let Some(channel) = self.channel(channel_sid) else {
+            return Ok(());
+        };
+        let mut cs = channel.lock();
+        if cs.members.remove(&identity.id).is_some() {
+            cs.end_typing(channel_sid, &identity.id);
+            let ticket = self.persist(
+                Op::RemoveMember {
+                    sid: channel.sid.clone(),
+                    identity: identity.id.clone(),
+                },
+                Some(channel.clone()),
+            );
+            cs.publish(
+                channel_sid,
+                ticket,
+                Event::MemberLeft {
+                    identity: identity.id.clone(),
                     reason: reason.as_str(),
-                };
-                cs.broadcast(&Push::new("memberLeft", &left), None);
-                self.drop_channel_if_abandoned(&channel, &mut cs);
+                },
+                &self.metrics,
+            );
+            self.drop_channel_if_abandoned(&channel, &mut cs);
+        }
+        drop(cs);
+        if is_engagement {
+            self.save_identity(identity, state);
+            let ended = EngagementEnded {
+                channel_sid,
+                reason: reason.as_str(),
+            };
+            let push = Push::new("engagementEnded", &ended);
+            if let Some(queue) = self.queue(&channel.queue) {
+                let mut qs = queue.lock();
+                qs.open.remove(channel_sid);
+                qs.broadcast(&push);
+                self.drop_queue_if_abandoned(&queue, &mut qs);
             }
-            drop(cs);
-            let is_engagement = state
-                .engagement
-                .as_ref()
-                .is_some_and(|e| &*e.channel_sid == channel_sid);
-            if is_engagement {
-                state.engagement = None;
-                let ended = EngagementEnded {
-                    channel_sid,
-                    reason: reason.as_str(),
-                };
-                let push = Push::new("engagementEnded", &ended);
-                if let Some(queue) = self.queue(&channel.queue) {
-                    let mut qs = queue.lock();
-                    qs.open.remove(channel_sid);
-                    qs.broadcast(&push);
-                    self.drop_queue_if_abandoned(&queue, &mut qs);
+            if reason == LeaveReason::Restart {
+                #[derive(Serialize)]
+                #[serde(rename_all = "camelCase")]
+                struct Restarted<'a> {
+                    channel_sid: &'a str,
                 }
-                if reason == LeaveReason::Restart {
-                    #[derive(Serialize)]
-                    #[serde(rename_all = "camelCase")]
-                    struct Restarted<'a> {
-                        channel_sid: &'a str,
-                    }
-                    state.push(
-                        &Push::new("engagementRestarted", &Restarted { channel_sid }),
-                        None,
-                    );
-                } else {
-                    state.push(&push, None);
-                }
+                state.push(
+                    &Push::new("engagementRestarted", &Restarted { channel_sid }),
+                    None,
+                );
+            } else {
+                state.push(&push, None);
             }
         }
         Ok(())

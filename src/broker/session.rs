@@ -53,6 +53,11 @@ impl SessionHandle {
         self.outbox.push(push.frame(self.encoding))
     }
 
+    /// Queues a recovered message (see `Outbox::push_replay`).
+    pub fn push_replay<T: Serialize>(&self, push: &Push<'_, T>) -> bool {
+        self.outbox.push_replay(push.frame(self.encoding))
+    }
+
     /// Queues a push the broker may drop under pressure (typing).
     pub fn push_droppable<T: Serialize>(&self, push: &Push<'_, T>) -> bool {
         self.outbox.push_droppable(push.frame(self.encoding))

@@ -24,6 +24,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The store's directory (removed when the test passes).
+    pub data_dir: std::path::PathBuf,
     pub broker: Arc<Broker>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -36,9 +38,19 @@ impl TestServer {
     }
 
     pub async fn start_with(toml: &str, actions: ActionRegistry) -> TestServer {
+        Self::start_in(&fresh_data_dir(), toml, actions).await
+    }
+
+    /// A broker on an existing data directory (a restart).
+    pub async fn start_in(
+        data_dir: &std::path::Path,
+        toml: &str,
+        actions: ActionRegistry,
+    ) -> TestServer {
         let mut config = Config::from_toml(toml).expect("test config");
         config.jwt_secret = Some(SECRET.into());
         config.listen = "127.0.0.1:0".into();
+        config.data_dir = data_dir.to_owned();
         let broker = Arc::new(Broker::new(config, actions).expect("broker"));
         let server = Server::bind(broker.clone(), "127.0.0.1:0".parse().unwrap())
             .await
@@ -50,6 +62,7 @@ impl TestServer {
         }));
         TestServer {
             addr,
+            data_dir: data_dir.to_owned(),
             broker,
             stop: Some(stop),
             task: Some(task),
@@ -60,8 +73,15 @@ impl TestServer {
         format!("ws://{}/ws", self.addr)
     }
 
-    /// Graceful shutdown; returns once the server has drained.
-    pub async fn shutdown(mut self) {
+    /// Graceful shutdown; returns once the server has drained and the
+    /// store has committed everything. Removes the data directory.
+    pub async fn shutdown(self) {
+        let dir = self.stop_keeping_data().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Graceful shutdown that keeps the data directory, for a restart.
+    pub async fn stop_keeping_data(mut self) -> std::path::PathBuf {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -71,6 +91,10 @@ impl TestServer {
                 .expect("server drains")
                 .unwrap();
         }
+        if let Some(store) = &self.broker.store {
+            store.close();
+        }
+        self.data_dir.clone()
     }
 
     pub async fn customer(&self) -> Client {
@@ -90,6 +114,15 @@ impl TestServer {
             .expect("token connect");
         c
     }
+}
+
+/// A new, empty directory for a test broker's store.
+pub fn fresh_data_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("switchboard-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// An HS256 token signed with the test secret; `ttl` may be negative.
@@ -187,10 +220,15 @@ impl Client {
         }
     }
 
+    /// A fresh command id.
+    pub fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
     /// Sends a command, returns its id.
     pub async fn send(&mut self, action: &str, payload: Value) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.next_id();
         let frame = self.encode(&json!({ "id": id, "action": action, "payload": payload }));
         self.ws.send(frame).await.expect("send");
         id
@@ -319,4 +357,85 @@ impl Client {
         }
         self.closed.as_ref().unwrap().0
     }
+}
+
+/// The real `switchboard` binary as a child process.
+pub struct BrokerProcess {
+    pub child: std::process::Child,
+    pub url: String,
+    pub data_dir: std::path::PathBuf,
+}
+
+impl BrokerProcess {
+    /// Starts the binary on an ephemeral port with `--data-dir data_dir`.
+    pub fn start(
+        args: &[&str],
+        envs: &[(&str, &str)],
+        data_dir: &std::path::Path,
+    ) -> BrokerProcess {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .env_remove("SWITCHBOARD_LISTEN")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn switchboard");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("switchboard listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        BrokerProcess {
+            child,
+            url: format!("ws://{addr}/ws"),
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (up to 15 s) for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("switchboard did not exit");
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a config file for a child broker.
+pub fn config_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchboard-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
 }

@@ -1,0 +1,108 @@
+//! `GetMessages {channelSid, before?, limit?}`: a page of a channel's
+//! history, ascending: the newest `limit` (1-100, default 50) messages below
+//! `before` (default: all), and whether older ones remain (`hasMore`).
+//! Members and subscribers may read a channel; agents and services may also
+//! read an ended engagement's transcript.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{channel_sid, ActionContext, ActionResult};
+use crate::error::ActionError;
+use crate::store::{Store, StoredMessage};
+
+const DEFAULT_LIMIT: u64 = 50;
+const MAX_LIMIT: u64 = 100;
+
+pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
+    let sid = channel_sid(payload)?;
+    let limit = match payload.get("limit") {
+        None | Some(Value::Null) => DEFAULT_LIMIT,
+        Some(v) => v
+            .as_u64()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ActionError::bad_request("`limit` must be an integer from 1 to 100"))?,
+    } as usize;
+    let before = match payload.get("before") {
+        None | Some(Value::Null) => u64::MAX,
+        Some(v) => v.as_u64().ok_or_else(|| {
+            ActionError::bad_request("`before` must be a message index (a non-negative integer)")
+        })?,
+    };
+    let staff = ctx.role().is_staff();
+    let denied = || ActionError::NotAMember(sid.to_owned());
+
+    let (messages, has_more) = match ctx.broker.channel(sid) {
+        Some(channel) => {
+            let cs = channel.lock();
+            let member = cs.members.contains_key(&ctx.identity.id);
+            let subscriber = ctx
+                .session
+                .as_ref()
+                .is_some_and(|s| cs.recipients.get(&s.key).is_some_and(|r| r.subscribed));
+            if !(member || subscriber || (staff && cs.closed)) {
+                return Err(denied());
+            }
+            let to = before.min(cs.delivered_next);
+            match &ctx.broker.store {
+                None => page_from_window(&cs.history, to, limit),
+                Some(store) => {
+                    drop(cs);
+                    page_from_store(store, sid, to, limit)?
+                }
+            }
+        }
+        // Not in memory: with a store, an ended engagement's transcript.
+        None => {
+            let store = ctx.broker.store.as_ref().filter(|_| staff).ok_or_else(|| {
+                if staff {
+                    ActionError::NotFound(format!("no channel {sid}"))
+                } else {
+                    denied()
+                }
+            })?;
+            let next = store
+                .ended_channel(sid)
+                .map_err(|e| ActionError::Internal(e.to_string()))?
+                .ok_or_else(|| ActionError::NotFound(format!("no channel {sid}")))?;
+            page_from_store(store, sid, before.min(next), limit)?
+        }
+    };
+    Ok(json!({ "messages": messages, "hasMore": has_more }))
+}
+
+fn page_from_window(
+    history: &VecDeque<Arc<StoredMessage>>,
+    to: u64,
+    limit: usize,
+) -> (Vec<Value>, bool) {
+    let below: Vec<&Arc<StoredMessage>> = history.iter().filter(|m| m.index < to).collect();
+    let start = below.len().saturating_sub(limit);
+    let page = below[start..]
+        .iter()
+        .map(|m| serde_json::to_value(&***m).expect("messages serialize"))
+        .collect();
+    (page, start > 0)
+}
+
+fn page_from_store(
+    store: &Store,
+    sid: &str,
+    to: u64,
+    limit: usize,
+) -> Result<(Vec<Value>, bool), ActionError> {
+    let mut rows = store
+        .messages(sid, 0, to, limit + 1)
+        .map_err(|e| ActionError::Internal(e.to_string()))?;
+    let has_more = rows.len() > limit;
+    if has_more {
+        rows.remove(0);
+    }
+    let page = rows
+        .iter()
+        .map(|m| serde_json::to_value(m).expect("messages serialize"))
+        .collect();
+    Ok((page, has_more))
+}

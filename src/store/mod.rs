@@ -1,0 +1,323 @@
+//! Durable storage: messages, engagements, memberships and per-identity
+//! state in an embedded SQLite database under the data directory.
+//!
+//! Writes never run on the caller's thread. An action submits an [`Op`]
+//! (under the lock that ordered it, so ops of one channel are submitted in
+//! index order) and gets a ticket; a single writer thread takes every op
+//! waiting, applies the whole batch in one transaction and commits once
+//! (group commit), then publishes how far it is durable. Whatever the op
+//! made visible to clients (a `messageAdded`, a `memberLeft`) is only
+//! delivered once its ticket is durable, and a command's reply waits for the
+//! tickets it produced: an acknowledged message is on disk.
+//!
+//! Why SQLite in WAL mode: its two sync levels are exactly the two durable
+//! levels offered. `synchronous = FULL` fsyncs the log on every commit
+//! (survives power loss); `synchronous = NORMAL` writes the log to the OS on
+//! every commit and fsyncs only at checkpoints (survives a crash or kill of
+//! the broker, not of the machine). A reader connection sees committed data
+//! while the writer writes.
+
+mod sqlite;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::auth::Role;
+use crate::broker::channel::Channel;
+use crate::metrics::Metrics;
+
+pub use sqlite::{ChannelRow, IdentityRow, Snapshot};
+
+/// How far an acknowledged write is guaranteed to have gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync on every group commit: survives power loss.
+    #[default]
+    Fsync,
+    /// Written to the OS on every group commit: survives a crash of the
+    /// broker, not of the machine.
+    Os,
+    /// Nothing on disk: for tests and benchmarks.
+    Memory,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot use data directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "data directory {path} is not a usable Switchboard store ({reason}); it was left untouched"
+    )]
+    Unusable { path: PathBuf, reason: String },
+    #[error("storage error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("storage is overloaded: too many writes waiting")]
+    Overloaded,
+    #[error("storage has stopped")]
+    Stopped,
+}
+
+/// A message as stored and as pushed (`messageAdded`'s data).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredMessage {
+    pub channel_sid: Arc<str>,
+    pub index: u64,
+    pub author: Arc<str>,
+    pub author_role: Role,
+    pub body: String,
+    pub attributes: Value,
+    pub date_created: String,
+    /// Unix milliseconds, for age-based retention.
+    #[serde(skip)]
+    pub created_ms: i64,
+}
+
+/// One write. Ops are applied in submission order.
+#[derive(Debug, Clone)]
+pub enum Op {
+    SaveChannel {
+        sid: Arc<str>,
+        queue: Arc<str>,
+        customer: Option<Arc<str>>,
+        form_data: String,
+        started_at: String,
+    },
+    /// The channel has no member left; purged after the ended retention.
+    EndChannel {
+        sid: Arc<str>,
+        ended_ms: i64,
+    },
+    AddMember {
+        sid: Arc<str>,
+        identity: Arc<str>,
+        role: Role,
+    },
+    RemoveMember {
+        sid: Arc<str>,
+        identity: Arc<str>,
+    },
+    AppendMessage(Arc<StoredMessage>),
+    SaveIdentity(IdentityRow),
+    SetDraft {
+        identity: Arc<str>,
+        sid: Arc<str>,
+        body: Option<String>,
+    },
+    /// One bounded slice of retention work.
+    Purge(Retention),
+}
+
+/// Retention limits, applied by [`Op::Purge`].
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Keep at most this many messages per channel.
+    pub max_messages: u64,
+    /// Drop messages created before this (unix ms).
+    pub older_than_ms: i64,
+    /// Drop channels that ended before this (unix ms), with their messages.
+    pub ended_before_ms: i64,
+}
+
+struct Job {
+    ticket: u64,
+    op: Op,
+    /// A channel with events waiting for this ticket to be durable.
+    deliver: Option<Arc<Channel>>,
+}
+
+/// The handle actions write through.
+pub struct Store {
+    /// Ticket assignment and submission under one lock, so tickets reach the
+    /// writer in ticket order and "durable up to N" covers every op <= N.
+    submit: Mutex<Submitter>,
+    durable: watch::Receiver<u64>,
+    reader: Mutex<rusqlite::Connection>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+struct Submitter {
+    last_ticket: u64,
+    sender: Option<SyncSender<Job>>,
+}
+
+/// Ops waiting for the writer, at most.
+const QUEUE_BOUND: usize = 65_536;
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and reads back what it holds.
+    /// A database that cannot be read is refused, never replaced.
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        recent_messages: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Store, Snapshot), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join("switchboard.db");
+        let writer_conn = sqlite::open_writer(&path, durability)?;
+        let snapshot = sqlite::load(&writer_conn, recent_messages)?;
+        let reader = sqlite::open_reader(&path)?;
+        let (sender, receiver) = sync_channel::<Job>(QUEUE_BOUND);
+        let (durable_tx, durable) = watch::channel(0u64);
+        let writer = std::thread::Builder::new()
+            .name("switchboard-store".into())
+            .spawn(move || write_loop(writer_conn, receiver, durable_tx, metrics))
+            .map_err(|source| StoreError::Dir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        Ok((
+            Store {
+                submit: Mutex::new(Submitter {
+                    last_ticket: 0,
+                    sender: Some(sender),
+                }),
+                durable,
+                reader: Mutex::new(reader),
+                writer: Mutex::new(Some(writer)),
+                path,
+            },
+            snapshot,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues a write; returns its ticket. Never blocks: a full queue is an
+    /// error the caller reports, and nothing has been changed for it.
+    pub fn submit(&self, op: Op, deliver: Option<Arc<Channel>>) -> Result<u64, StoreError> {
+        let mut submitter = self.submit.lock();
+        let ticket = submitter.last_ticket + 1;
+        let sender = submitter.sender.as_ref().ok_or(StoreError::Stopped)?;
+        match sender.try_send(Job {
+            ticket,
+            op,
+            deliver,
+        }) {
+            Ok(()) => {
+                submitter.last_ticket = ticket;
+                Ok(ticket)
+            }
+            Err(TrySendError::Full(_)) => Err(StoreError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Stopped),
+        }
+    }
+
+    /// Whether there is room for `n` more ops (checked before an action
+    /// changes anything, so it never half-applies).
+    pub fn has_room(&self) -> bool {
+        let submitter = self.submit.lock();
+        submitter.last_ticket - *self.durable.borrow() < (QUEUE_BOUND as u64 - 64)
+    }
+
+    /// The newest ticket handed out.
+    pub fn last_ticket(&self) -> u64 {
+        self.submit.lock().last_ticket
+    }
+
+    pub fn durable_upto(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// Resolves once every op up to `ticket` is committed.
+    pub async fn wait_durable(&self, ticket: u64) {
+        let mut durable = self.durable.clone();
+        let _ = durable.wait_for(|upto| *upto >= ticket).await;
+    }
+
+    /// Messages of a channel with `from <= index < to`, ascending, at most
+    /// `limit`, the newest ones when more exist.
+    pub fn messages(
+        &self,
+        sid: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        sqlite::messages(&self.reader.lock(), sid, from, to, limit)
+    }
+
+    /// The oldest index still stored for a channel.
+    pub fn oldest_index(&self, sid: &str) -> Result<Option<u64>, StoreError> {
+        sqlite::oldest_index(&self.reader.lock(), sid)
+    }
+
+    /// A channel that is no longer in memory (ended): whether it exists, and
+    /// its next index.
+    pub fn ended_channel(&self, sid: &str) -> Result<Option<u64>, StoreError> {
+        sqlite::channel_next_index(&self.reader.lock(), sid)
+    }
+
+    /// Stops taking writes, lets the writer commit what it has, and waits.
+    pub fn close(&self) {
+        self.submit.lock().sender = None;
+        if let Some(writer) = self.writer.lock().take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Ops applied per transaction at most.
+const MAX_BATCH: usize = 8192;
+
+fn write_loop(
+    mut conn: rusqlite::Connection,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    durable: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch: Vec<Job> = Vec::new();
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut backoff = std::time::Duration::from_millis(10);
+        // A failed commit (disk full, I/O error) is retried, never skipped:
+        // nothing in the batch has been acknowledged or delivered yet.
+        while let Err(e) = sqlite::apply(&mut conn, batch.iter().map(|j| &j.op)) {
+            tracing::error!(error = %e, ops = batch.len(), "store commit failed; retrying");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+        }
+        let upto = batch.last().map(|j| j.ticket).unwrap_or(0);
+        let mut delivered = HashSet::new();
+        for job in &batch {
+            if let Some(channel) = &job.deliver {
+                if delivered.insert(Arc::as_ptr(channel)) {
+                    channel.lock().deliver_ready(&channel.sid, upto, &metrics);
+                }
+            }
+        }
+        durable.send_replace(upto);
+        batch.clear();
+    }
+}

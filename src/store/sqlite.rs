@@ -1,0 +1,476 @@
+//! The SQLite side of the store: schema, start-up checks, loading, applying
+//! batches, and reads.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde_json::Value;
+
+use super::{Durability, Op, StoreError, StoredMessage};
+use crate::auth::Role;
+
+/// Bumped when the schema changes; a newer file is refused, not rewritten.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Rows deleted per statement by one purge op, so that retention work is
+/// sliced between ordinary batches instead of stalling them.
+const PURGE_SLICE: i64 = 5000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS channels (
+    sid TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    customer TEXT,
+    form_data TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    next_index INTEGER NOT NULL DEFAULT 0,
+    ended_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS members (
+    sid TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    role TEXT NOT NULL,
+    PRIMARY KEY (sid, identity)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    sid TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    author_role TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    date_created TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (sid, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_by_age ON messages (created_ms);
+CREATE TABLE IF NOT EXISTS identities (
+    id TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    anonymous INTEGER NOT NULL,
+    expanded INTEGER NOT NULL,
+    engagement TEXT,
+    engagement_started_at TEXT
+);
+CREATE TABLE IF NOT EXISTS drafts (
+    identity TEXT NOT NULL,
+    sid TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (identity, sid)
+) WITHOUT ROWID;
+";
+
+/// An identity's persistent state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentityRow {
+    pub id: Arc<str>,
+    pub role: Role,
+    pub anonymous: bool,
+    pub expanded: bool,
+    /// `(channel sid, startedAt)` of the current engagement.
+    pub engagement: Option<(Arc<str>, String)>,
+}
+
+/// A live (not ended) channel as stored.
+#[derive(Debug, Clone)]
+pub struct ChannelRow {
+    pub sid: Arc<str>,
+    pub queue: Arc<str>,
+    pub customer: Option<Arc<str>>,
+    pub form_data: Value,
+    pub started_at: String,
+    pub next_index: u64,
+    pub members: Vec<(Arc<str>, Role)>,
+    /// The newest messages, ascending.
+    pub recent: Vec<Arc<StoredMessage>>,
+}
+
+/// Everything start-up restores.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub identities: Vec<IdentityRow>,
+    pub drafts: Vec<(Arc<str>, Arc<str>, String)>,
+    pub channels: Vec<ChannelRow>,
+    /// Signs resume tokens, so anonymous customers survive a restart.
+    pub resume_secret: Vec<u8>,
+}
+
+fn unusable(path: &Path, reason: impl Into<String>) -> StoreError {
+    StoreError::Unusable {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+pub fn open_writer(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+    )
+    .map_err(|e| unusable(path, e.to_string()))?;
+    // Any read fails on a file that is not a database; say so plainly.
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| unusable(path, e.to_string()))?;
+    if check != "ok" {
+        return Err(unusable(path, format!("integrity check failed: {check}")));
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| unusable(path, e.to_string()))?;
+    let sync = match durability {
+        Durability::Fsync => "FULL",
+        _ => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.execute_batch(SCHEMA)
+        .map_err(|e| unusable(path, e.to_string()))?;
+    let version: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match version {
+        None => {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                params![SCHEMA_VERSION],
+            )?;
+        }
+        Some(SCHEMA_VERSION) => {}
+        Some(other) => {
+            return Err(unusable(
+                path,
+                format!("schema version {other}; this broker reads version {SCHEMA_VERSION}"),
+            ))
+        }
+    }
+    Ok(conn)
+}
+
+pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    Ok(conn)
+}
+
+fn role(text: &str) -> Role {
+    text.parse().unwrap_or(Role::Customer)
+}
+
+fn message_from_row(sid: &Arc<str>, row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let attributes: String = row.get("attributes")?;
+    let author: String = row.get("author")?;
+    let author_role: String = row.get("author_role")?;
+    Ok(StoredMessage {
+        channel_sid: sid.clone(),
+        index: row.get::<_, i64>("idx")? as u64,
+        author: Arc::from(author),
+        author_role: role(&author_role),
+        body: row.get("body")?,
+        attributes: serde_json::from_str(&attributes).unwrap_or(Value::Null),
+        date_created: row.get("date_created")?,
+        created_ms: row.get("created_ms")?,
+    })
+}
+
+/// Reads everything start-up restores.
+pub fn load(conn: &Connection, recent_messages: usize) -> Result<Snapshot, StoreError> {
+    let mut snapshot = Snapshot::default();
+
+    let secret: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'resume_secret'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    snapshot.resume_secret = match secret {
+        Some(secret) => secret,
+        None => {
+            let secret = rand::random::<[u8; 32]>().to_vec();
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('resume_secret', ?1)",
+                params![secret],
+            )?;
+            secret
+        }
+    };
+
+    let mut stmt = conn.prepare(
+        "SELECT id, role, anonymous, expanded, engagement, engagement_started_at FROM identities",
+    )?;
+    snapshot.identities = stmt
+        .query_map([], |r| {
+            let id: String = r.get(0)?;
+            let role_text: String = r.get(1)?;
+            let engagement: Option<String> = r.get(4)?;
+            let started: Option<String> = r.get(5)?;
+            Ok(IdentityRow {
+                id: Arc::from(id),
+                role: role(&role_text),
+                anonymous: r.get(2)?,
+                expanded: r.get(3)?,
+                engagement: engagement.map(|sid| (Arc::from(sid), started.unwrap_or_default())),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+
+    let mut stmt = conn.prepare("SELECT identity, sid, body FROM drafts")?;
+    snapshot.drafts = stmt
+        .query_map([], |r| {
+            Ok((
+                Arc::from(r.get::<_, String>(0)?),
+                Arc::from(r.get::<_, String>(1)?),
+                r.get(2)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+
+    let mut members: HashMap<String, Vec<(Arc<str>, Role)>> = HashMap::new();
+    let mut stmt = conn.prepare("SELECT sid, identity, role FROM members")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (sid, identity, role_text) = row?;
+        members
+            .entry(sid)
+            .or_default()
+            .push((Arc::from(identity), role(&role_text)));
+    }
+
+    let mut stmt = conn.prepare(
+        "SELECT sid, queue, customer, form_data, started_at, next_index,
+                (SELECT MAX(idx) FROM messages m WHERE m.sid = c.sid)
+         FROM channels c WHERE ended_ms IS NULL",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let sid: String = r.get(0)?;
+        let queue: String = r.get(1)?;
+        let customer: Option<String> = r.get(2)?;
+        let form: String = r.get(3)?;
+        let next: i64 = r.get(5)?;
+        let max_idx: Option<i64> = r.get(6)?;
+        Ok(ChannelRow {
+            members: Vec::new(),
+            recent: Vec::new(),
+            next_index: next.max(max_idx.map_or(0, |m| m + 1)) as u64,
+            sid: Arc::from(sid),
+            queue: Arc::from(queue),
+            customer: customer.map(Arc::from),
+            form_data: serde_json::from_str(&form).unwrap_or(Value::Null),
+            started_at: r.get(4)?,
+        })
+    })?;
+    for row in rows {
+        let mut channel = row?;
+        channel.members = members.remove(&*channel.sid).unwrap_or_default();
+        channel.recent = messages(conn, &channel.sid, 0, channel.next_index, recent_messages)?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        snapshot.channels.push(channel);
+    }
+    Ok(snapshot)
+}
+
+/// Applies a batch in one transaction (one commit, one fsync at most).
+pub fn apply<'a>(
+    conn: &mut Connection,
+    ops: impl Iterator<Item = &'a Op>,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    let mut next_index: HashMap<Arc<str>, u64> = HashMap::new();
+    {
+        let mut append = tx.prepare_cached(
+            "INSERT OR REPLACE INTO messages
+             (sid, idx, author, author_role, body, attributes, date_created, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for op in ops {
+            match op {
+                Op::AppendMessage(m) => {
+                    append.execute(params![
+                        &*m.channel_sid,
+                        m.index as i64,
+                        &*m.author,
+                        m.author_role.as_str(),
+                        m.body,
+                        m.attributes.to_string(),
+                        m.date_created,
+                        m.created_ms,
+                    ])?;
+                    next_index.insert(m.channel_sid.clone(), m.index + 1);
+                }
+                Op::SaveChannel {
+                    sid,
+                    queue,
+                    customer,
+                    form_data,
+                    started_at,
+                } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO channels (sid, queue, customer, form_data, started_at, next_index, ended_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 0, NULL)",
+                        params![&**sid, &**queue, customer.as_deref(), form_data, started_at],
+                    )?;
+                }
+                Op::EndChannel { sid, ended_ms } => {
+                    tx.execute(
+                        "UPDATE channels SET ended_ms = ?2 WHERE sid = ?1",
+                        params![&**sid, ended_ms],
+                    )?;
+                }
+                Op::AddMember {
+                    sid,
+                    identity,
+                    role,
+                } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO members (sid, identity, role) VALUES (?1, ?2, ?3)",
+                        params![&**sid, &**identity, role.as_str()],
+                    )?;
+                }
+                Op::RemoveMember { sid, identity } => {
+                    tx.execute(
+                        "DELETE FROM members WHERE sid = ?1 AND identity = ?2",
+                        params![&**sid, &**identity],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM drafts WHERE sid = ?1 AND identity = ?2",
+                        params![&**sid, &**identity],
+                    )?;
+                }
+                Op::SaveIdentity(row) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO identities (id, role, anonymous, expanded, engagement, engagement_started_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![
+                            &*row.id,
+                            row.role.as_str(),
+                            row.anonymous,
+                            row.expanded,
+                            row.engagement.as_ref().map(|(sid, _)| &**sid),
+                            row.engagement.as_ref().map(|(_, at)| at.as_str()),
+                        ],
+                    )?;
+                }
+                Op::SetDraft {
+                    identity,
+                    sid,
+                    body,
+                } => match body {
+                    Some(body) => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO drafts (identity, sid, body) VALUES (?1, ?2, ?3)",
+                            params![&**identity, &**sid, body],
+                        )?;
+                    }
+                    None => {
+                        tx.execute(
+                            "DELETE FROM drafts WHERE identity = ?1 AND sid = ?2",
+                            params![&**identity, &**sid],
+                        )?;
+                    }
+                },
+                Op::Purge(retention) => purge(&tx, retention)?,
+            }
+        }
+    }
+    // One next-index update per channel per batch, so that retention can
+    // delete old messages without losing where the channel's numbering is.
+    for (sid, next) in next_index {
+        tx.execute(
+            "UPDATE channels SET next_index = MAX(next_index, ?2) WHERE sid = ?1",
+            params![&*sid, next as i64],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn purge(tx: &rusqlite::Transaction<'_>, r: &super::Retention) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM messages WHERE (sid, idx) IN
+           (SELECT sid, idx FROM messages WHERE created_ms < ?1 LIMIT ?2)",
+        params![r.older_than_ms, PURGE_SLICE],
+    )?;
+    tx.execute(
+        "DELETE FROM messages WHERE (sid, idx) IN
+           (SELECT m.sid, m.idx FROM messages m JOIN channels c ON c.sid = m.sid
+            WHERE m.idx < c.next_index - ?1 LIMIT ?2)",
+        params![r.max_messages as i64, PURGE_SLICE],
+    )?;
+    let ended: Vec<String> = {
+        let mut stmt = tx.prepare(
+            "SELECT sid FROM channels WHERE ended_ms IS NOT NULL AND ended_ms < ?1 LIMIT 100",
+        )?;
+        let rows = stmt.query_map(params![r.ended_before_ms], |row| row.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for sid in ended {
+        tx.execute("DELETE FROM messages WHERE sid = ?1", params![sid])?;
+        tx.execute("DELETE FROM members WHERE sid = ?1", params![sid])?;
+        tx.execute("DELETE FROM drafts WHERE sid = ?1", params![sid])?;
+        tx.execute("DELETE FROM channels WHERE sid = ?1", params![sid])?;
+    }
+    Ok(())
+}
+
+/// Messages with `from <= idx < to`, the newest `limit` of them, ascending.
+pub fn messages(
+    conn: &Connection,
+    sid: &str,
+    from: u64,
+    to: u64,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let sid_arc: Arc<str> = Arc::from(sid);
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, author, author_role, body, attributes, date_created, created_ms
+         FROM messages WHERE sid = ?1 AND idx >= ?2 AND idx < ?3
+         ORDER BY idx DESC LIMIT ?4",
+    )?;
+    let mut out: Vec<StoredMessage> = stmt
+        .query_map(
+            params![
+                sid,
+                from as i64,
+                to.min(i64::MAX as u64) as i64,
+                limit as i64
+            ],
+            |r| message_from_row(&sid_arc, r),
+        )?
+        .collect::<Result<_, _>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+pub fn oldest_index(conn: &Connection, sid: &str) -> Result<Option<u64>, StoreError> {
+    let oldest: Option<i64> = conn
+        .prepare_cached("SELECT MIN(idx) FROM messages WHERE sid = ?1")?
+        .query_row(params![sid], |r| r.get(0))?;
+    Ok(oldest.map(|i| i as u64))
+}
+
+pub fn channel_next_index(conn: &Connection, sid: &str) -> Result<Option<u64>, StoreError> {
+    let row: Option<(i64, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT next_index, (SELECT MAX(idx) FROM messages WHERE sid = ?1) FROM channels WHERE sid = ?1",
+        )?
+        .query_row(params![sid], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row.map(|(next, max)| next.max(max.map_or(0, |m| m + 1)) as u64))
+}

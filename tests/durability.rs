@@ -1,0 +1,593 @@
+//! No message lost: durable storage across kill -9, recovery on reconnect
+//! (`recover`, `after`), history paging, retention, and a corrupt data
+//! directory refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{config_file, fresh_data_dir, token, BrokerProcess, Client, Enc, TestServer};
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use switchboard::ActionRegistry;
+
+/// Every message of a channel, paging back with `GetMessages`.
+async fn whole_history(client: &mut Client, sid: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut before = Value::Null;
+    loop {
+        let page = client
+            .call(
+                "GetMessages",
+                json!({"channelSid": sid, "before": before, "limit": 100}),
+            )
+            .await
+            .unwrap();
+        let messages = page["messages"].as_array().unwrap().clone();
+        if let Some(first) = messages.first() {
+            before = first["index"].clone();
+        }
+        let more = page["hasMore"].as_bool().unwrap();
+        all.splice(0..0, messages);
+        if !more {
+            return all;
+        }
+    }
+}
+
+fn assert_gapless(messages: &[Value], from: u64, what: &str) {
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(
+            m["index"],
+            from + i as u64,
+            "{what}: gap or disorder at position {i}"
+        );
+    }
+}
+
+/// Reads `messageAdded` pushes until index `last` (inclusive).
+async fn read_until(client: &mut Client, last: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let m = client.push("messageAdded").await;
+        let index = m["index"].as_u64().unwrap();
+        out.push(m);
+        if index >= last {
+            return out;
+        }
+    }
+}
+
+/// One flooding sender: pipelines `SendMessage` (a window at a time) until
+/// its socket dies; returns what was acknowledged as (index, body).
+async fn flood(
+    mut client: Client,
+    sid: String,
+    who: &'static str,
+    acked_total: Arc<AtomicUsize>,
+) -> (Vec<(u64, String)>, Client) {
+    let mut acked = Vec::new();
+    let mut i = 0usize;
+    'outer: loop {
+        let mut sent = Vec::new();
+        for _ in 0..16 {
+            let body = format!("{who}-{i}");
+            i += 1;
+            let id = client.next_id();
+            let frame = client.encode(&json!({"id": id, "action": "SendMessage", "payload": {"channelSid": sid, "body": body}}));
+            if client.ws.send(frame).await.is_err() {
+                break 'outer;
+            }
+            sent.push((id, body));
+        }
+        for (id, body) in sent {
+            loop {
+                let Some(frame) = client.read_frame_within(Duration::from_secs(5)).await else {
+                    break 'outer;
+                };
+                if frame.get("event").is_some() {
+                    client.pushes.push_back(frame);
+                    continue;
+                }
+                if frame["id"] == id {
+                    if let Some(result) = frame.get("result") {
+                        acked.push((result["index"].as_u64().unwrap(), body));
+                        acked_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    (acked, client)
+}
+
+fn last_seen(client: &Client) -> i64 {
+    let indexes: Vec<u64> = client
+        .pushes
+        .iter()
+        .filter(|p| p["event"] == "messageAdded")
+        .map(|p| p["data"]["index"].as_u64().unwrap())
+        .collect();
+    for (i, index) in indexes.iter().enumerate() {
+        assert_eq!(*index, i as u64, "pushes before the crash were in order");
+    }
+    indexes.last().map_or(-1, |i| *i as i64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_while_flooding_loses_no_acknowledged_message() {
+    for level in ["fsync", "os"] {
+        kill_once(level).await;
+    }
+}
+
+async fn kill_once(level: &str) {
+    let config = config_file(
+        &format!("kill-{level}.toml"),
+        &format!("durability = \"{level}\"\n"),
+    );
+    let dir = fresh_data_dir();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let env = [("SWITCHBOARD_JWT_SECRET", common::SECRET)];
+    let mut broker = BrokerProcess::start(&args, &env, &dir);
+
+    let mut tab1 = Client::open_url(&broker.url, Enc::Json).await.unwrap();
+    tab1.connect(json!({})).await.unwrap();
+    let resume = tab1.connect_result["resumeToken"].clone();
+    let sid = tab1.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut tab2 = Client::open_url(&broker.url, Enc::MsgPack).await.unwrap();
+    tab2.connect(json!({"resumeToken": resume})).await.unwrap();
+    let mut agent = Client::open_url(&broker.url, Enc::MsgPack).await.unwrap();
+    agent
+        .connect(json!({"token": token("bob", "agent", 3600)}))
+        .await
+        .unwrap();
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    let mut observer = Client::open_url(&broker.url, Enc::Json).await.unwrap();
+    observer
+        .connect(json!({"token": token("obs", "service", 3600)}))
+        .await
+        .unwrap();
+    observer
+        .call("Subscribe", json!({"channel": sid}))
+        .await
+        .unwrap();
+    let observed = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let observed_in = observed.clone();
+    let watcher = tokio::spawn(async move {
+        while let Some(frame) = observer.read_frame_within(Duration::from_secs(5)).await {
+            if frame["event"] == "messageAdded" {
+                observed_in
+                    .lock()
+                    .unwrap()
+                    .push(frame["data"]["index"].as_u64().unwrap());
+            }
+        }
+    });
+
+    let acked_total = Arc::new(AtomicUsize::new(0));
+    let senders = vec![
+        tokio::spawn(flood(tab1, sid.clone(), "tab1", acked_total.clone())),
+        tokio::spawn(flood(tab2, sid.clone(), "tab2", acked_total.clone())),
+        tokio::spawn(flood(agent, sid.clone(), "bob", acked_total.clone())),
+    ];
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        while acked_total.load(Ordering::Relaxed) < 600 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{level}: the flood got going");
+    broker.signal("KILL");
+    let _ = broker.wait_exit();
+
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    let mut tab1_seen = -1;
+    for (n, sender) in senders.into_iter().enumerate() {
+        let (mine, client) = sender.await.unwrap();
+        if n == 0 {
+            tab1_seen = last_seen(&client);
+        }
+        for (index, body) in mine {
+            assert!(
+                acked.insert(index, body).is_none(),
+                "{level}: index {index} acknowledged twice"
+            );
+        }
+    }
+    watcher.await.unwrap();
+    let observed = observed.lock().unwrap().clone();
+    for (i, index) in observed.iter().enumerate() {
+        assert_eq!(*index, i as u64, "{level}: observer order before the crash");
+    }
+    let observer_seen = observed.last().map_or(-1, |i| *i as i64);
+
+    // Restart on the same data directory.
+    let broker2 = BrokerProcess::start(&args, &env, &dir);
+    let mut agent = Client::open_url(&broker2.url, Enc::Json).await.unwrap();
+    agent
+        .connect(json!({"token": token("bob", "agent", 3600)}))
+        .await
+        .unwrap();
+    let history = whole_history(&mut agent, &sid).await;
+    assert_gapless(&history, 0, level);
+    for (index, body) in &acked {
+        let stored = history
+            .get(*index as usize)
+            .unwrap_or_else(|| panic!("{level}: acknowledged {index} lost"));
+        assert_eq!(stored["body"], body.as_str(), "{level}: message {index}");
+    }
+    let last = history.len() as u64 - 1;
+    assert!(observer_seen <= last as i64 && tab1_seen <= last as i64);
+
+    // The observer recovers exactly what it missed.
+    let mut observer = Client::open_url(&broker2.url, Enc::MsgPack).await.unwrap();
+    observer
+        .connect(json!({"token": token("obs", "service", 3600)}))
+        .await
+        .unwrap();
+    let r = observer
+        .call("Subscribe", json!({"channel": sid, "after": observer_seen}))
+        .await
+        .unwrap();
+    assert_eq!(r["recovered"], true);
+    if observer_seen < last as i64 {
+        let missed = read_until(&mut observer, last).await;
+        assert_eq!(
+            missed,
+            history[(observer_seen + 1) as usize..],
+            "{level}: observer recovery"
+        );
+    }
+    // The customer comes back as the same identity, still engaged, and
+    // recovers from what its tab had seen.
+    let mut tab = Client::open_url(&broker2.url, Enc::Json).await.unwrap();
+    let r = tab
+        .connect(json!({"resumeToken": resume, "recover": {sid.as_str(): tab1_seen}}))
+        .await
+        .unwrap();
+    assert_eq!(r["engagement"]["channelSid"], sid.as_str());
+    assert_eq!(r["recovered"][sid.as_str()], true);
+    if tab1_seen < last as i64 {
+        let missed = read_until(&mut tab, last).await;
+        assert_eq!(
+            missed,
+            history[(tab1_seen + 1) as usize..],
+            "{level}: customer recovery"
+        );
+    }
+    // Numbering carries on after the last stored index.
+    let next = tab
+        .call(
+            "SendMessage",
+            json!({"channelSid": sid, "body": "after the crash"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next["index"], last + 1);
+    broker2.signal("TERM");
+    drop(broker2);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_closed_with_4008_recovers_the_whole_stream() {
+    const MESSAGES: u64 = 3000;
+    let server = TestServer::start("[limits]\noutbox_frames = 64\noutbox_bytes = 67108864\n").await;
+    let mut customer = server.customer().await;
+    let sid = customer.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut stalled = server.staff("slow", "agent").await;
+    stalled
+        .call("Subscribe", json!({"channel": sid}))
+        .await
+        .unwrap();
+    let body = "z".repeat(8 * 1024);
+    for _ in 0..MESSAGES {
+        customer
+            .call("SendMessage", json!({"channelSid": sid, "body": body}))
+            .await
+            .unwrap();
+        customer.pushes.clear();
+    }
+    assert_eq!(server.broker.metrics.snapshot().slow_consumer_closes, 1);
+    // What reached the stalled socket is a gapless prefix.
+    let mut got = Vec::new();
+    while let Some(frame) = stalled.read_frame_within(Duration::from_secs(5)).await {
+        if frame["event"] == "messageAdded" {
+            got.push(frame["data"].clone());
+        }
+    }
+    assert_gapless(&got, 0, "before the 4008");
+    assert!(
+        (got.len() as u64) < MESSAGES,
+        "the stalled reader did miss messages"
+    );
+    let seen = got.len() as i64 - 1;
+    let mut again = server.staff("slow", "agent").await;
+    let r = again
+        .call("Subscribe", json!({"channel": sid, "after": seen}))
+        .await
+        .unwrap();
+    assert_eq!(r["recovered"], true);
+    got.extend(read_until(&mut again, MESSAGES - 1).await);
+    assert_gapless(&got, 0, "after recovery");
+    assert_eq!(got.len() as u64, MESSAGES);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconnect_recovery_at_the_seam_while_the_channel_keeps_going() {
+    for config in [
+        "",
+        "durability = \"memory\"\n[history]\nmemory_messages = 2000\n",
+    ] {
+        const MESSAGES: u64 = 600;
+        let server = TestServer::start(config).await;
+        let mut customer = server.customer().await;
+        let sid = customer.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut member = server.staff("member", "agent").await;
+        member
+            .call("JoinChannel", json!({"channelSid": sid}))
+            .await
+            .unwrap();
+        // An observer and a member that keep dropping their connection and
+        // coming back with recovery, while the writer writes.
+        let mut observer = server.staff("watch", "service").await;
+        observer
+            .call("Subscribe", json!({"channel": sid}))
+            .await
+            .unwrap();
+        let sid_w = sid.clone();
+        let writer = tokio::spawn(async move {
+            for i in 0..MESSAGES {
+                customer
+                    .call(
+                        "SendMessage",
+                        json!({"channelSid": sid_w, "body": format!("m{i}")}),
+                    )
+                    .await
+                    .unwrap();
+                customer.pushes.clear();
+            }
+        });
+        let (mut seen_obs, mut seen_mem) = (Vec::<u64>::new(), Vec::<u64>::new());
+        let mut round = 0;
+        while seen_obs.last() != Some(&(MESSAGES - 1)) || seen_mem.last() != Some(&(MESSAGES - 1)) {
+            round += 1;
+            for _ in 0..(37 + round * 11) % 90 {
+                if seen_obs.last() == Some(&(MESSAGES - 1)) {
+                    break;
+                }
+                seen_obs.push(
+                    observer.push("messageAdded").await["index"]
+                        .as_u64()
+                        .unwrap(),
+                );
+            }
+            for _ in 0..(53 + round * 7) % 80 {
+                if seen_mem.last() == Some(&(MESSAGES - 1)) {
+                    break;
+                }
+                seen_mem.push(member.push("messageAdded").await["index"].as_u64().unwrap());
+            }
+            let obs_last = seen_obs.last().map_or(-1, |i| *i as i64);
+            let mem_last = seen_mem.last().map_or(-1, |i| *i as i64);
+            drop(observer);
+            drop(member);
+            observer = Client::open(&server, Enc::MsgPack).await;
+            observer
+                .connect(json!({"token": token("watch", "service", 60)}))
+                .await
+                .unwrap();
+            let r = observer
+                .call("Subscribe", json!({"channel": sid, "after": obs_last}))
+                .await
+                .unwrap();
+            assert_eq!(r["recovered"], true);
+            member = Client::open(&server, Enc::Json).await;
+            let r = member
+                .connect(json!({"token": token("member", "agent", 60), "recover": {sid.as_str(): mem_last}}))
+                .await
+                .unwrap();
+            assert_eq!(r["recovered"][sid.as_str()], true);
+        }
+        writer.await.unwrap();
+        let expected: Vec<u64> = (0..MESSAGES).collect();
+        assert_eq!(
+            seen_obs, expected,
+            "observer: no gap, no duplicate ({config:?})"
+        );
+        assert_eq!(
+            seen_mem, expected,
+            "member: no gap, no duplicate ({config:?})"
+        );
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn paging_and_retention_boundaries() {
+    for config in [
+        "[history]\nmax_messages = 10\nmemory_messages = 5\npurge_interval_secs = 1\n",
+        "durability = \"memory\"\n[history]\nmax_messages = 100\nmemory_messages = 10\npurge_interval_secs = 1\n",
+    ] {
+        let server = TestServer::start(config).await;
+        let mut customer = server.customer().await;
+        let sid = customer.call("StartEngagement", json!({})).await.unwrap()["channelSid"].as_str().unwrap().to_owned();
+        for i in 0..30 {
+            customer.call("SendMessage", json!({"channelSid": sid, "body": format!("m{i}")})).await.unwrap();
+        }
+        // Retention keeps the newest 10 (on disk, or in the memory window).
+        let kept = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let page = customer.call("GetMessages", json!({"channelSid": sid, "limit": 100})).await.unwrap();
+                if page["messages"][0]["index"] == 20 {
+                    return page;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("retention ran");
+        assert_eq!(kept["messages"].as_array().unwrap().len(), 10);
+        assert_eq!(kept["hasMore"], false);
+        let page = customer.call("GetMessages", json!({"channelSid": sid, "before": 27, "limit": 3})).await.unwrap();
+        let indexes: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["index"].as_u64().unwrap()).collect();
+        assert_eq!(indexes, [24, 25, 26]);
+        assert_eq!(page["hasMore"], true);
+        assert_eq!(page["messages"][0]["body"], "m24");
+        assert_eq!(customer.fails("GetMessages", json!({"channelSid": sid, "limit": 0})).await, "bad_request");
+        assert_eq!(customer.fails("GetMessages", json!({"channelSid": sid, "limit": 101})).await, "bad_request");
+
+        let mut agent = server.staff("a", "agent").await;
+        let r = agent.call("Subscribe", json!({"channel": sid, "after": 2})).await.unwrap();
+        assert_eq!(r["recovered"], false, "history no longer reaches back ({config})");
+        agent.no_push("messageAdded", Duration::from_millis(100)).await;
+        let mut agent2 = server.staff("b", "agent").await;
+        let r = agent2.call("Subscribe", json!({"channel": sid, "after": 21})).await.unwrap();
+        assert_eq!(r["recovered"], true);
+        let replayed: Vec<u64> = read_until(&mut agent2, 29).await.iter().map(|m| m["index"].as_u64().unwrap()).collect();
+        assert_eq!(replayed, (22..30).collect::<Vec<_>>());
+        let mut other = server.staff("c", "agent").await;
+        assert_eq!(other.fails("GetMessages", json!({"channelSid": sid})).await, "not_a_member");
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn state_survives_a_restart_and_ended_transcripts_stay_readable() {
+    let server = TestServer::start("").await;
+    let mut customer = server.customer().await;
+    let resume = customer.connect_result["resumeToken"].clone();
+    let sid = customer
+        .call("StartEngagement", json!({"formData": {"name": "Ada"}}))
+        .await
+        .unwrap()["channelSid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    customer
+        .call("ToggleChatVisibility", json!({}))
+        .await
+        .unwrap();
+    customer
+        .call("SetInputText", json!({"channelSid": sid, "body": "draft"}))
+        .await
+        .unwrap();
+    let mut agent = server.staff("bob", "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    agent
+        .call("SendMessage", json!({"channelSid": sid, "body": "hello"}))
+        .await
+        .unwrap();
+    // A second engagement that ends: both leave.
+    let mut gone = server.customer().await;
+    let ended = gone.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    gone.call("SendMessage", json!({"channelSid": ended, "body": "bye"}))
+        .await
+        .unwrap();
+    gone.call("RestartEngagement", json!({})).await.unwrap();
+    let dir = server.stop_keeping_data().await;
+
+    let server = TestServer::start_in(&dir, "", ActionRegistry::new()).await;
+    let mut customer = Client::open(&server, Enc::MsgPack).await;
+    let r = customer
+        .connect(json!({"resumeToken": resume}))
+        .await
+        .unwrap();
+    assert_eq!(r["engagement"]["channelSid"], sid.as_str());
+    assert_eq!(r["widget"]["expanded"], true);
+    assert_eq!(r["inputText"][sid.as_str()], "draft");
+    let mut queue = server.staff("q", "agent").await;
+    let open = queue
+        .call("Subscribe", json!({"channel": "queue:default"}))
+        .await
+        .unwrap();
+    assert_eq!(open["engagements"][0]["channelSid"], sid.as_str());
+    assert_eq!(open["engagements"][0]["formData"], json!({"name": "Ada"}));
+    assert_eq!(open["engagements"].as_array().unwrap().len(), 1);
+    // The agent is still a member; numbering continues.
+    let mut agent = server.staff("bob", "agent").await;
+    let sent = agent
+        .call(
+            "SendMessage",
+            json!({"channelSid": sid, "body": "still here"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent["index"], 1);
+    assert_eq!(customer.push("messageAdded").await["body"], "still here");
+    // The ended engagement's transcript: agents may read it, customers not.
+    let transcript = agent
+        .call("GetMessages", json!({"channelSid": ended}))
+        .await
+        .unwrap();
+    assert_eq!(transcript["messages"][0]["body"], "bye");
+    assert_eq!(
+        customer
+            .fails("GetMessages", json!({"channelSid": ended}))
+            .await,
+        "not_a_member"
+    );
+    assert_eq!(
+        agent
+            .fails("JoinChannel", json!({"channelSid": ended}))
+            .await,
+        "not_found"
+    );
+    server.shutdown().await;
+}
+
+#[test]
+fn a_corrupt_data_dir_is_refused_and_left_alone() {
+    let dir = fresh_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("switchboard.db");
+    let garbage = b"this is not a database, and it must not be wiped".repeat(100);
+    std::fs::write(&db, &garbage).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not a usable Switchboard store"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(dir.to_str().unwrap()), "{stderr}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        garbage,
+        "the file is untouched"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
