@@ -3,7 +3,7 @@
 // tokens, listener semantics. A scripted WebSocket server stands in for the
 // broker here; test/sdk/broker.test.js runs everything against the real one.
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { after, before, describe, test, afterEach } from "node:test";
 
 import { backoffDelay, MemoryStorage, SwitchboardClient, SwitchboardError } from "@switchboard/client";
 import { startFakeBroker } from "../helpers/fake-broker.js";
@@ -37,6 +37,11 @@ describe("against a scripted server", () => {
 
   before(async () => {
     fake = await startFakeBroker();
+  });
+  // Each test's clients are closed when it ends, so that none of them can
+  // reconnect into the next test's counts.
+  afterEach(() => {
+    for (const c of clients.splice(0)) c.close();
   });
   after(async () => {
     for (const c of clients) c.close();
