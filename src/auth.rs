@@ -29,6 +29,15 @@ impl Role {
         }
     }
 
+    /// The role with its article, for messages: "a customer", "an agent".
+    pub fn with_article(self) -> &'static str {
+        match self {
+            Role::Customer => "a customer",
+            Role::Agent => "an agent",
+            Role::Service => "a service",
+        }
+    }
+
     /// Agents and services staff channels; customers only own engagements.
     pub fn is_staff(self) -> bool {
         matches!(self, Role::Agent | Role::Service)

@@ -519,8 +519,8 @@ impl ActionRegistry {
             .ok_or_else(|| ActionError::UnknownAction(action.to_owned()))?;
         if !entry.roles.allows(ctx.role()) {
             return Err(ActionError::Forbidden(format!(
-                "{action} is not allowed for a {}",
-                ctx.role()
+                "{action} is not allowed for {}",
+                ctx.role().with_article()
             )));
         }
         let mut payload = payload;

@@ -279,8 +279,10 @@ impl Broker {
             .clone();
         if identity.role != principal.role {
             return Err(ActionError::Unauthorized(format!(
-                "identity {:?} is a {}, not a {}",
-                principal.identity, identity.role, principal.role
+                "identity {:?} is {}, not {}",
+                principal.identity,
+                identity.role.with_article(),
+                principal.role.with_article()
             )));
         }
         Ok(identity)
