@@ -30,7 +30,39 @@
 //!
 //! Embedding: build an [`actions::ActionRegistry`], add listeners, replaced
 //! implementations or custom actions to it, then
-//! `Broker::new(config, actions)`, `Server::bind` and `Server::run`.
+//! `Broker::new(config, actions)`, `Server::bind` and `Server::run`:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use serde_json::json;
+//! use switchboard::{ActionError, ActionRegistry, Broker, Config, CustomAction, Roles, Server};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let mut actions = ActionRegistry::new();
+//!     actions.before("SendMessage", |_ctx, payload| async move {
+//!         if payload["body"].as_str().is_some_and(|b| b.contains("password")) {
+//!             return Err(ActionError::Rejected("never send passwords in chat".into()));
+//!         }
+//!         Ok(payload)
+//!     })?;
+//!     actions.after("StartEngagement", |_ctx, payload, result| async move {
+//!         tracing::info!(%payload, %result, "engagement started");
+//!     })?;
+//!     actions.register(
+//!         CustomAction::new("escalate").description("Escalate to tier 2").roles(Roles::STAFF),
+//!         |ctx, payload| async move {
+//!             ctx.invoke("SendMessage", json!({"channelSid": payload["channelSid"], "body": "Escalated."}))
+//!                 .await?;
+//!             Ok(json!({"escalated": true}))
+//!         },
+//!     )?;
+//!     let broker = Arc::new(Broker::new(Config::default(), actions)?);
+//!     let server = Server::bind(broker, "127.0.0.1:8080".parse()?).await?;
+//!     server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//!     Ok(())
+//! }
+//! ```
 
 pub mod actions;
 pub mod auth;
