@@ -241,6 +241,19 @@ impl Outbox {
         }
     }
 
+    /// Takes every queued frame at once without waiting (benchmarks and
+    /// tests stand in for the writer with this). Returns how many.
+    pub fn drain(&self) -> usize {
+        let mut state = self.state.lock();
+        let n = state.queue.len();
+        state.queue.clear();
+        state.bytes = 0;
+        state.droppable = 0;
+        state.replayed = 0;
+        state.replayed_bytes = 0;
+        n
+    }
+
     /// Frames waiting (for tests and metrics).
     pub fn len(&self) -> usize {
         self.state.lock().queue.len()
