@@ -22,8 +22,10 @@ use switchboard::store::StoredMessage;
 use switchboard::{ActionContext, ActionRegistry, Broker, Config};
 
 fn broker() -> Arc<Broker> {
-    let mut config = Config::default();
-    config.durability = Durability::Memory;
+    let mut config = Config {
+        durability: Durability::Memory,
+        ..Config::default()
+    };
     // The benchmark drains outboxes itself; keep the bounds out of the way.
     config.limits.outbox_frames = 1 << 20;
     config.limits.outbox_bytes = 1 << 30;
