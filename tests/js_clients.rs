@@ -22,7 +22,9 @@ fn javascript_sdk_and_browser_end_to_end() {
     println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "JavaScript tests failed: {summary:?}");
     assert!(
-        summary.iter().any(|l| l.starts_with("# pass") && l != &"# pass 0"),
+        summary
+            .iter()
+            .any(|l| l.starts_with("# pass") && l != &"# pass 0"),
         "no JavaScript test ran: {summary:?}"
     );
     assert!(summary.contains(&"# fail 0"), "{summary:?}");
