@@ -13,6 +13,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::validate;
+
 /// The subprotocol a session picked at the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encoding {
@@ -72,10 +74,30 @@ impl DecodeError {
 /// Decodes one client frame in the session's encoding.
 pub fn decode_command(encoding: Encoding, frame: &Message) -> Result<Command, DecodeError> {
     let value: Value = match (encoding, frame) {
-        (Encoding::Json, Message::Text(text)) => serde_json::from_str(text.as_str())
-            .map_err(|e| DecodeError::new(None, format!("invalid JSON: {e}")))?,
-        (Encoding::MsgPack, Message::Binary(bytes)) => rmp_serde::from_slice(bytes)
-            .map_err(|e| DecodeError::new(None, format!("invalid MessagePack: {e}")))?,
+        (Encoding::Json, Message::Text(text)) => {
+            // serde_json stops at 128 levels on its own; the stricter bound
+            // is checked on the result so both encodings share one limit.
+            let value: Value = serde_json::from_str(text.as_str())
+                .map_err(|e| DecodeError::new(None, format!("invalid JSON: {e}")))?;
+            if validate::depth(&value, validate::MAX_FRAME_DEPTH) > validate::MAX_FRAME_DEPTH {
+                return Err(DecodeError::new(
+                    None,
+                    format!(
+                        "invalid JSON: nesting deeper than {} levels",
+                        validate::MAX_FRAME_DEPTH
+                    ),
+                ));
+            }
+            value
+        }
+        (Encoding::MsgPack, Message::Binary(bytes)) => {
+            // Length prefixes and nesting are checked before anything is
+            // allocated from them (see `validate::check_msgpack`).
+            validate::check_msgpack(bytes, validate::MAX_FRAME_DEPTH)
+                .map_err(|e| DecodeError::new(None, format!("invalid MessagePack: {e}")))?;
+            rmp_serde::from_slice(bytes)
+                .map_err(|e| DecodeError::new(None, format!("invalid MessagePack: {e}")))?
+        }
         (Encoding::Json, _) => {
             return Err(DecodeError::new(
                 None,

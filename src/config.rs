@@ -35,6 +35,13 @@ pub enum ConfigError {
     Actions(String),
     #[error("invalid [limits]: {0}")]
     Limits(String),
+    /// The hardening sections (`[rate_limits]`, `[admission]`, `[jwt]`,
+    /// `[tls]`, `[validation]`, `allowed_origins`).
+    #[error("invalid {section}: {message}")]
+    Invalid {
+        section: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +62,15 @@ pub struct Config {
     pub identities: Identities,
     pub business_hours: Option<BusinessHoursConfig>,
     pub actions: ActionsConfig,
+    // ---- hardening against hostile clients (see docs/security.md) ----
+    /// Browser origins allowed to open a WebSocket (`Origin` header). Absent:
+    /// any. Requests with no `Origin` (non-browser clients) are allowed.
+    pub allowed_origins: Option<Vec<String>>,
+    pub rate_limits: crate::rate_limit::RateLimits,
+    pub admission: crate::admission::AdmissionConfig,
+    pub jwt: crate::auth::JwtConfig,
+    pub tls: Option<crate::tls::TlsConfig>,
+    pub validation: crate::validate::ValidationConfig,
 }
 
 impl Default for Config {
@@ -69,6 +85,12 @@ impl Default for Config {
             identities: Identities::default(),
             business_hours: None,
             actions: ActionsConfig::default(),
+            allowed_origins: None,
+            rate_limits: Default::default(),
+            admission: Default::default(),
+            jwt: Default::default(),
+            tls: None,
+            validation: Default::default(),
         }
     }
 }
@@ -307,6 +329,26 @@ impl Config {
         self.limits.validate()?;
         if let Some(hours) = &self.business_hours {
             crate::business_hours::BusinessHours::from_config(hours)?;
+        }
+        self.validate_hardening()
+    }
+
+    /// The hardening sections; keys that need files (TLS, a JWT public key)
+    /// are read when the broker and server are built.
+    fn validate_hardening(&self) -> Result<(), ConfigError> {
+        let invalid = |section| move |message| ConfigError::Invalid { section, message };
+        self.rate_limits
+            .validate()
+            .map_err(invalid("[rate_limits]"))?;
+        self.admission.validate().map_err(invalid("[admission]"))?;
+        self.validation
+            .validate()
+            .map_err(invalid("[validation]"))?;
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(invalid("[tls]"))?;
+        }
+        if let Some(origins) = &self.allowed_origins {
+            crate::admission::validate_origins(origins).map_err(invalid("allowed_origins"))?;
         }
         Ok(())
     }

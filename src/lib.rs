@@ -25,12 +25,17 @@
 //! - [`auth`]: JWTs, anonymous customers, resume tokens.
 //! - [`business_hours`], [`config`], [`metrics`], [`error`] (the one mapping
 //!   from Rust errors to the contract's error codes).
+//! - Hardening against hostile clients (docs/security.md): [`admission`]
+//!   (connection counts, the `Origin` allowlist), [`rate_limit`] (per-session
+//!   token buckets), [`validate`] (MessagePack length/nesting guard, payload
+//!   checks), [`tls`] (optional wss).
 //!
 //! Embedding: build an [`actions::ActionRegistry`], add listeners, replaced
 //! implementations or custom actions to it, then
 //! `Broker::new(config, actions)`, `Server::bind` and `Server::run`.
 
 pub mod actions;
+pub mod admission;
 pub mod auth;
 pub mod broker;
 pub mod business_hours;
@@ -41,7 +46,10 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod rate_limit;
 pub mod server;
+pub mod tls;
+pub mod validate;
 
 pub use actions::{ActionContext, ActionRegistry, CustomAction, Roles};
 pub use broker::Broker;

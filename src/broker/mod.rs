@@ -91,11 +91,10 @@ impl Broker {
             .as_ref()
             .map(BusinessHours::from_config)
             .transpose()?;
-        let auth = Authenticator::new(
-            config.jwt_secret.as_deref(),
-            config.anonymous_customers,
-            Duration::from_secs(config.identities.resume_ttl_secs),
-        );
+        let auth = Authenticator::from_config(&config).map_err(|message| ConfigError::Invalid {
+            section: "[jwt]",
+            message,
+        })?;
         Ok(Broker {
             config: Arc::new(config),
             auth,
@@ -207,6 +206,13 @@ impl Broker {
             let mut state = identity.lock();
             if state.removed {
                 continue; // the reaper got it between lookup and lock
+            }
+            let max = self.config.admission.max_sessions_per_identity;
+            if state.sessions.len() >= max {
+                return Err(ActionError::RateLimited(format!(
+                    "identity {} already has {max} sessions (admission.max_sessions_per_identity)",
+                    identity.id
+                )));
             }
             state.sessions.push(session.clone());
             state.idle_since = None;
