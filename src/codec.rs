@@ -71,6 +71,9 @@ impl DecodeError {
     }
 }
 
+/// Longest action name accepted in a command.
+pub const MAX_ACTION_BYTES: usize = 64;
+
 /// Decodes one client frame in the session's encoding.
 pub fn decode_command(encoding: Encoding, frame: &Message) -> Result<Command, DecodeError> {
     let value: Value = match (encoding, frame) {
@@ -126,6 +129,14 @@ fn command_from_value(value: Value) -> Result<Command, DecodeError> {
         return Err(DecodeError::new(None, "`id` must be an unsigned integer"));
     };
     let action = match map.remove("action") {
+        // Action names are at most 64 bytes (custom ones are refused longer),
+        // and a longer one would only be echoed back in `unknown_action`.
+        Some(Value::String(action)) if action.len() > MAX_ACTION_BYTES => {
+            return Err(DecodeError::new(
+                Some(id),
+                format!("`action` must be at most {MAX_ACTION_BYTES} bytes"),
+            ))
+        }
         Some(Value::String(action)) if !action.is_empty() => action,
         Some(_) => return Err(DecodeError::new(Some(id), "`action` must be a string")),
         None => return Err(DecodeError::new(Some(id), "`action` is missing")),
