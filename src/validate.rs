@@ -80,7 +80,9 @@ pub fn check_msgpack(bytes: &[u8], max_depth: usize) -> Result<(), String> {
         }
         *top -= 1;
         let marker = take(&mut pos, 1)? as u8;
-        // (bytes of data to skip, child items that follow)
+        // (bytes of data to skip, child items that follow); containers are
+        // the markers that open a level, empty or not.
+        let container = matches!(marker, 0x80..=0x9f | 0xdc..=0xdf);
         let (skip, items): (u64, u64) = match marker {
             0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
             0x80..=0x8f => (0, 2 * (marker & 0x0f) as u64),
@@ -111,7 +113,7 @@ pub fn check_msgpack(bytes: &[u8], max_depth: usize) -> Result<(), String> {
             ));
         }
         pos += skip as usize;
-        if items > 0 {
+        if container {
             // Every item takes at least one byte.
             let left = (bytes.len() - pos) as u64;
             if items > left {
@@ -119,6 +121,7 @@ pub fn check_msgpack(bytes: &[u8], max_depth: usize) -> Result<(), String> {
                     "MessagePack container claims {items} items but only {left} bytes remain in the frame"
                 ));
             }
+            // `pending` holds the root slot plus one entry per open level.
             if pending.len() > max_depth {
                 return Err(format!("nesting deeper than {max_depth} levels"));
             }
