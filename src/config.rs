@@ -407,6 +407,26 @@ payload = { body = "Thanks for reaching out! An agent will be with you shortly."
     }
 
     #[test]
+    fn the_readme_and_security_examples_parse() {
+        for doc in [
+            include_str!("../README.md"),
+            include_str!("../docs/security.md"),
+        ] {
+            let block = doc
+                .split("```toml\n")
+                .nth(1)
+                .and_then(|rest| rest.split("```").next())
+                .expect("a toml example");
+            Config::from_toml(block).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let bad = Config::from_toml("[rate_limits]\ncommands_per_sec = 0.0\n").unwrap_err();
+        assert!(bad.to_string().contains("commands_per_sec"), "{bad}");
+        let bad = Config::from_toml("allowed_origins = [\"*\"]\n").unwrap_err();
+        assert!(bad.to_string().contains("allowed_origins"), "{bad}");
+        assert!(Config::from_toml("[jwt]\nnope = 1\n").is_err());
+    }
+
+    #[test]
     fn typos_are_refused() {
         let err = Config::from_toml("[limits]\nmax_frame_byte = 10\n").unwrap_err();
         assert!(err.to_string().contains("max_frame_byte"), "{err}");
