@@ -22,6 +22,9 @@ fuzz_target!(|data: &[u8]| {
     for encoding in Encoding::ALL {
         let again = decode_command(encoding, &encode(encoding, &frame))
             .unwrap_or_else(|e| panic!("{encoding:?} round trip failed: {}", e.message));
-        assert_eq!(again, command, "{encoding:?} round trip changed the command");
+        assert_eq!(
+            again, command,
+            "{encoding:?} round trip changed the command"
+        );
     }
 });
