@@ -13,6 +13,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::validate;
+
 /// The subprotocol a session picked at the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encoding {
@@ -69,13 +71,36 @@ impl DecodeError {
     }
 }
 
+/// Longest action name accepted in a command.
+pub const MAX_ACTION_BYTES: usize = 64;
+
 /// Decodes one client frame in the session's encoding.
 pub fn decode_command(encoding: Encoding, frame: &Message) -> Result<Command, DecodeError> {
     let value: Value = match (encoding, frame) {
-        (Encoding::Json, Message::Text(text)) => serde_json::from_str(text.as_str())
-            .map_err(|e| DecodeError::new(None, format!("invalid JSON: {e}")))?,
-        (Encoding::MsgPack, Message::Binary(bytes)) => rmp_serde::from_slice(bytes)
-            .map_err(|e| DecodeError::new(None, format!("invalid MessagePack: {e}")))?,
+        (Encoding::Json, Message::Text(text)) => {
+            // serde_json stops at 128 levels on its own; the stricter bound
+            // is checked on the result so both encodings share one limit.
+            let value: Value = serde_json::from_str(text.as_str())
+                .map_err(|e| DecodeError::new(None, format!("invalid JSON: {e}")))?;
+            if validate::depth(&value, validate::MAX_FRAME_DEPTH) > validate::MAX_FRAME_DEPTH {
+                return Err(DecodeError::new(
+                    None,
+                    format!(
+                        "invalid JSON: nesting deeper than {} levels",
+                        validate::MAX_FRAME_DEPTH
+                    ),
+                ));
+            }
+            value
+        }
+        (Encoding::MsgPack, Message::Binary(bytes)) => {
+            // Length prefixes and nesting are checked before anything is
+            // allocated from them (see `validate::check_msgpack`).
+            validate::check_msgpack(bytes, validate::MAX_FRAME_DEPTH)
+                .map_err(|e| DecodeError::new(None, format!("invalid MessagePack: {e}")))?;
+            rmp_serde::from_slice(bytes)
+                .map_err(|e| DecodeError::new(None, format!("invalid MessagePack: {e}")))?
+        }
         (Encoding::Json, _) => {
             return Err(DecodeError::new(
                 None,
@@ -104,6 +129,14 @@ fn command_from_value(value: Value) -> Result<Command, DecodeError> {
         return Err(DecodeError::new(None, "`id` must be an unsigned integer"));
     };
     let action = match map.remove("action") {
+        // Action names are at most 64 bytes (custom ones are refused longer),
+        // and a longer one would only be echoed back in `unknown_action`.
+        Some(Value::String(action)) if action.len() > MAX_ACTION_BYTES => {
+            return Err(DecodeError::new(
+                Some(id),
+                format!("`action` must be at most {MAX_ACTION_BYTES} bytes"),
+            ))
+        }
         Some(Value::String(action)) if !action.is_empty() => action,
         Some(_) => return Err(DecodeError::new(Some(id), "`action` must be a string")),
         None => return Err(DecodeError::new(Some(id), "`action` is missing")),

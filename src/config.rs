@@ -39,6 +39,13 @@ pub enum ConfigError {
     Limits(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The hardening sections (`[rate_limits]`, `[admission]`, `[jwt]`,
+    /// `[tls]`, `[validation]`, `allowed_origins`).
+    #[error("invalid {section}: {message}")]
+    Invalid {
+        section: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +71,15 @@ pub struct Config {
     pub identities: Identities,
     pub business_hours: Option<BusinessHoursConfig>,
     pub actions: ActionsConfig,
+    // ---- hardening against hostile clients (see docs/security.md) ----
+    /// Browser origins allowed to open a WebSocket (`Origin` header). Absent:
+    /// any. Requests with no `Origin` (non-browser clients) are allowed.
+    pub allowed_origins: Option<Vec<String>>,
+    pub rate_limits: crate::rate_limit::RateLimits,
+    pub admission: crate::admission::AdmissionConfig,
+    pub jwt: crate::auth::JwtConfig,
+    pub tls: Option<crate::tls::TlsConfig>,
+    pub validation: crate::validate::ValidationConfig,
 }
 
 impl Default for Config {
@@ -81,6 +97,12 @@ impl Default for Config {
             identities: Identities::default(),
             business_hours: None,
             actions: ActionsConfig::default(),
+            allowed_origins: None,
+            rate_limits: Default::default(),
+            admission: Default::default(),
+            jwt: Default::default(),
+            tls: None,
+            validation: Default::default(),
         }
     }
 }
@@ -370,6 +392,26 @@ impl Config {
         if let Some(hours) = &self.business_hours {
             crate::business_hours::BusinessHours::from_config(hours)?;
         }
+        self.validate_hardening()
+    }
+
+    /// The hardening sections; keys that need files (TLS, a JWT public key)
+    /// are read when the broker and server are built.
+    fn validate_hardening(&self) -> Result<(), ConfigError> {
+        let invalid = |section| move |message| ConfigError::Invalid { section, message };
+        self.rate_limits
+            .validate()
+            .map_err(invalid("[rate_limits]"))?;
+        self.admission.validate().map_err(invalid("[admission]"))?;
+        self.validation
+            .validate()
+            .map_err(invalid("[validation]"))?;
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(invalid("[tls]"))?;
+        }
+        if let Some(origins) = &self.allowed_origins {
+            crate::admission::validate_origins(origins).map_err(invalid("allowed_origins"))?;
+        }
         Ok(())
     }
 
@@ -424,6 +466,26 @@ payload = { body = "Thanks for reaching out! An agent will be with you shortly."
         );
         assert_eq!(config.limits.max_body_bytes, 16384);
         assert_eq!(config.business_hours.unwrap().open.len(), 1);
+    }
+
+    #[test]
+    fn the_readme_and_security_examples_parse() {
+        for doc in [
+            include_str!("../README.md"),
+            include_str!("../docs/security.md"),
+        ] {
+            let block = doc
+                .split("```toml\n")
+                .nth(1)
+                .and_then(|rest| rest.split("```").next())
+                .expect("a toml example");
+            Config::from_toml(block).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let bad = Config::from_toml("[rate_limits]\ncommands_per_sec = 0.0\n").unwrap_err();
+        assert!(bad.to_string().contains("commands_per_sec"), "{bad}");
+        let bad = Config::from_toml("allowed_origins = [\"*\"]\n").unwrap_err();
+        assert!(bad.to_string().contains("allowed_origins"), "{bad}");
+        assert!(Config::from_toml("[jwt]\nnope = 1\n").is_err());
     }
 
     #[test]

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
-use tokio::net::TcpStream;
+use serde_json::{json, Value};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -29,8 +28,9 @@ use crate::broker::Broker;
 use crate::codec::{decode_command, encode_error, encode_result, Command, Encoding};
 use crate::error::ActionError;
 use crate::outbox::{CloseReason, Outbox};
+use crate::rate_limit::SessionLimiter;
 
-type Socket = WebSocketStream<TcpStream>;
+type Socket = WebSocketStream<crate::tls::Stream>;
 
 /// How long a closing session waits for its last frames and the peer's
 /// close reply before the socket is dropped.
@@ -59,7 +59,10 @@ pub async fn run_session(
 ) {
     let key = broker.next_session_key();
     let outbox = Arc::new(Outbox::new(broker.outbox_limits(), broker.metrics.clone()));
-    let session = Arc::new(SessionHandle::new(key, encoding, outbox.clone(), peer));
+    let session = Arc::new(
+        SessionHandle::new(key, encoding, outbox.clone(), peer)
+            .with_rate_limiter(SessionLimiter::new(&broker.config.rate_limits)),
+    );
     broker.sessions.insert(key, session.clone());
     broker.metrics.session_opened();
     info!(session = %session.id, %peer, encoding = encoding.subprotocol(), "session open");
@@ -74,6 +77,7 @@ pub async fn run_session(
         broker: &broker,
         session: &session,
         ctx: None,
+        token_expires: None,
     };
     let ended = reader.run(&mut stream, &mut writer, &shutdown).await;
     outbox.close(ended);
@@ -105,6 +109,9 @@ struct Reader<'a> {
     session: &'a Arc<SessionHandle>,
     /// Set once `Connect` succeeded.
     ctx: Option<ActionContext>,
+    /// When the session's client token stops verifying (`exp` + leeway):
+    /// the session is closed with 4001 then, unless `RefreshToken` moved it.
+    token_expires: Option<Instant>,
 }
 
 impl Reader<'_> {
@@ -133,6 +140,10 @@ impl Reader<'_> {
                     return CloseReason::Unauthorized;
                 }
                 _ = &mut idle => return CloseReason::Idle,
+                _ = sleep_until(self.token_expires.unwrap_or(connect_deadline)), if self.token_expires.is_some() => {
+                    debug!(session = %self.session.id, "token expired");
+                    return CloseReason::TokenExpired;
+                }
                 frame = stream.next() => {
                     idle.as_mut().reset(Instant::now() + limits.idle_timeout());
                     match frame {
@@ -167,35 +178,43 @@ impl Reader<'_> {
 
     async fn handle_frame(&mut self, frame: &Message) {
         let encoding = self.session.encoding;
-        let command = match decode_command(encoding, frame) {
-            Ok(command) => command,
-            Err(e) => {
-                self.broker.metrics.bad_request();
-                let error = ActionError::BadRequest(e.message).to_wire();
-                self.session
-                    .outbox
-                    .push(encode_error(encoding, e.id, &error));
-                return;
-            }
-        };
-        let id = command.id;
+        // Every frame draws on the session's command bucket, garbage too; the
+        // frame is still decoded (bounded by the frame limit) so that the
+        // `rate_limited` reply can carry the command's id.
+        let admitted = self.session.rate.check_frame();
+        let decoded = decode_command(encoding, frame);
         let store = self.broker.store.as_ref();
-        if store.is_some_and(|s| !s.has_room()) {
-            let error = ActionError::Internal("storage is overloaded; retry shortly".into());
-            self.session
-                .outbox
-                .push(encode_error(encoding, Some(id), &error.to_wire()));
-            return;
-        }
         let written_before = store.map(|s| s.last_ticket());
-        let outcome = match &self.ctx {
-            Some(ctx) if command.action == "Connect" => {
-                let _ = ctx;
-                Err(ActionError::bad_request("already connected"))
+        let outcome = match (admitted, decoded) {
+            (Err(limited), decoded) => {
+                let id = match &decoded {
+                    Ok(command) => Some(command.id),
+                    Err(e) => e.id,
+                };
+                Err((id, limited))
             }
-            Some(ctx) => ctx.invoke(&command.action, command.payload).await,
-            None if command.action == "Connect" => self.connect(command).await,
-            None => Err(ActionError::NotConnected),
+            (Ok(()), Err(e)) => {
+                self.broker.metrics.bad_request();
+                Err((e.id, ActionError::BadRequest(e.message)))
+            }
+            (Ok(()), Ok(command)) if store.is_some_and(|s| !s.has_room()) => Err((
+                Some(command.id),
+                ActionError::Internal("storage is overloaded; retry shortly".into()),
+            )),
+            (Ok(()), Ok(command)) => {
+                let id = command.id;
+                let is_connect = command.action == "Connect";
+                let outcome = match &self.ctx {
+                    Some(_) if is_connect => Err(ActionError::bad_request("already connected")),
+                    Some(_) if command.action == REFRESH_TOKEN => self.refresh_token(&command),
+                    Some(ctx) => ctx.invoke(&command.action, command.payload).await,
+                    None if is_connect => self.connect(command).await,
+                    None => Err(ActionError::NotConnected),
+                };
+                outcome
+                    .map(|result| (id, result))
+                    .map_err(|e| (Some(id), e))
+            }
         };
         // A command that wrote anything is answered once it is durable.
         if let (Some(store), Ok(_)) = (store, &outcome) {
@@ -205,13 +224,56 @@ impl Reader<'_> {
             }
         }
         let frame = match &outcome {
-            Ok(result) => encode_result(encoding, id, result),
-            Err(error) => encode_error(encoding, Some(id), &error.to_wire()),
+            Ok((id, result)) => encode_result(encoding, *id, result),
+            Err((id, error)) => {
+                if let ActionError::RateLimited(_) = error {
+                    self.broker.metrics.rate_limited();
+                }
+                encode_error(encoding, *id, &error.to_wire())
+            }
         };
         self.session.outbox.push(frame);
-        if let Err(ActionError::Unauthorized(_)) = outcome {
-            self.session.outbox.close(CloseReason::Unauthorized);
+        // A failed Connect ends the session, after its reply.
+        if let Err((_, ActionError::Unauthorized(_))) = &outcome {
+            if self.ctx.is_none() {
+                self.session.outbox.close(CloseReason::Unauthorized);
+            }
         }
+        if self.session.rate.is_abusive() {
+            debug!(session = %self.session.id, "persistent rate-limit abuse");
+            self.session.outbox.close(CloseReason::RateLimited);
+        }
+    }
+
+    /// `RefreshToken {token}`: a fresh client token for the same identity and
+    /// role moves the session's expiry. A bad one is `unauthorized` and
+    /// changes nothing (the session still ends at the old expiry).
+    fn refresh_token(&mut self, command: &Command) -> Result<Value, ActionError> {
+        let ctx = self.ctx.as_ref().expect("connected");
+        if self.token_expires.is_none() {
+            return Err(ActionError::bad_request(
+                "this session did not connect with a token: there is nothing to refresh",
+            ));
+        }
+        let token = match command.payload.get("token") {
+            Some(Value::String(token)) => token.as_str(),
+            Some(_) => return Err(ActionError::bad_request("`token` must be a string")),
+            None => return Err(ActionError::bad_request("`token` is required")),
+        };
+        crate::validate::payload(&self.broker.config, "Connect", &command.payload)?;
+        let (principal, until) = self
+            .broker
+            .auth
+            .authenticate_until(Some(token), None)
+            .map_err(|e| ActionError::Unauthorized(e.to_string()))?;
+        if *principal.identity != *ctx.identity.id || principal.role != ctx.identity.role {
+            return Err(ActionError::Unauthorized(format!(
+                "the token is for {} ({}), not this session's identity",
+                principal.identity, principal.role
+            )));
+        }
+        self.token_expires = until.and_then(deadline_at);
+        Ok(json!({ "tokenExpiresAt": until.map(rfc3339) }))
     }
 
     /// Authenticates, then runs `Connect` through the actions pipeline.
@@ -224,10 +286,11 @@ impl Reader<'_> {
             ))),
         };
         let (token, resume) = (field("token")?, field("resumeToken")?);
-        let principal = self
+        crate::validate::payload(&self.broker.config, "Connect", &command.payload)?;
+        let (principal, until) = self
             .broker
             .auth
-            .authenticate(token, resume)
+            .authenticate_until(token, resume)
             .map_err(|e| ActionError::Unauthorized(e.to_string()))?;
         let ctx = ActionContext {
             broker: self.broker.clone(),
@@ -235,13 +298,39 @@ impl Reader<'_> {
             session: Some(self.session.clone()),
             internal: false,
         };
-        let result = ctx.invoke("Connect", command.payload.clone()).await?;
+        let mut result = ctx.invoke("Connect", command.payload.clone()).await?;
         // The identity the session was attached to (looked up again in case
         // the reaper replaced it between lookup and attach).
         let identity = self.broker.identity_for(&principal)?;
         self.ctx = Some(ActionContext { identity, ..ctx });
+        self.session.rate.set_role(principal.role);
+        self.token_expires = until.and_then(deadline_at);
+        if let (Some(until), Some(map)) = (until, result.as_object_mut()) {
+            map.insert("tokenExpiresAt".into(), rfc3339(until).into());
+        }
         Ok(result)
     }
+}
+
+/// The session-layer command that extends a token session (an extension;
+/// see docs/protocol.md). Handled here, not in the actions registry, since
+/// it changes the connection's own deadline.
+pub const REFRESH_TOKEN: &str = "RefreshToken";
+
+/// A Unix time as a timer deadline; `None` when it is too far away to be
+/// represented (a token with an absurd `exp` then simply never expires
+/// while the process lives, rather than overflowing `Instant`).
+fn deadline_at(unix_secs: u64) -> Option<Instant> {
+    let left = unix_secs.saturating_sub(crate::auth::now_secs());
+    Instant::now().checked_add(Duration::from_secs(left))
+}
+
+fn rfc3339(unix_secs: u64) -> String {
+    i64::try_from(unix_secs)
+        .ok()
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "9999-12-31T23:59:59.000Z".into())
 }
 
 /// Drains the outbox onto the socket, a batch at a time, with one flush per

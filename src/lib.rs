@@ -27,6 +27,10 @@
 //! - [`auth`]: JWTs, anonymous customers, resume tokens.
 //! - [`business_hours`], [`config`], [`metrics`], [`error`] (the one mapping
 //!   from Rust errors to the contract's error codes).
+//! - Hardening against hostile clients (docs/security.md): [`admission`]
+//!   (connection counts, the `Origin` allowlist), [`rate_limit`] (per-session
+//!   token buckets), [`validate`] (MessagePack length/nesting guard, payload
+//!   checks), [`tls`] (optional wss).
 //!
 //! Embedding: build an [`actions::ActionRegistry`], add listeners, replaced
 //! implementations or custom actions to it, then
@@ -65,6 +69,7 @@
 //! ```
 
 pub mod actions;
+pub mod admission;
 pub mod auth;
 pub mod broker;
 pub mod business_hours;
@@ -75,8 +80,11 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod rate_limit;
 pub mod server;
 pub mod store;
+pub mod tls;
+pub mod validate;
 
 pub use actions::{ActionContext, ActionRegistry, CustomAction, Roles};
 pub use broker::Broker;

@@ -17,6 +17,8 @@ pub struct Metrics {
     frames_too_large: AtomicU64,
     bad_requests: AtomicU64,
     upgrades_refused: AtomicU64,
+    connections_refused: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 /// A copy of the counters at one instant.
@@ -32,6 +34,8 @@ pub struct MetricsSnapshot {
     pub frames_too_large: u64,
     pub bad_requests: u64,
     pub upgrades_refused: u64,
+    pub connections_refused: u64,
+    pub rate_limited: u64,
 }
 
 impl Metrics {
@@ -61,6 +65,14 @@ impl Metrics {
     pub fn upgrade_refused(&self) {
         self.upgrades_refused.fetch_add(1, Relaxed);
     }
+    /// Turned away by admission control (connection limits).
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Relaxed);
+    }
+    /// A command refused with `rate_limited`.
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Relaxed);
+    }
 
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
@@ -73,6 +85,8 @@ impl Metrics {
             frames_too_large: self.frames_too_large.load(Relaxed),
             bad_requests: self.bad_requests.load(Relaxed),
             upgrades_refused: self.upgrades_refused.load(Relaxed),
+            connections_refused: self.connections_refused.load(Relaxed),
+            rate_limited: self.rate_limited.load(Relaxed),
         }
     }
 }
@@ -80,7 +94,7 @@ impl Metrics {
 impl MetricsSnapshot {
     /// Prometheus text exposition format.
     pub fn to_prometheus(&self) -> String {
-        let rows: [(&str, &str, u64); 9] = [
+        let rows: [(&str, &str, u64); 11] = [
             ("sessions_open", "gauge", self.sessions_open),
             ("sessions_opened_total", "counter", self.sessions_opened),
             ("messages_total", "counter", self.messages),
@@ -94,6 +108,12 @@ impl MetricsSnapshot {
             ("frames_too_large_total", "counter", self.frames_too_large),
             ("bad_requests_total", "counter", self.bad_requests),
             ("upgrades_refused_total", "counter", self.upgrades_refused),
+            (
+                "connections_refused_total",
+                "counter",
+                self.connections_refused,
+            ),
+            ("rate_limited_total", "counter", self.rate_limited),
         ];
         let mut out = String::new();
         for (name, kind, value) in rows {

@@ -29,6 +29,8 @@ pub enum CloseReason {
     Shutdown,
     /// 4001: unauthorized, or no `Connect` in time.
     Unauthorized,
+    /// 4001: the session's client token expired (and was not refreshed).
+    TokenExpired,
     /// 4008: the outbound queue overflowed.
     SlowConsumer,
     /// 4009: a frame over the size limit.
@@ -48,6 +50,7 @@ impl CloseReason {
             CloseReason::ClientGone => None,
             CloseReason::Shutdown => Some((4000, "server shutting down")),
             CloseReason::Unauthorized => Some((4001, "unauthorized")),
+            CloseReason::TokenExpired => Some((4001, "token expired")),
             CloseReason::SlowConsumer => Some((4008, "slow consumer")),
             CloseReason::FrameTooLarge => Some((4009, "frame too large")),
             CloseReason::RateLimited => Some((4029, "rate limited")),
@@ -63,6 +66,7 @@ impl fmt::Display for CloseReason {
             CloseReason::ClientGone => "client closed",
             CloseReason::Shutdown => "server shutting down",
             CloseReason::Unauthorized => "unauthorized",
+            CloseReason::TokenExpired => "token expired",
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::FrameTooLarge => "frame too large",
             CloseReason::RateLimited => "rate limited",

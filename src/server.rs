@@ -11,32 +11,65 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{timeout_at, Instant};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Refusal};
 use crate::broker::Broker;
 use crate::connection::{run_session, websocket_config};
 use crate::http::{read_request, route, HttpError, Response, Route};
+use crate::tls::Stream;
 
 /// How long shutdown waits for sessions to drain.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How often idle identities are swept.
 const REAP_EVERY: Duration = Duration::from_secs(60);
+/// Connections being turned away at once (each gets a short HTTP answer and
+/// a moment to read it). Past this, refused sockets are simply closed: a
+/// flood must not cost more to refuse than to accept.
+const MAX_REFUSING: usize = 64;
+/// How long a refused connection is kept so the client can read the answer.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 pub struct Server {
     listener: TcpListener,
     broker: Arc<Broker>,
+    admission: Arc<Admission>,
+    tls: Option<TlsAcceptor>,
 }
 
 impl Server {
+    /// Binds the listener; with `[tls]` configured, reads the certificate
+    /// and key first (an unreadable one is an `InvalidInput` error).
     pub async fn bind(broker: Arc<Broker>, addr: SocketAddr) -> std::io::Result<Server> {
+        let tls = match &broker.config.tls {
+            Some(tls) => Some(tls.acceptor().map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("[tls]: {e}"))
+            })?),
+            None => None,
+        };
         let listener = TcpListener::bind(addr).await?;
-        Ok(Server { listener, broker })
+        let admission = Admission::new(broker.config.admission.clone());
+        Ok(Server {
+            listener,
+            broker,
+            admission,
+            tls,
+        })
+    }
+
+    /// Connection counts (admission control).
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -56,20 +89,39 @@ impl Server {
             .map(|a| a.ip().is_loopback())
             .unwrap_or(false);
         tracker.spawn(housekeeping(self.broker.clone(), token.clone()));
+        let refusing = Arc::new(AtomicUsize::new(0));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tracker.spawn(handle_connection(
-                            self.broker.clone(),
-                            stream,
-                            peer,
-                            loopback,
-                            token.clone(),
-                        ));
-                    }
+                    Ok((stream, peer)) => match self.admission.admit(peer.ip()) {
+                        Ok(ticket) => {
+                            let (broker, tls, token) =
+                                (self.broker.clone(), self.tls.clone(), token.clone());
+                            tracker.spawn(async move {
+                                // The slot is held for the connection's life.
+                                let _ticket = ticket;
+                                handle_connection(broker, stream, peer, loopback, tls, token).await
+                            });
+                        }
+                        Err(refusal) => {
+                            self.broker.metrics.connection_refused();
+                            debug!(%peer, %refusal, "connection refused");
+                            // Over TLS a plain answer would be noise: close.
+                            if self.tls.is_none()
+                                && refusing.fetch_add(1, Ordering::Relaxed) < MAX_REFUSING
+                            {
+                                let refusing = refusing.clone();
+                                tracker.spawn(async move {
+                                    refuse(stream, refusal).await;
+                                    refusing.fetch_sub(1, Ordering::Relaxed);
+                                });
+                            } else if self.tls.is_none() {
+                                refusing.fetch_sub(1, Ordering::Relaxed);
+                            }
+                        }
+                    },
                     Err(e) => {
                         // Usually out of file descriptors: back off rather
                         // than spin, and keep serving who is connected.
@@ -96,16 +148,64 @@ impl Server {
     }
 }
 
+/// Answers a connection that admission control turned away: a short HTTP
+/// answer, then read (and discard) for a moment so that the client's
+/// request in flight does not turn our close into a reset that loses it.
+async fn refuse(mut stream: TcpStream, refusal: Refusal) {
+    let response =
+        Response::text(refusal.status(), format!("{refusal}\n")).with_header("Retry-After", "5");
+    if response.write_to(&mut stream, false).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        let mut sink = [0u8; 1024];
+        let mut total = 0;
+        while let Ok(n) = stream.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > 64 * 1024 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 async fn handle_connection(
     broker: Arc<Broker>,
-    mut stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     loopback: bool,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    // One deadline for the TLS handshake and the request head together.
+    let deadline = Instant::now() + broker.config.limits.handshake_timeout();
+    let mut stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(acceptor) => {
+            let accepted = tokio::select! {
+                accepted = timeout_at(deadline, acceptor.accept(tcp)) => accepted,
+                _ = shutdown.cancelled() => return,
+            };
+            match accepted {
+                Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    broker.metrics.upgrade_refused();
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake not complete in time");
+                    broker.metrics.upgrade_refused();
+                    return;
+                }
+            }
+        }
+    };
     let head = tokio::select! {
-        head = tokio::time::timeout(broker.config.limits.handshake_timeout(), read_request(&mut stream)) => head,
+        head = timeout_at(deadline, read_request(&mut stream)) => head,
         _ = shutdown.cancelled() => return,
     };
     let (request, leftover) = match head {
@@ -138,13 +238,22 @@ async fn handle_connection(
             if request.path == "/ws" {
                 broker.metrics.upgrade_refused();
             }
-            let _ = response
-                .write_to(&mut stream, request.method == "HEAD")
-                .await;
-            let _ = stream.shutdown().await;
+            // Bounded too: a client that never reads a page must not hold
+            // its connection slot forever (slow-read slowloris).
+            let write = async {
+                let _ = response
+                    .write_to(&mut stream, request.method == "HEAD")
+                    .await;
+                let _ = stream.shutdown().await;
+            };
+            let _ = tokio::time::timeout(broker.config.limits.handshake_timeout(), write).await;
         }
         Route::Upgrade { encoding, response } => {
-            if stream.write_all(&response).await.is_err() {
+            let write = tokio::time::timeout(
+                broker.config.limits.handshake_timeout(),
+                stream.write_all(&response),
+            );
+            if !matches!(write.await, Ok(Ok(()))) {
                 return;
             }
             let socket = WebSocketStream::from_partially_read(

@@ -128,7 +128,7 @@ async fn kill_9_while_flooding_loses_no_acknowledged_message() {
 async fn kill_once(level: &str) {
     let config = config_file(
         &format!("kill-{level}.toml"),
-        &format!("durability = \"{level}\"\n"),
+        &format!("durability = \"{level}\"\n[rate_limits]\nenabled = false\n"),
     );
     let dir = fresh_data_dir();
     let args = [
@@ -288,7 +288,10 @@ async fn kill_once(level: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_closed_with_4008_recovers_the_whole_stream() {
     const MESSAGES: u64 = 3000;
-    let server = TestServer::start("[limits]\noutbox_frames = 64\noutbox_bytes = 67108864\n").await;
+    let server = TestServer::start(
+        "[limits]\noutbox_frames = 64\noutbox_bytes = 67108864\n[rate_limits]\nenabled = false\n",
+    )
+    .await;
     let mut customer = server.customer().await;
     let sid = customer.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
         .as_str()
@@ -336,8 +339,8 @@ async fn a_slow_consumer_closed_with_4008_recovers_the_whole_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reconnect_recovery_at_the_seam_while_the_channel_keeps_going() {
     for config in [
-        "",
-        "durability = \"memory\"\n[history]\nmemory_messages = 2000\n",
+        "[rate_limits]\nenabled = false\n",
+        "durability = \"memory\"\n[history]\nmemory_messages = 2000\n[rate_limits]\nenabled = false\n",
     ] {
         const MESSAGES: u64 = 600;
         let server = TestServer::start(config).await;

@@ -50,7 +50,12 @@ async fn a_peer_that_goes_silent_is_closed_by_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_is_closed_with_4008_and_costs_nobody_anything() {
     const MESSAGES: usize = 3000;
-    let server = TestServer::start("[limits]\noutbox_frames = 256\noutbox_bytes = 1048576\n").await;
+    // Rate limits off: this one customer posts 3000 messages as fast as it
+    // can on purpose (the rate limiter is tested in tests/hostile.rs).
+    let server = TestServer::start(
+        "[limits]\noutbox_frames = 256\noutbox_bytes = 1048576\n[rate_limits]\nenabled = false\n",
+    )
+    .await;
     let mut customer = server.customer().await;
     let sid = customer.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
         .as_str()

@@ -17,7 +17,8 @@ const PER_TAB: usize = 150;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_races_sending_tabs() {
-    let server = TestServer::start("").await;
+    // Rate limits off: each tab floods on purpose (tested in tests/hostile.rs).
+    let server = TestServer::start("[rate_limits]\nenabled = false\n").await;
     for round in 0..ROUNDS {
         hammer_once(&server, round).await;
     }

@@ -523,6 +523,11 @@ impl ActionRegistry {
                 ctx.role().with_article()
             )));
         }
+        // A client's session pays for every run of a limited action, however
+        // it was reached (directly, a custom action, `TriggerAction`).
+        if let Some(session) = ctx.session.as_ref().filter(|_| !ctx.internal) {
+            session.rate.check_action(action)?;
+        }
         let mut payload = payload;
         for listener in self.before.get(action).into_iter().flatten() {
             payload = listener(ctx.clone(), payload).await?;
@@ -531,6 +536,9 @@ impl ActionRegistry {
                     "a before{action} listener returned a payload that is not a map"
                 )));
             }
+        }
+        if entry.kind == ActionKind::Builtin {
+            crate::validate::payload(&ctx.broker.config, action, &payload)?;
         }
         let after = self.after.get(action);
         let result = match &entry.implementation {

@@ -15,6 +15,7 @@ use crate::error::ActionError;
 pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
     let session = session_required(ctx)?;
     let name = required_str(payload, "channel")?;
+    crate::admission::check_subscriptions(&ctx.broker.config.admission, session, name)?;
     if let Some(queue_name) = name.strip_prefix(QUEUE_PREFIX) {
         let queue = queue_channel(queue_name)
             .ok_or_else(|| ActionError::bad_request("queue names are 1-64 of A-Z a-z 0-9 _ - ."))?;

@@ -110,12 +110,14 @@ impl Broker {
                 (Some(store), Some(snapshot))
             }
         };
-        let auth = Authenticator::new(
-            config.jwt_secret.as_deref(),
+        let auth = Authenticator::from_config(
+            &config,
             snapshot.as_ref().map(|s| s.resume_secret.as_slice()),
-            config.anonymous_customers,
-            Duration::from_secs(config.identities.resume_ttl_secs),
-        );
+        )
+        .map_err(|message| ConfigError::Invalid {
+            section: "[jwt]",
+            message,
+        })?;
         let broker = Broker {
             config: Arc::new(config),
             auth,
@@ -451,6 +453,13 @@ impl Broker {
             let mut state = identity.lock();
             if state.removed {
                 continue; // the reaper got it between lookup and lock
+            }
+            let max = self.config.admission.max_sessions_per_identity;
+            if state.sessions.len() >= max {
+                return Err(ActionError::RateLimited(format!(
+                    "identity {} already has {max} sessions (admission.max_sessions_per_identity)",
+                    identity.id
+                )));
             }
             state.sessions.push(session.clone());
             state.idle_since = None;

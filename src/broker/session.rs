@@ -25,6 +25,8 @@ pub struct SessionHandle {
     /// Channels and queues this session observes (`Subscribe`). Only the
     /// session's own task changes it; the lock just makes that `Sync`.
     subscriptions: Mutex<HashSet<Arc<str>>>,
+    /// Per-session rate limits (see `rate_limit`).
+    pub rate: crate::rate_limit::SessionLimiter,
 }
 
 impl SessionHandle {
@@ -37,7 +39,13 @@ impl SessionHandle {
             peer,
             identity: Mutex::new(None),
             subscriptions: Mutex::new(HashSet::new()),
+            rate: crate::rate_limit::SessionLimiter::unlimited(),
         }
+    }
+
+    pub fn with_rate_limiter(mut self, rate: crate::rate_limit::SessionLimiter) -> Self {
+        self.rate = rate;
+        self
     }
 
     pub fn identity(&self) -> Option<Arc<str>> {
@@ -78,6 +86,10 @@ impl SessionHandle {
 
     pub(crate) fn take_subscriptions(&self) -> Vec<Arc<str>> {
         self.subscriptions.lock().drain().collect()
+    }
+
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.subscriptions.lock().contains(channel)
     }
 
     pub fn subscription_count(&self) -> usize {

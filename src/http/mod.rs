@@ -236,7 +236,7 @@ pub enum Route {
 /// a loopback address (demo tokens are only ever minted there).
 pub fn route(broker: &Broker, request: &Request, loopback: bool) -> Route {
     if request.path == "/ws" {
-        return websocket_upgrade(request);
+        return websocket_upgrade(broker, request);
     }
     if request.method != "GET" && request.method != "HEAD" {
         return Route::Respond(
@@ -250,7 +250,11 @@ pub fn route(broker: &Broker, request: &Request, loopback: bool) -> Route {
             "text/plain; version=0.0.4; charset=utf-8",
             broker.metrics.snapshot().to_prometheus(),
         ),
-        "/demo/token" if broker.config.demo_tokens && loopback => demo_token(broker, request),
+        "/demo/token"
+            if broker.config.demo_tokens && loopback && broker.auth.can_mint_client_tokens() =>
+        {
+            demo_token(broker, request)
+        }
         path => match assets::lookup(path) {
             Some(asset) => Response::new(200, asset.content_type, asset.body)
                 .with_header("Cache-Control", "no-cache"),
@@ -260,7 +264,7 @@ pub fn route(broker: &Broker, request: &Request, loopback: bool) -> Route {
     Route::Respond(response)
 }
 
-fn websocket_upgrade(request: &Request) -> Route {
+fn websocket_upgrade(broker: &Broker, request: &Request) -> Route {
     let refuse = |status, text: &str| Route::Respond(Response::text(status, format!("{text}\n")));
     if request.method != "GET" {
         return refuse(405, "the WebSocket endpoint takes GET");
@@ -280,6 +284,12 @@ fn websocket_upgrade(request: &Request) -> Route {
     let Some(key) = request.header("sec-websocket-key").map(str::trim) else {
         return refuse(400, "missing Sec-WebSocket-Key");
     };
+    // Another site's page must not ride a visitor's browser into the broker.
+    if let Err(why) =
+        crate::admission::origin_allowed(broker.config.allowed_origins.as_deref(), request)
+    {
+        return refuse(403, &why);
+    }
     let offered: Vec<&str> = request.header_tokens("sec-websocket-protocol").collect();
     let encoding = if offered.is_empty() {
         Encoding::Json

@@ -27,6 +27,8 @@ pub struct TestServer {
     /// The store's directory (removed when the test passes).
     pub data_dir: std::path::PathBuf,
     pub broker: Arc<Broker>,
+    /// Live connection counts (admission control).
+    pub admission: Arc<switchboard::admission::Admission>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -56,6 +58,7 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = server.local_addr().unwrap();
+        let admission = server.admission().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
@@ -64,6 +67,7 @@ impl TestServer {
             addr,
             data_dir: data_dir.to_owned(),
             broker,
+            admission,
             stop: Some(stop),
             task: Some(task),
         }
@@ -100,6 +104,21 @@ impl TestServer {
     pub async fn customer(&self) -> Client {
         let mut c = Client::open(self, Enc::Json).await;
         c.connect(json!({})).await.expect("anonymous connect");
+        c
+    }
+
+    pub async fn customer_enc(&self, enc: Enc) -> Client {
+        let mut c = Client::open(self, enc).await;
+        c.connect(json!({})).await.expect("anonymous connect");
+        c
+    }
+
+    /// A session connected with the given client token.
+    pub async fn staff_token(&self, token: &str) -> Client {
+        let mut c = Client::open(self, Enc::Json).await;
+        c.connect(json!({ "token": token }))
+            .await
+            .expect("token connect");
         c
     }
 
@@ -192,7 +211,12 @@ impl Client {
                 "server echoes the subprotocol"
             );
         }
-        Ok(Client {
+        Ok(Client::from_ws(ws, enc))
+    }
+
+    /// A client over an already upgraded socket.
+    pub fn from_ws(ws: Ws, enc: Enc) -> Client {
+        Client {
             ws,
             enc,
             next_id: 1,
@@ -200,7 +224,7 @@ impl Client {
             replies: VecDeque::new(),
             connect_result: Value::Null,
             closed: None,
-        })
+        }
     }
 
     pub async fn connect(&mut self, payload: Value) -> Result<Value, Value> {
@@ -438,4 +462,45 @@ pub fn config_file(name: &str, contents: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
     path
+}
+
+/// Sends raw bytes on a fresh TCP connection and returns everything the
+/// server answers until it closes (or `wait` passes).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    let _ = tcp.write_all(request).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The HTTP status of a refused WebSocket upgrade (`None` when it upgraded).
+pub async fn upgrade_status(url: &str, headers: &[(&str, &str)]) -> Option<u16> {
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => None,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Some(response.status().as_u16())
+        }
+        Err(e) => panic!("upgrade failed without an HTTP answer: {e}"),
+    }
+}
+
+/// Waits until `condition` holds (checked every 20 ms), or panics after
+/// `WAIT` saying what it waited for.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -1,0 +1,332 @@
+//! Input checks that sit in front of decoding and dispatch.
+//!
+//! - [`check_msgpack`] walks a MessagePack frame's structure *before* it is
+//!   decoded: every length prefix must fit in the bytes that are actually
+//!   there, and nesting is bounded. A 20-byte frame claiming a 4 GiB string
+//!   or a billion-element array is refused without allocating anything.
+//!   (rmp-serde and serde are careful already; this makes the bound ours,
+//!   explicit, and fuzzed, rather than an accident of their internals.)
+//! - [`depth`] bounds the nesting of decoded values (JSON frames, and the
+//!   free-form `formData` / `messageAttributes` maps).
+//! - [`payload`] runs the per-action checks the built-in actions do not do
+//!   themselves, once `before` listeners have had their say.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::error::ActionError;
+
+/// Deepest nesting of maps and arrays in any command frame, the frame itself
+/// counting as one. Far above what any real command needs (a command is 2
+/// deep, `messageAttributes` adds `[validation] max_payload_depth`), far
+/// below what could hurt the stack.
+pub const MAX_FRAME_DEPTH: usize = 32;
+
+/// Longest `token` / `resumeToken` accepted by `Connect` and `RefreshToken`.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// `[validation]` in the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Deepest nesting inside `formData` and `messageAttributes` (the map
+    /// itself is 1): `{"a": {"b": 1}}` is 2.
+    pub max_payload_depth: usize,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            max_payload_depth: 8,
+        }
+    }
+}
+
+impl ValidationConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_payload_depth == 0 || self.max_payload_depth >= MAX_FRAME_DEPTH - 2 {
+            return Err(format!(
+                "max_payload_depth must be between 1 and {}",
+                MAX_FRAME_DEPTH - 3
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `bytes` hold exactly one MessagePack value whose length
+/// prefixes all fit in the frame and whose nesting is at most `max_depth`.
+/// Iterative, so a hostile frame cannot exhaust the stack either.
+pub fn check_msgpack(bytes: &[u8], max_depth: usize) -> Result<(), String> {
+    // Items still to read at each open level; the root is one item.
+    let mut pending: Vec<u64> = vec![1];
+    let mut pos = 0usize;
+    let take = |pos: &mut usize, n: usize| -> Result<u64, String> {
+        let end = pos
+            .checked_add(n)
+            .filter(|&end| end <= bytes.len())
+            .ok_or("MessagePack frame is truncated")?;
+        let value = bytes[*pos..end]
+            .iter()
+            .fold(0u64, |acc, &b| (acc << 8) | b as u64);
+        *pos = end;
+        Ok(value)
+    };
+    while let Some(top) = pending.last_mut() {
+        if *top == 0 {
+            pending.pop();
+            continue;
+        }
+        *top -= 1;
+        let marker = take(&mut pos, 1)? as u8;
+        // (bytes of data to skip, child items that follow); containers are
+        // the markers that open a level, empty or not.
+        let container = matches!(marker, 0x80..=0x9f | 0xdc..=0xdf);
+        let (skip, items): (u64, u64) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * (marker & 0x0f) as u64),
+            0x90..=0x9f => (0, (marker & 0x0f) as u64),
+            0xa0..=0xbf => ((marker & 0x1f) as u64, 0),
+            0xc4 | 0xd9 => (take(&mut pos, 1)?, 0),
+            0xc5 | 0xda => (take(&mut pos, 2)?, 0),
+            0xc6 | 0xdb => (take(&mut pos, 4)?, 0),
+            0xca => (4, 0),
+            0xcb => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xce | 0xd2 => (4, 0),
+            0xcf | 0xd3 => (8, 0),
+            0xdc => (0, take(&mut pos, 2)?),
+            0xdd => (0, take(&mut pos, 4)?),
+            0xde => (0, 2 * take(&mut pos, 2)?),
+            0xdf => (0, 2 * take(&mut pos, 4)?),
+            0xc7..=0xc9 | 0xd4..=0xd8 => {
+                return Err("MessagePack extension types are not part of the protocol".into())
+            }
+            0xc1 => return Err("invalid MessagePack marker 0xc1".into()),
+        };
+        let left = (bytes.len() - pos) as u64;
+        if skip > left {
+            return Err(format!(
+                "MessagePack value claims {skip} bytes but only {left} remain in the frame"
+            ));
+        }
+        pos += skip as usize;
+        if container {
+            // Every item takes at least one byte.
+            let left = (bytes.len() - pos) as u64;
+            if items > left {
+                return Err(format!(
+                    "MessagePack container claims {items} items but only {left} bytes remain in the frame"
+                ));
+            }
+            // `pending` holds the root slot plus one entry per open level.
+            if pending.len() > max_depth {
+                return Err(format!("nesting deeper than {max_depth} levels"));
+            }
+            pending.push(items);
+        }
+    }
+    if pos != bytes.len() {
+        return Err(format!(
+            "{} bytes after the end of the command",
+            bytes.len() - pos
+        ));
+    }
+    Ok(())
+}
+
+/// Nesting depth of a value: a scalar is 0, `{}` and `[]` are 1, `{"a": []}`
+/// is 2. Iterative, and stops counting once past `limit`.
+pub fn depth(value: &Value, limit: usize) -> usize {
+    let mut deepest = 0;
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        let d = d + 1;
+        deepest = deepest.max(d);
+        if deepest > limit {
+            return deepest;
+        }
+        stack.extend(children.map(|c| (c, d)));
+    }
+    deepest
+}
+
+/// A free-form map field (`formData`, `messageAttributes`): a map when
+/// present, within the byte limit as JSON and the nesting limit.
+pub fn free_form_map(config: &Config, payload: &Value, field: &str) -> Result<(), ActionError> {
+    let value = match payload.get(field) {
+        None | Some(Value::Null) => return Ok(()),
+        Some(value @ Value::Object(_)) => value,
+        Some(_) => return Err(ActionError::bad_request(format!("`{field}` must be a map"))),
+    };
+    let max_depth = config.validation.max_payload_depth;
+    let found = depth(value, max_depth);
+    if found > max_depth {
+        return Err(ActionError::TooLarge(format!(
+            "`{field}` is nested more than {max_depth} levels deep (validation.max_payload_depth)"
+        )));
+    }
+    let limit = config.limits.max_body_bytes;
+    let bytes = serde_json::to_string(value).map_or(usize::MAX, |s| s.len());
+    if bytes > limit {
+        return Err(ActionError::TooLarge(format!(
+            "`{field}` is {bytes} bytes as JSON; the limit is {limit}"
+        )));
+    }
+    Ok(())
+}
+
+/// An optional string field with a length bound.
+fn bounded_str(payload: &Value, field: &str, max: usize) -> Result<(), ActionError> {
+    match payload.get(field) {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(s)) if s.len() <= max => Ok(()),
+        Some(Value::String(s)) => Err(ActionError::TooLarge(format!(
+            "`{field}` is {} bytes; the limit is {max}",
+            s.len()
+        ))),
+        Some(_) => Err(ActionError::bad_request(format!(
+            "`{field}` must be a string"
+        ))),
+    }
+}
+
+/// Checks a built-in action's payload beyond what the action itself checks:
+/// nesting depth of free-form maps, and lengths of fields that are only
+/// looked up (so would otherwise never be measured).
+pub fn payload(config: &Config, action: &str, payload: &Value) -> Result<(), ActionError> {
+    match action {
+        "Connect" => {
+            bounded_str(payload, "token", MAX_TOKEN_BYTES)?;
+            bounded_str(payload, "resumeToken", MAX_TOKEN_BYTES)
+        }
+        "StartEngagement" => free_form_map(config, payload, "formData"),
+        "SendMessage" => free_form_map(config, payload, "messageAttributes"),
+        "TriggerAction" => {
+            bounded_str(payload, "name", 64)?;
+            match payload.get("payload") {
+                Some(p) if depth(p, MAX_FRAME_DEPTH) > MAX_FRAME_DEPTH => {
+                    Err(ActionError::TooLarge("`payload` is nested too deep".into()))
+                }
+                _ => Ok(()),
+            }
+        }
+        "Subscribe" | "Unsubscribe" => channel_name(payload),
+        _ => Ok(()),
+    }
+}
+
+/// `channel` of `Subscribe` / `Unsubscribe`: a channel sid or `queue:<name>`.
+fn channel_name(payload: &Value) -> Result<(), ActionError> {
+    let Some(Value::String(name)) = payload.get("channel") else {
+        return match payload.get("channel") {
+            None => Err(ActionError::bad_request("`channel` is required")),
+            Some(_) => Err(ActionError::bad_request("`channel` must be a string")),
+        };
+    };
+    let is_queue = name
+        .strip_prefix(crate::broker::queue::QUEUE_PREFIX)
+        .is_some_and(|q| crate::broker::queue::queue_channel(q).is_some());
+    if is_queue || crate::broker::channel::is_channel_sid(name) {
+        Ok(())
+    } else {
+        let shown: String = name.chars().take(40).collect();
+        Err(ActionError::bad_request(format!(
+            "`channel` {shown:?} is neither a channel sid (CH + 32 lowercase hex) nor queue:<name> (1-64 of A-Z a-z 0-9 _ - .)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn packed(v: &Value) -> Vec<u8> {
+        rmp_serde::to_vec_named(v).unwrap()
+    }
+
+    #[test]
+    fn well_formed_msgpack_passes() {
+        let v = json!({"id": 1, "action": "SendMessage", "payload": {"channelSid": "CHx",
+            "body": "x".repeat(300), "n": [1, -1, 1.5, null, true, u64::MAX, i64::MIN]}});
+        check_msgpack(&packed(&v), MAX_FRAME_DEPTH).unwrap();
+    }
+
+    #[test]
+    fn allocation_bombs_and_truncation_are_refused() {
+        // str32 claiming 4 GiB
+        let e = check_msgpack(&[0xdb, 0xff, 0xff, 0xff, 0xff, b'a'], 32).unwrap_err();
+        assert!(e.contains("claims 4294967295 bytes"), "{e}");
+        // array32 claiming 4 billion items
+        let e = check_msgpack(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01], 32).unwrap_err();
+        assert!(e.contains("claims 4294967295 items"), "{e}");
+        // map32: 2 × items
+        assert!(check_msgpack(&[0xdf, 0xff, 0xff, 0xff, 0xff], 32).is_err());
+        assert!(
+            check_msgpack(&[0xda, 0x00], 32).is_err(),
+            "truncated length"
+        );
+        assert!(check_msgpack(&[], 32).is_err());
+        assert!(check_msgpack(&[0xc1], 32).is_err());
+        assert!(check_msgpack(&[0xd4, 0x01, 0x02], 32).is_err(), "ext");
+        assert!(check_msgpack(&[0x01, 0x02], 32).is_err(), "trailing");
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = |n: usize| {
+            let mut bytes = vec![0x91; n];
+            bytes.push(0x01);
+            bytes
+        };
+        assert!(check_msgpack(&deep(32), 32).is_ok());
+        assert!(check_msgpack(&deep(33), 32).is_err());
+        assert!(check_msgpack(&deep(100_000), 32).is_err());
+        assert_eq!(depth(&json!(1), 8), 0);
+        assert_eq!(depth(&json!({"a": [{"b": {}}]}), 8), 4);
+        let mut v = json!(1);
+        for _ in 0..20 {
+            v = json!([v]);
+        }
+        assert!(depth(&v, 8) > 8);
+    }
+
+    #[test]
+    fn free_form_maps_say_what_was_wrong() {
+        let config = Config::default();
+        let deep = json!({"formData": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {}}}}}}}}}});
+        let e = free_form_map(&config, &deep, "formData").unwrap_err();
+        assert_eq!(e.code(), "too_large");
+        assert!(e.to_string().contains("nested"), "{e}");
+        let e = free_form_map(&config, &json!({"formData": [1]}), "formData").unwrap_err();
+        assert_eq!(e.code(), "bad_request");
+        let big = json!({"formData": {"x": "y".repeat(20_000)}});
+        assert_eq!(
+            free_form_map(&config, &big, "formData").unwrap_err().code(),
+            "too_large"
+        );
+        assert!(free_form_map(&config, &json!({"formData": {"a": 1}}), "formData").is_ok());
+    }
+
+    #[test]
+    fn channel_names() {
+        let c = Config::default();
+        assert!(payload(&c, "Unsubscribe", &json!({"channel": "queue:default"})).is_ok());
+        let sid = format!("CH{}", "a".repeat(32));
+        assert!(payload(&c, "Unsubscribe", &json!({ "channel": sid })).is_ok());
+        let e = payload(&c, "Unsubscribe", &json!({"channel": "x".repeat(1000)})).unwrap_err();
+        assert!(
+            e.to_string().len() < 300,
+            "the message does not echo the input"
+        );
+        assert!(payload(&c, "Subscribe", &json!({"channel": 7})).is_err());
+    }
+}

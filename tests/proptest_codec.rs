@@ -1,0 +1,84 @@
+//! Property tests for the wire codec: encode/decode round trips in both
+//! encodings, and decoding arbitrary or truncated bytes never panics.
+
+use proptest::prelude::*;
+use serde_json::{Map, Number, Value};
+use switchboard::codec::{decode_command, encode, Command, Encoding, MAX_ACTION_BYTES};
+use switchboard::validate::{check_msgpack, depth, MAX_FRAME_DEPTH};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Any JSON value (finite numbers only: JSON has no others), nested a few
+/// levels.
+fn value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter_map("finite", Number::from_f64)
+            .prop_map(Value::Number),
+        ".{0,40}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(5, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+            prop::collection::btree_map(".{0,12}", inner, 0..8)
+                .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+        ]
+    })
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    (
+        any::<u64>(),
+        ".{1,16}".prop_filter("within the action limit", |a| a.len() <= MAX_ACTION_BYTES),
+        prop::collection::btree_map(".{0,12}", value(), 0..6),
+    )
+        .prop_map(|(id, action, payload)| Command {
+            id,
+            action,
+            payload: Value::Object(payload.into_iter().collect()),
+        })
+}
+
+fn frame(c: &Command) -> Value {
+    serde_json::json!({"id": c.id, "action": c.action, "payload": c.payload})
+}
+
+proptest! {
+    #[test]
+    fn commands_round_trip_in_both_encodings(c in command()) {
+        for encoding in Encoding::ALL {
+            let decoded = decode_command(encoding, &encode(encoding, &frame(&c)));
+            prop_assert_eq!(decoded.as_ref().map_err(|e| &e.message), Ok(&c), "{:?}", encoding);
+        }
+    }
+
+    #[test]
+    fn the_msgpack_guard_accepts_what_the_encoder_makes_and_measures_depth_alike(v in value()) {
+        let bytes = rmp_serde::to_vec_named(&v).unwrap();
+        let d = depth(&v, MAX_FRAME_DEPTH + 1);
+        prop_assert_eq!(check_msgpack(&bytes, MAX_FRAME_DEPTH).is_ok(), d <= MAX_FRAME_DEPTH);
+        if d > 0 {
+            prop_assert!(check_msgpack(&bytes, d).is_ok());
+            prop_assert!(check_msgpack(&bytes, d - 1).is_err());
+        }
+    }
+
+    #[test]
+    fn truncated_msgpack_commands_are_refused_cleanly(c in command(), cut in any::<prop::sample::Index>()) {
+        let bytes = rmp_serde::to_vec_named(&frame(&c)).unwrap();
+        let cut = cut.index(bytes.len());
+        prop_assert!(check_msgpack(&bytes[..cut], MAX_FRAME_DEPTH).is_err());
+        prop_assert!(decode_command(Encoding::MsgPack, &Message::Binary(bytes[..cut].to_vec().into())).is_err());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_command(Encoding::MsgPack, &Message::Binary(bytes.clone().into()));
+        let _ = check_msgpack(&bytes, MAX_FRAME_DEPTH);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let _ = decode_command(Encoding::Json, &Message::Text(text.into()));
+    }
+}
