@@ -6,62 +6,44 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{token, token_with, Client, Enc, SECRET, WAIT};
+use common::{
+    config_file, fresh_data_dir, token, token_with, BrokerProcess, Client, Enc, SECRET, WAIT,
+};
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
 /// Memory growth allowed over the whole attack (generous: the point is
 /// "bounded", not a performance figure).
 const MAX_GROWTH_KIB: u64 = 200 * 1024;
 
 struct Broker {
-    child: Child,
+    process: BrokerProcess,
+    /// `host:port`
     addr: String,
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(config: &str) -> Broker {
-    let dir = std::env::temp_dir().join(format!("switchboard-hostile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("hostile.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(BIN)
-        .args([
+    let path = config_file("hostile.toml", config);
+    let process = BrokerProcess::start(
+        &[
             "--config",
             path.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
-        ])
-        .env("SWITCHBOARD_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn switchboard");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("switchboard listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        ],
+        &[("SWITCHBOARD_JWT_SECRET", SECRET)],
+        &fresh_data_dir(),
+    );
+    let addr = process
+        .url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
         .to_owned();
-    Broker { child, addr }
+    Broker { process, addr }
 }
 
 /// `VmRSS` and `VmHWM` of a process, in KiB.
@@ -85,7 +67,7 @@ async fn open(url: &str, enc: Enc) -> Option<Client> {
 async fn the_broker_serves_honest_clients_with_bounded_memory_under_attack() {
     let broker = start("[limits]\nhandshake_timeout_ms = 1000\nconnect_timeout_ms = 2000\n");
     let url = format!("ws://{}/ws", broker.addr);
-    let pid = broker.child.id();
+    let pid = broker.process.child.id();
 
     // The honest pair.
     let mut customer = Client::open_url(&url, Enc::Json).await.unwrap();
