@@ -1,0 +1,385 @@
+//! `chat`: C engagements, each with an anonymous customer and an agent, both
+//! sending messages (and some typing) at a total rate.
+//!
+//! Setup per engagement: the customer connects and `StartEngagement`s; the
+//! agent connects with a token and `JoinChannel`s the sid from the result.
+//! Then every session sends `SendMessage` at `rate / (2 C)` per second, each
+//! preceded by a `SendTyping` with probability `--typing-share`, for `--run`
+//! seconds. Every message is delivered to 2 sessions (the other party and
+//! the author's own echo); the latency is measured at the other party.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::cli::ChatArgs;
+use crate::conn::{count_close, Ev, Session};
+use crate::procfs;
+use crate::proto::{ChannelSidP, SendMessageP, TimeAttr};
+use crate::report::Report;
+use crate::stats::now_ns;
+use crate::target::Sources;
+use crate::Ctx;
+
+use super::Rng;
+
+const NAME: &str = "chat";
+
+/// Phases broadcast to all sessions.
+const SETUP: u8 = 0;
+const RUN: u8 = 1;
+const DRAIN: u8 = 2;
+const STOP: u8 = 3;
+
+struct Shared {
+    setup_done: Cell<usize>,
+    ready: Cell<usize>,
+    alive: Cell<usize>,
+    /// Commands sent and not yet answered, all sessions.
+    inflight: Cell<u64>,
+    notify: Notify,
+}
+
+pub async fn run(ctx: Rc<Ctx>, a: ChatArgs) -> Report {
+    let stats = ctx.stats.clone();
+    let c = a.engagements.max(1);
+    let sources = match Sources::for_connections(&ctx.cfg.target, 2 * c, ctx.common.per_source_ip) {
+        Ok(s) => s,
+        Err(e) => return ctx.failed(NAME, e),
+    };
+    let secret = match ctx.secret() {
+        Ok(s) => s.to_string(),
+        Err(e) => return ctx.failed(NAME, e),
+    };
+    ctx.set_phase("setup", c as u64);
+    let (phase_tx, phase_rx) = watch::channel(SETUP);
+    let sh = Rc::new(Shared {
+        setup_done: Cell::new(0),
+        ready: Cell::new(0),
+        alive: Cell::new(0),
+        inflight: Cell::new(0),
+        notify: Notify::new(),
+    });
+    let sem = Rc::new(Semaphore::new(a.connect_concurrency.max(1)));
+    let per_session_rate = a.rate / (2.0 * c as f64);
+    let body: Rc<str> = super::body(a.body_bytes).into();
+    for i in 0..c {
+        let token = crate::jwt::mint(
+            &secret,
+            &format!("load-{}-agent-{i}", ctx.run_id),
+            "agent",
+            86_400,
+        );
+        tokio::task::spawn_local(engagement(
+            ctx.clone(),
+            sh.clone(),
+            sem.clone(),
+            (sources.pick(2 * i), sources.pick(2 * i + 1)),
+            token,
+            i as u64,
+            per_session_rate,
+            a.clone(),
+            body.clone(),
+            phase_rx.clone(),
+        ));
+    }
+    let cutoff = ctx.cutoff();
+    tokio::pin!(cutoff);
+    let mut stop_reason = None;
+    while sh.setup_done.get() < c {
+        tokio::select! {
+            _ = sh.notify.notified() => {}
+            _ = &mut cutoff => { stop_reason = ctx.stop_reason(); break; }
+        }
+    }
+    let ready = sh.ready.get();
+    if ready == 0 || stop_reason.is_some() {
+        let mut r = ctx.failed(
+            NAME,
+            stop_reason.unwrap_or_else(|| "no engagement could be set up".into()),
+        );
+        r.param("engagements", c);
+        return finish(&ctx, r, &phase_tx, &sh).await;
+    }
+
+    // Measured phase: run, then drain.
+    let run_for = Duration::from_secs(a.run);
+    ctx.set_phase("chat", a.run * 1000);
+    let start = procfs::sample(ctx.common.server_pid);
+    let _ = phase_tx.send(RUN);
+    let t_run = tokio::time::Instant::now();
+    let run_end = ctx.within(run_for);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                stats.borrow_mut().progress = t_run.elapsed().as_millis() as u64;
+            }
+            _ = tokio::time::sleep_until(run_end) => break,
+            _ = &mut cutoff => break,
+        }
+    }
+    let run_s = t_run.elapsed().as_secs_f64();
+    let _ = phase_tx.send(DRAIN);
+    let drain = ctx.within(Duration::from_secs(ctx.common.drain));
+    loop {
+        let (acked, tagged) = {
+            let s = stats.borrow();
+            (s.acked, s.tagged_deliveries)
+        };
+        if sh.inflight.get() == 0 && tagged >= 2 * acked {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            _ = tokio::time::sleep_until(drain) => break,
+        }
+    }
+    stop_reason = ctx.stop_reason();
+    let end = procfs::sample(ctx.common.server_pid);
+
+    let acked = stats.borrow().acked;
+    let mut r = Report::build(
+        NAME,
+        &ctx.cfg.target.url,
+        ctx.cfg.enc,
+        &stats.borrow(),
+        &start,
+        &end,
+        0.0,
+        ctx.common.server_pid,
+    );
+    if let Some(why) = stop_reason {
+        r.completed = false;
+        r.stop_reason = why;
+    }
+    r.param("engagements", c);
+    r.param("rate", a.rate);
+    r.param("typing_share", a.typing_share);
+    r.param("run", a.run);
+    r.param("body_bytes", a.body_bytes);
+    r.param("window", a.window);
+    r.expect_deliveries(2 * acked);
+    r.metrics.insert("engagements set up", ready as f64);
+    r.metrics
+        .insert("run seconds", (run_s * 100.0).round() / 100.0);
+    if run_s > 0.0 {
+        r.metrics
+            .insert("messages/s (acked)", (acked as f64 / run_s).round());
+    }
+    let target_deliveries = 2.0 * a.rate * ready as f64 / c as f64;
+    r.metrics
+        .insert("deliveries/s (target)", target_deliveries.round());
+    let cpu = r.server.as_ref().and_then(|s| s.cpu_us_per_delivery);
+    r.check_max("broker CPU per delivery (budget)", cpu, 6.5, "µs");
+    let p99_ms = r.latency_us.map(|l| l.p99 / 1000.0);
+    r.check_max("latency p99 (budget)", p99_ms, 2.0, "ms");
+    let achieved = r.deliveries.per_s;
+    r.check_min(
+        "deliveries/s reached 95% of target",
+        Some(achieved.round()),
+        (0.95 * target_deliveries).round(),
+        "/s",
+    );
+    r.check_clean();
+    finish(&ctx, r, &phase_tx, &sh).await
+}
+
+async fn finish(ctx: &Ctx, r: Report, phase_tx: &watch::Sender<u8>, sh: &Shared) -> Report {
+    let _ = phase_tx.send(STOP);
+    ctx.set_phase("close", 0);
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while sh.alive.get() > 0 {
+        tokio::select! {
+            _ = sh.notify.notified() => {}
+            _ = tokio::time::sleep_until(until) => break,
+        }
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn engagement(
+    ctx: Rc<Ctx>,
+    sh: Rc<Shared>,
+    sem: Rc<Semaphore>,
+    src: (Option<std::net::Ipv4Addr>, Option<std::net::Ipv4Addr>),
+    token: String,
+    i: u64,
+    rate: f64,
+    a: ChatArgs,
+    body: Rc<str>,
+    mut phase: watch::Receiver<u8>,
+) {
+    let stats = ctx.stats.clone();
+    sh.alive.set(sh.alive.get() + 1);
+    let setup = async {
+        let _permit = sem.acquire().await.ok()?;
+        let mut cust = Session::open(&ctx.cfg, src.0, None, &stats).await.ok()?;
+        let sid = match cust.call("StartEngagement", None::<()>).await {
+            Ok(r) => r.channel_sid,
+            Err(e) => {
+                stats.borrow_mut().error(e.key("StartEngagement"));
+                None
+            }
+        };
+        let Some(sid) = sid else {
+            stats
+                .borrow_mut()
+                .error("StartEngagement: result without channelSid");
+            cust.close(Duration::from_secs(1)).await;
+            return None;
+        };
+        cust.trackers.expect(&sid, Some(0));
+        let mut agent = match Session::open(&ctx.cfg, src.1, Some(&token), &stats).await {
+            Ok(s) => s,
+            Err(_) => {
+                cust.close(Duration::from_secs(1)).await;
+                return None;
+            }
+        };
+        match agent
+            .call("JoinChannel", Some(ChannelSidP { channel_sid: &sid }))
+            .await
+        {
+            Ok(r) => {
+                let next = (r.last_index.unwrap_or(-1) + 1).max(0) as u64;
+                agent.trackers.expect(&sid, Some(next));
+            }
+            Err(e) => {
+                stats.borrow_mut().error(e.key("JoinChannel"));
+                cust.close(Duration::from_secs(1)).await;
+                agent.close(Duration::from_secs(1)).await;
+                return None;
+            }
+        }
+        Some((cust, agent, sid))
+    };
+    let res = tokio::select! {
+        r = setup => r,
+        _ = phase.wait_for(|p| *p >= STOP) => None,
+    };
+    sh.setup_done.set(sh.setup_done.get() + 1);
+    let Some((cust, agent, sid)) = res else {
+        sh.alive.set(sh.alive.get() - 1);
+        sh.notify.notify_one();
+        return;
+    };
+    sh.ready.set(sh.ready.get() + 1);
+    stats.borrow_mut().progress += 1;
+    sh.notify.notify_one();
+    let sid: Rc<str> = sid.into();
+    // The agent runs in its own task; the customer in this one.
+    sh.alive.set(sh.alive.get() + 1);
+    tokio::task::spawn_local(chatter(
+        ctx.clone(),
+        sh.clone(),
+        agent,
+        sid.clone(),
+        rate,
+        a.clone(),
+        body.clone(),
+        phase.clone(),
+        2 * i + 1,
+    ));
+    chatter(ctx, sh, cust, sid, rate, a, body, phase, 2 * i).await;
+}
+
+/// One session sending at `rate` per second while the phase is RUN, and
+/// reading all the time.
+#[allow(clippy::too_many_arguments)]
+async fn chatter(
+    ctx: Rc<Ctx>,
+    sh: Rc<Shared>,
+    mut sess: Session,
+    sid: Rc<str>,
+    rate: f64,
+    a: ChatArgs,
+    body: Rc<str>,
+    mut phase_rx: watch::Receiver<u8>,
+    seed: u64,
+) {
+    let stats = ctx.stats.clone();
+    let mut rng = Rng::new(seed + 1);
+    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let first = tokio::time::Instant::now() + period.mul_f64(rng.unit());
+    let mut tick = tokio::time::interval_at(first, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Ids and kinds of the commands in flight, in order (true = typing).
+    let mut pending: VecDeque<(u64, bool)> = VecDeque::with_capacity(a.window);
+    let mut phase = *phase_rx.borrow_and_update();
+    let mut closed = false;
+    while phase < STOP {
+        tokio::select! {
+            biased;
+            ev = sess.next_ev() => match ev {
+                Ev::Reply { id, error } => {
+                    let front = pending.pop_front();
+                    sh.inflight.set(sh.inflight.get().saturating_sub(1));
+                    let mut s = stats.borrow_mut();
+                    if id.is_none() || id != front.map(|f| f.0) {
+                        s.error("reply out of command order");
+                    }
+                    let typing = front.map(|f| f.1);
+                    match (error, typing) {
+                        (None, Some(false)) => s.acked += 1,
+                        (None, _) => {}
+                        (Some(code), Some(true)) => s.error(format!("SendTyping: {code}")),
+                        (Some(code), _) => s.error(format!("SendMessage: {code}")),
+                    }
+                }
+                Ev::Closed(c) => {
+                    count_close(&stats, c);
+                    sh.inflight.set(sh.inflight.get().saturating_sub(pending.len() as u64));
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            },
+            r = phase_rx.changed() => {
+                if r.is_err() { break; }
+                phase = *phase_rx.borrow_and_update();
+            }
+            _ = tick.tick(), if phase == RUN => {
+                if pending.len() + 2 > a.window {
+                    stats.borrow_mut().skipped_sends += 1;
+                    continue;
+                }
+                let typing = a.typing_share > 0.0 && rng.unit() < a.typing_share;
+                if typing {
+                    match sess.send("SendTyping", Some(ChannelSidP { channel_sid: &sid }), true).await {
+                        Ok(id) => {
+                            pending.push_back((id, true));
+                            sh.inflight.set(sh.inflight.get() + 1);
+                            stats.borrow_mut().typing_sent += 1;
+                        }
+                        Err(e) => { stats.borrow_mut().error(e.key("SendTyping")); break; }
+                    }
+                }
+                let p = SendMessageP {
+                    channel_sid: &sid,
+                    body: &body,
+                    message_attributes: TimeAttr { t: now_ns() },
+                };
+                match sess.send("SendMessage", Some(p), false).await {
+                    Ok(id) => {
+                        pending.push_back((id, false));
+                        sh.inflight.set(sh.inflight.get() + 1);
+                        stats.borrow_mut().sent += 1;
+                    }
+                    Err(e) => { stats.borrow_mut().error(e.key("SendMessage")); break; }
+                }
+            }
+        }
+    }
+    if !closed {
+        sh.inflight
+            .set(sh.inflight.get().saturating_sub(pending.len() as u64));
+        sess.close(Duration::from_secs(2)).await;
+    }
+    sh.alive.set(sh.alive.get() - 1);
+    sh.notify.notify_one();
+}

@@ -1,0 +1,33 @@
+//! The scenarios, one module each.
+
+pub mod chat;
+pub mod churn;
+pub mod fanout;
+pub mod idle;
+
+/// A cheap deterministic generator (xorshift64*) for send phases and the
+/// typing share; no need for cryptographic randomness here.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The message body: `n` bytes of ASCII.
+pub fn body(n: usize) -> String {
+    "x".repeat(n.max(1))
+}
