@@ -151,7 +151,7 @@ impl Default for Limits {
             outbox_frames: 1024,
             outbox_bytes: 8 * 1024 * 1024,
             outbox_typing_frames: 64,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 16 * 1024,
         }
     }

@@ -50,9 +50,12 @@ pub fn websocket_config(broker: &Broker) -> WebSocketConfig {
 }
 
 /// Runs a session to its end.
+/// Takes the socket already split: an async fn's arguments keep their space
+/// in its future for its whole life, and a whole `WebSocketStream` there
+/// would cost every idle session about a kilobyte.
 pub async fn run_session(
     broker: Arc<Broker>,
-    socket: Socket,
+    (sink, mut stream): (SplitSink<Socket, Message>, SplitStream<Socket>),
     encoding: Encoding,
     peer: SocketAddr,
     shutdown: CancellationToken,
@@ -67,7 +70,6 @@ pub async fn run_session(
     broker.metrics.session_opened();
     info!(session = %session.id, %peer, encoding = encoding.subprotocol(), "session open");
 
-    let (sink, mut stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(
         sink,
         outbox.clone(),
@@ -123,9 +125,15 @@ impl Reader<'_> {
         shutdown: &CancellationToken,
     ) -> CloseReason {
         let limits = &self.broker.config.limits;
+        let idle_timeout = limits.idle_timeout();
         let connect_deadline = Instant::now() + limits.connect_timeout();
-        let idle = tokio::time::sleep(limits.idle_timeout());
-        tokio::pin!(idle);
+        let mut last_rx = Instant::now();
+        // One timer for every deadline (Connect, idle, token expiry), re-armed
+        // only when it fires or a deadline moves earlier: an idle session
+        // carries one timer, and a busy one does not touch the timer wheel
+        // for every frame.
+        let timer = sleep_until(self.next_deadline(connect_deadline, last_rx, idle_timeout));
+        tokio::pin!(timer);
         loop {
             tokio::select! {
                 biased;
@@ -135,17 +143,23 @@ impl Reader<'_> {
                 _ = &mut *writer => {
                     return self.session.outbox.closing().unwrap_or(CloseReason::ClientGone);
                 }
-                _ = sleep_until(connect_deadline), if self.ctx.is_none() => {
-                    debug!(session = %self.session.id, "no Connect in time");
-                    return CloseReason::Unauthorized;
-                }
-                _ = &mut idle => return CloseReason::Idle,
-                _ = sleep_until(self.token_expires.unwrap_or(connect_deadline)), if self.token_expires.is_some() => {
-                    debug!(session = %self.session.id, "token expired");
-                    return CloseReason::TokenExpired;
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if self.ctx.is_none() && now >= connect_deadline {
+                        debug!(session = %self.session.id, "no Connect in time");
+                        return CloseReason::Unauthorized;
+                    }
+                    if self.token_expires.is_some_and(|t| now >= t) {
+                        debug!(session = %self.session.id, "token expired");
+                        return CloseReason::TokenExpired;
+                    }
+                    if now >= last_rx + idle_timeout {
+                        return CloseReason::Idle;
+                    }
+                    timer.as_mut().reset(self.next_deadline(connect_deadline, last_rx, idle_timeout));
                 }
                 frame = stream.next() => {
-                    idle.as_mut().reset(Instant::now() + limits.idle_timeout());
+                    last_rx = Instant::now();
                     match frame {
                         None => return CloseReason::ClientGone,
                         Some(Err(WsError::Capacity(_))) => {
@@ -159,7 +173,16 @@ impl Reader<'_> {
                         Some(Err(_)) => return CloseReason::ClientGone,
                         Some(Ok(Message::Close(_))) => return CloseReason::ClientGone,
                         Some(Ok(frame @ (Message::Text(_) | Message::Binary(_)))) => {
-                            self.handle_frame(&frame).await;
+                            // Boxed: running a command (the whole actions
+                            // pipeline) needs far more state than waiting
+                            // does, and an idle session should not carry it.
+                            Box::pin(self.handle_frame(&frame)).await;
+                            // A Connect or RefreshToken may have brought a
+                            // deadline closer than the one armed.
+                            let next = self.next_deadline(connect_deadline, last_rx, idle_timeout);
+                            if next < timer.deadline() {
+                                timer.as_mut().reset(next);
+                            }
                             if self.session.outbox.is_closing() {
                                 // e.g. a failed Connect: let the writer send
                                 // the reply and the close frame.
@@ -174,6 +197,19 @@ impl Reader<'_> {
                 }
             }
         }
+    }
+
+    /// The earliest deadline in force: idle always, Connect until connected,
+    /// the token's expiry once there is one.
+    fn next_deadline(&self, connect: Instant, last_rx: Instant, idle: Duration) -> Instant {
+        let mut deadline = last_rx + idle;
+        if self.ctx.is_none() {
+            deadline = deadline.min(connect);
+        }
+        if let Some(expires) = self.token_expires {
+            deadline = deadline.min(expires);
+        }
+        deadline
     }
 
     async fn handle_frame(&mut self, frame: &Message) {

@@ -25,9 +25,13 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Refusal};
 use crate::broker::Broker;
+use crate::codec::Encoding;
 use crate::connection::{run_session, websocket_config};
 use crate::http::{read_request, route, HttpError, Response, Route};
 use crate::tls::Stream;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
 
 /// How long shutdown waits for sessions to drain.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -179,6 +183,30 @@ async fn handle_connection(
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
+    // The handshake runs boxed and returns only the socket: its request,
+    // headers and buffers are freed before the session starts, so that an
+    // idle session's task holds nothing but what the session needs.
+    let upgraded = Box::pin(handshake(&broker, tcp, peer, loopback, tls, &shutdown)).await;
+    if let Some((halves, encoding)) = upgraded {
+        run_session(broker, halves, encoding, peer, shutdown).await;
+    }
+}
+
+type SessionHalves = (
+    SplitSink<WebSocketStream<Stream>, Message>,
+    SplitStream<WebSocketStream<Stream>>,
+);
+
+/// TLS (when configured), the request head, and the answer: either a plain
+/// response (then `None`) or the 101 and the upgraded socket.
+async fn handshake(
+    broker: &Arc<Broker>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    loopback: bool,
+    tls: Option<TlsAcceptor>,
+    shutdown: &CancellationToken,
+) -> Option<(SessionHalves, Encoding)> {
     let _ = tcp.set_nodelay(true);
     // One deadline for the TLS handshake and the request head together.
     let deadline = Instant::now() + broker.config.limits.handshake_timeout();
@@ -186,31 +214,34 @@ async fn handle_connection(
         None => Stream::Plain(tcp),
         Some(acceptor) => {
             let accepted = tokio::select! {
-                accepted = timeout_at(deadline, acceptor.accept(tcp)) => accepted,
-                _ = shutdown.cancelled() => return,
+                // Boxed, like the head read below: the handshake's state
+                // then lives on the heap only while it runs, instead of
+                // widening every idle connection's task.
+                accepted = timeout_at(deadline, Box::pin(acceptor.accept(tcp))) => accepted,
+                _ = shutdown.cancelled() => return None,
             };
             match accepted {
                 Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "TLS handshake failed");
                     broker.metrics.upgrade_refused();
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     debug!(%peer, "TLS handshake not complete in time");
                     broker.metrics.upgrade_refused();
-                    return;
+                    return None;
                 }
             }
         }
     };
     let head = tokio::select! {
-        head = timeout_at(deadline, read_request(&mut stream)) => head,
-        _ = shutdown.cancelled() => return,
+        head = timeout_at(deadline, Box::pin(read_request(&mut stream))) => head,
+        _ = shutdown.cancelled() => return None,
     };
     let (request, leftover) = match head {
         Ok(Ok(head)) => head,
-        Ok(Err(HttpError::Eof)) => return,
+        Ok(Err(HttpError::Eof)) => return None,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "bad HTTP request");
             broker.metrics.upgrade_refused();
@@ -222,7 +253,7 @@ async fn handle_connection(
             let _ = Response::text(status, format!("{e}\n"))
                 .write_to(&mut stream, false)
                 .await;
-            return;
+            return None;
         }
         Err(_) => {
             debug!(%peer, "HTTP request not complete in time");
@@ -230,10 +261,10 @@ async fn handle_connection(
             let _ = Response::text(408, "request timeout\n")
                 .write_to(&mut stream, false)
                 .await;
-            return;
+            return None;
         }
     };
-    match route(&broker, &request, loopback) {
+    match route(broker, &request, loopback) {
         Route::Respond(response) => {
             if request.path == "/ws" {
                 broker.metrics.upgrade_refused();
@@ -247,6 +278,7 @@ async fn handle_connection(
                 let _ = stream.shutdown().await;
             };
             let _ = tokio::time::timeout(broker.config.limits.handshake_timeout(), write).await;
+            None
         }
         Route::Upgrade { encoding, response } => {
             let write = tokio::time::timeout(
@@ -254,16 +286,16 @@ async fn handle_connection(
                 stream.write_all(&response),
             );
             if !matches!(write.await, Ok(Ok(()))) {
-                return;
+                return None;
             }
             let socket = WebSocketStream::from_partially_read(
                 stream,
                 leftover,
                 WsRole::Server,
-                Some(websocket_config(&broker)),
+                Some(websocket_config(broker)),
             )
             .await;
-            run_session(broker, socket, encoding, peer, shutdown).await;
+            Some((socket.split(), encoding))
         }
     }
 }
