@@ -19,8 +19,9 @@
 
 mod sqlite;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -28,7 +29,7 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use crate::auth::Role;
 use crate::broker::channel::Channel;
@@ -143,10 +144,53 @@ pub struct Store {
     /// Ticket assignment and submission under one lock, so tickets reach the
     /// writer in ticket order and "durable up to N" covers every op <= N.
     submit: Mutex<Submitter>,
-    durable: watch::Receiver<u64>,
+    durable: Arc<Durable>,
     reader: Mutex<rusqlite::Connection>,
     writer: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
+}
+
+/// How far the store is durable, and who waits for what. Why not a `watch`:
+/// every commit would wake every waiting session; here a commit wakes only
+/// the waiters its tickets cover.
+#[derive(Default)]
+struct Durable {
+    upto: AtomicU64,
+    waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
+}
+
+impl Durable {
+    /// Called by the writer after a commit.
+    fn advance(&self, upto: u64) {
+        self.upto.store(upto, Ordering::Release);
+        let ready = {
+            let mut waiters = self.waiters.lock();
+            let later = waiters.split_off(&(upto + 1));
+            std::mem::replace(&mut *waiters, later)
+        };
+        for sender in ready.into_values().flatten() {
+            let _ = sender.send(());
+        }
+    }
+
+    async fn wait(&self, ticket: u64) {
+        if self.upto.load(Ordering::Acquire) >= ticket {
+            return;
+        }
+        let (sender, receiver) = oneshot::channel();
+        {
+            let mut waiters = self.waiters.lock();
+            // Checked again under the lock `advance` takes, so a commit
+            // between the first check and here cannot be missed.
+            if self.upto.load(Ordering::Acquire) >= ticket {
+                return;
+            }
+            waiters.entry(ticket).or_default().push(sender);
+        }
+        // The writer never drops a waiter without sending; if the store
+        // stops, the sender is dropped and this returns too.
+        let _ = receiver.await;
+    }
 }
 
 struct Submitter {
@@ -175,7 +219,8 @@ impl Store {
         let snapshot = sqlite::load(&writer_conn, recent_messages)?;
         let reader = sqlite::open_reader(&path)?;
         let (sender, receiver) = sync_channel::<Job>(QUEUE_BOUND);
-        let (durable_tx, durable) = watch::channel(0u64);
+        let durable = Arc::new(Durable::default());
+        let durable_tx = durable.clone();
         let writer = std::thread::Builder::new()
             .name("switchboard-store".into())
             .spawn(move || write_loop(writer_conn, receiver, durable_tx, metrics))
@@ -226,7 +271,7 @@ impl Store {
     /// changes anything, so it never half-applies).
     pub fn has_room(&self) -> bool {
         let submitter = self.submit.lock();
-        submitter.last_ticket - *self.durable.borrow() < (QUEUE_BOUND as u64 - 64)
+        submitter.last_ticket - self.durable_upto() < (QUEUE_BOUND as u64 - 64)
     }
 
     /// The newest ticket handed out.
@@ -235,13 +280,12 @@ impl Store {
     }
 
     pub fn durable_upto(&self) -> u64 {
-        *self.durable.borrow()
+        self.durable.upto.load(Ordering::Acquire)
     }
 
     /// Resolves once every op up to `ticket` is committed.
     pub async fn wait_durable(&self, ticket: u64) {
-        let mut durable = self.durable.clone();
-        let _ = durable.wait_for(|upto| *upto >= ticket).await;
+        self.durable.wait(ticket).await;
     }
 
     /// Messages of a channel with `from <= index < to`, ascending, at most
@@ -288,7 +332,7 @@ const MAX_BATCH: usize = 8192;
 fn write_loop(
     mut conn: rusqlite::Connection,
     jobs: std::sync::mpsc::Receiver<Job>,
-    durable: watch::Sender<u64>,
+    durable: Arc<Durable>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch: Vec<Job> = Vec::new();
@@ -317,7 +361,7 @@ fn write_loop(
                 }
             }
         }
-        durable.send_replace(upto);
+        durable.advance(upto);
         batch.clear();
     }
 }
