@@ -33,6 +33,11 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Pending connections the kernel queues before accept (tokio's default is
+/// 1,024; a burst of reconnecting widgets overflows that, and each
+/// overflowed SYN costs its client a one-second retransmit).
+const ACCEPT_BACKLOG: u32 = 4096;
+
 /// How long shutdown waits for sessions to drain.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How often idle identities are swept.
@@ -61,7 +66,7 @@ impl Server {
             })?),
             None => None,
         };
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen(addr)?;
         let admission = Admission::new(broker.config.admission.clone());
         Ok(Server {
             listener,
@@ -173,6 +178,19 @@ async fn refuse(mut stream: TcpStream, refusal: Refusal) {
         }
     })
     .await;
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As TcpListener::bind does: a restarted broker can take its port back
+    // while old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 async fn handle_connection(
