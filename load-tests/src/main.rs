@@ -62,6 +62,33 @@ impl Ctx {
         }
     }
 
+    /// A scenario's report, common part: measured from `start` to `end`,
+    /// marked incomplete when the run was cut short.
+    pub fn report(
+        &self,
+        scenario: &'static str,
+        stats: &crate::stats::Stats,
+        start: &crate::procfs::Sample,
+        end: &crate::procfs::Sample,
+        stop_reason: Option<String>,
+    ) -> Report {
+        let mut report = Report::build(
+            scenario,
+            &self.cfg.target.url,
+            self.cfg.enc,
+            stats,
+            start,
+            end,
+            0.0,
+            self.common.server_pid,
+        );
+        if let Some(why) = stop_reason {
+            report.completed = false;
+            report.stop_reason = why;
+        }
+        report
+    }
+
     /// A deadline `secs` from now, but never past the hard cap.
     pub fn within(&self, d: Duration) -> tokio::time::Instant {
         (tokio::time::Instant::now() + d).min(self.deadline)

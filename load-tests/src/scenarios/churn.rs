@@ -100,20 +100,7 @@ pub async fn run(ctx: Rc<Ctx>, a: ChurnArgs) -> Report {
     let elapsed = t0.elapsed().as_secs_f64();
     let completed = sh.completed.get();
 
-    let mut r = Report::build(
-        NAME,
-        &ctx.cfg.target.url,
-        ctx.cfg.enc,
-        &stats.borrow(),
-        &start,
-        &end,
-        0.0,
-        ctx.common.server_pid,
-    );
-    if let Some(why) = stop_reason {
-        r.completed = false;
-        r.stop_reason = why;
-    }
+    let mut r = ctx.report(NAME, &stats.borrow(), &start, &end, stop_reason);
     r.param("rate", a.rate);
     r.param("total", total);
     r.param("concurrency", a.concurrency);

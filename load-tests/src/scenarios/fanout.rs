@@ -205,20 +205,7 @@ pub async fn run(ctx: Rc<Ctx>, a: FanoutArgs) -> Report {
     }
     let end = procfs::sample(ctx.common.server_pid);
 
-    let mut r = Report::build(
-        NAME,
-        &ctx.cfg.target.url,
-        ctx.cfg.enc,
-        &stats.borrow(),
-        &start,
-        &end,
-        0.0,
-        ctx.common.server_pid,
-    );
-    if let Some(why) = stop_reason {
-        r.completed = false;
-        r.stop_reason = why;
-    }
+    let mut r = ctx.report(NAME, &stats.borrow(), &start, &end, stop_reason);
     r.param("observers", a.observers);
     r.param("messages", a.messages);
     r.param("body_bytes", a.body_bytes);

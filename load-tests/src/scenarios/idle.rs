@@ -107,20 +107,7 @@ pub async fn run(ctx: Rc<Ctx>, a: IdleArgs) -> Report {
     }
     let end = procfs::sample(ctx.common.server_pid);
 
-    let mut r = Report::build(
-        NAME,
-        &ctx.cfg.target.url,
-        ctx.cfg.enc,
-        &stats.borrow(),
-        &start,
-        &after,
-        0.0,
-        ctx.common.server_pid,
-    );
-    if let Some(why) = stop_reason {
-        r.completed = false;
-        r.stop_reason = why;
-    }
+    let mut r = ctx.report(NAME, &stats.borrow(), &start, &after, stop_reason);
     r.param("connections", n);
     r.param("hold", a.hold);
     r.param("role", a.role);
