@@ -272,6 +272,9 @@ pub struct Identities {
     pub resume_ttl_secs: u64,
     /// How long a `/demo/token` token lives.
     pub demo_token_ttl_secs: u64,
+    /// Anonymous identities held at once; a new anonymous customer past it
+    /// gets `rate_limited` until the reaper forgets idle ones.
+    pub max_anonymous: usize,
 }
 
 impl Default for Identities {
@@ -280,6 +283,7 @@ impl Default for Identities {
             idle_ttl_secs: 24 * 3600,
             resume_ttl_secs: 30 * 24 * 3600,
             demo_token_ttl_secs: 12 * 3600,
+            max_anonymous: 200_000,
         }
     }
 }

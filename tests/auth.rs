@@ -78,3 +78,26 @@ async fn no_connect_in_time_closes_with_4001() {
     c.call("GetActions", json!({})).await.unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn anonymous_identities_are_capped_but_known_ones_still_connect() {
+    let server = TestServer::start("[identities]\nmax_anonymous = 3\n").await;
+    let mut first = server.customer().await;
+    let resume = first.connect_result["resumeToken"].clone();
+    let _second = server.customer().await;
+    let _third = server.customer().await;
+    // A fourth new anonymous identity is refused; the session stays open
+    // and may try again later.
+    let mut fourth = Client::open(&server, Enc::Json).await;
+    let err = fourth.call("Connect", json!({})).await.unwrap_err();
+    assert_eq!(err["code"], "rate_limited", "{err}");
+    assert!(fourth.closed.is_none());
+    assert_eq!(fourth.fails("GetActions", json!({})).await, "not_connected");
+    // A known anonymous identity (resume token) and a token identity are
+    // not new anonymous identities.
+    first.call("StartEngagement", json!({})).await.unwrap();
+    let mut tab = Client::open(&server, Enc::MsgPack).await;
+    tab.connect(json!({"resumeToken": resume})).await.unwrap();
+    let _agent = server.staff("bob", "agent").await;
+    server.shutdown().await;
+}

@@ -13,7 +13,7 @@ pub mod queue;
 pub mod session;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,8 @@ pub struct Broker {
     pub sessions: DashMap<SessionKey, Arc<SessionHandle>>,
     /// Durable storage; `None` with `durability = "memory"`.
     pub store: Option<Store>,
+    /// Anonymous identities held (bounded by `[identities] max_anonymous`).
+    anonymous_identities: AtomicUsize,
     next_session: AtomicU64,
 }
 
@@ -129,6 +131,7 @@ impl Broker {
             queues: DashMap::new(),
             sessions: DashMap::new(),
             store,
+            anonymous_identities: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
         };
         if let Some(snapshot) = snapshot {
@@ -208,6 +211,9 @@ impl Broker {
                 }
             }
         }
+        let anonymous = self.identities.iter().filter(|i| i.anonymous).count();
+        self.anonymous_identities
+            .store(anonymous, Ordering::Relaxed);
         tracing::info!(
             identities = self.identities.len(),
             channels = self.channels.len(),
@@ -268,17 +274,33 @@ impl Broker {
     /// The identity behind a principal, made on first sight. An identity's
     /// role is fixed: a token naming it with another role is refused.
     pub fn identity_for(&self, principal: &Principal) -> Result<Arc<Identity>, ActionError> {
-        let identity = self
+        let identity = match self
             .identities
             .entry(Arc::from(principal.identity.as_str()))
-            .or_insert_with(|| {
-                Arc::new(Identity::new(
-                    Arc::from(principal.identity.as_str()),
-                    principal.role,
-                    principal.anonymous,
-                ))
-            })
-            .clone();
+        {
+            dashmap::Entry::Occupied(existing) => existing.get().clone(),
+            dashmap::Entry::Vacant(vacant) => {
+                // Anyone can mint anonymous identities by reconnecting; each
+                // is kept until the reaper's idle TTL, so their number is
+                // capped (token identities are the operator's to bound).
+                if principal.anonymous {
+                    let cap = self.config.identities.max_anonymous;
+                    if self.anonymous_identities.load(Ordering::Relaxed) >= cap {
+                        return Err(ActionError::RateLimited(format!(
+                            "the broker holds its maximum of {cap} anonymous identities; retry later"
+                        )));
+                    }
+                    self.anonymous_identities.fetch_add(1, Ordering::Relaxed);
+                }
+                vacant
+                    .insert(Arc::new(Identity::new(
+                        Arc::from(principal.identity.as_str()),
+                        principal.role,
+                        principal.anonymous,
+                    )))
+                    .clone()
+            }
+        };
         if identity.role != principal.role {
             return Err(ActionError::Unauthorized(format!(
                 "identity {:?} is {}, not {}",
@@ -618,6 +640,9 @@ impl Broker {
                 && state.idle_since.is_some_and(|t| t.elapsed() >= ttl);
             if idle {
                 state.removed = true;
+                if identity.anonymous {
+                    self.anonymous_identities.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             !idle
         });
