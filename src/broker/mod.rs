@@ -648,14 +648,6 @@ impl Broker {
         });
         before - self.identities.len()
     }
-
-    /// Closes every session (graceful shutdown).
-    pub fn close_all_sessions(&self, reason: crate::outbox::CloseReason) {
-        let sessions: Vec<_> = self.sessions.iter().map(|s| s.value().clone()).collect();
-        for session in sessions {
-            session.outbox.close(reason);
-        }
-    }
 }
 
 /// Now, as the contract's RFC 3339 UTC string (millisecond precision).
