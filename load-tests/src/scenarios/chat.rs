@@ -178,13 +178,7 @@ pub async fn run(ctx: Rc<Ctx>, a: ChatArgs) -> Report {
 async fn finish(ctx: &Ctx, r: Report, phase_tx: &watch::Sender<u8>, sh: &Shared) -> Report {
     let _ = phase_tx.send(STOP);
     ctx.set_phase("close", 0);
-    let until = tokio::time::Instant::now() + Duration::from_secs(5);
-    while sh.alive.get() > 0 {
-        tokio::select! {
-            _ = sh.notify.notified() => {}
-            _ = tokio::time::sleep_until(until) => break,
-        }
-    }
+    super::wait_closed(&sh.alive, &sh.notify).await;
     r
 }
 

@@ -243,13 +243,7 @@ async fn finish(
 ) -> Report {
     let _ = phase_tx.send(3);
     ctx.set_phase("close", 0);
-    let until = tokio::time::Instant::now() + Duration::from_secs(5);
-    while sh.alive.get() > 0 {
-        tokio::select! {
-            _ = sh.notify.notified() => {}
-            _ = tokio::time::sleep_until(until) => break,
-        }
-    }
+    super::wait_closed(&sh.alive, &sh.notify).await;
     r
 }
 

@@ -28,6 +28,18 @@ impl Rng {
 }
 
 /// The message body: `n` bytes of ASCII.
+/// Waits, at most 5 s, for a scenario's connections to close after it has
+/// told them to stop (`notify` is signalled whenever one closes).
+pub async fn wait_closed(alive: &std::cell::Cell<usize>, notify: &tokio::sync::Notify) {
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while alive.get() > 0 {
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep_until(until) => break,
+        }
+    }
+}
+
 pub fn body(n: usize) -> String {
     "x".repeat(n.max(1))
 }
