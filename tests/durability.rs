@@ -143,10 +143,7 @@ async fn kill_once(level: &str) {
     let mut tab1 = Client::open_url(&broker.url, Enc::Json).await.unwrap();
     tab1.connect(json!({})).await.unwrap();
     let resume = tab1.connect_result["resumeToken"].clone();
-    let sid = tab1.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = tab1.start_engagement().await;
     let mut tab2 = Client::open_url(&broker.url, Enc::MsgPack).await.unwrap();
     tab2.connect(json!({"resumeToken": resume})).await.unwrap();
     let mut agent = Client::open_url(&broker.url, Enc::MsgPack).await.unwrap();
@@ -293,10 +290,7 @@ async fn a_slow_consumer_closed_with_4008_recovers_the_whole_stream() {
     )
     .await;
     let mut customer = server.customer().await;
-    let sid = customer.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = customer.start_engagement().await;
     let mut stalled = server.staff("slow", "agent").await;
     stalled
         .call("Subscribe", json!({"channel": sid}))
@@ -345,10 +339,7 @@ async fn reconnect_recovery_at_the_seam_while_the_channel_keeps_going() {
         const MESSAGES: u64 = 600;
         let server = TestServer::start(config).await;
         let mut customer = server.customer().await;
-        let sid = customer.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let sid = customer.start_engagement().await;
         let mut member = server.staff("member", "agent").await;
         member
             .call("JoinChannel", json!({"channelSid": sid}))
@@ -437,7 +428,7 @@ async fn paging_and_retention_boundaries() {
     ] {
         let server = TestServer::start(config).await;
         let mut customer = server.customer().await;
-        let sid = customer.call("StartEngagement", json!({})).await.unwrap()["channelSid"].as_str().unwrap().to_owned();
+        let sid = customer.start_engagement().await;
         for i in 0..30 {
             customer.call("SendMessage", json!({"channelSid": sid, "body": format!("m{i}")})).await.unwrap();
         }
@@ -509,10 +500,7 @@ async fn state_survives_a_restart_and_ended_transcripts_stay_readable() {
         .unwrap();
     // A second engagement that ends: both leave.
     let mut gone = server.customer().await;
-    let ended = gone.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ended = gone.start_engagement().await;
     gone.call("SendMessage", json!({"channelSid": ended, "body": "bye"}))
         .await
         .unwrap();

@@ -27,10 +27,7 @@ struct Honest {
 impl Honest {
     async fn new(server: &TestServer) -> Honest {
         let mut customer = server.customer().await;
-        let sid = customer.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let sid = customer.start_engagement().await;
         let mut agent = server.staff("honest-agent", "agent").await;
         agent
             .call("JoinChannel", json!({"channelSid": sid}))
@@ -906,10 +903,7 @@ async fn a_customer_trying_every_other_channel_sees_and_writes_nothing() {
     let mut sids = vec![honest.sid.clone()];
     for _ in 0..10 {
         let mut v = server.customer().await;
-        let sid = v.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let sid = v.start_engagement().await;
         sids.push(sid);
         victims.push(v);
     }

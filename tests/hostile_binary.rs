@@ -72,10 +72,7 @@ async fn the_broker_serves_honest_clients_with_bounded_memory_under_attack() {
     // The honest pair.
     let mut customer = Client::open_url(&url, Enc::Json).await.unwrap();
     customer.connect(json!({})).await.unwrap();
-    let sid = customer.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = customer.start_engagement().await;
     let mut agent = Client::open_url(&url, Enc::MsgPack).await.unwrap();
     agent
         .connect(json!({"token": token("agent-smith", "agent", 600)}))

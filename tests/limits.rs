@@ -57,10 +57,7 @@ async fn a_stalled_reader_is_closed_with_4008_and_costs_nobody_anything() {
     )
     .await;
     let mut customer = server.customer().await;
-    let sid = customer.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = customer.start_engagement().await;
     // A stalled observer: subscribes, then never reads again.
     let mut stalled = server.staff("stalled", "agent").await;
     stalled

@@ -29,10 +29,7 @@ async fn hammer_once(server: &TestServer, round: usize) {
     let mut first = server.customer().await;
     let resume = first.connect_result["resumeToken"].clone();
     let customer = first.identity();
-    let sid = first.call("StartEngagement", json!({})).await.unwrap()["channelSid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = first.start_engagement().await;
 
     let mut agent = server.staff(&format!("agent-{round}"), "agent").await;
     agent

@@ -328,6 +328,18 @@ impl Client {
         }
     }
 
+    /// Starts an engagement (no form data) and returns its channel sid.
+    pub async fn start_engagement(&mut self) -> String {
+        let started = self
+            .call("StartEngagement", json!({}))
+            .await
+            .expect("StartEngagement");
+        started["channelSid"]
+            .as_str()
+            .expect("channelSid")
+            .to_owned()
+    }
+
     /// The error code of a call that must fail.
     pub async fn fails(&mut self, action: &str, payload: Value) -> String {
         match self.call(action, payload).await {
