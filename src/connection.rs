@@ -6,8 +6,18 @@
 //! burst of pushes costs one system call rather than one per frame. The
 //! reader never writes: replies go through the same outbox as pushes, which
 //! keeps replies in command order and bounded like everything else.
+//!
+//! A reply that acknowledges a write is held until the write is durable,
+//! but the reader does not wait for it: it goes on reading and running the
+//! session's next commands, and held replies are released in command order
+//! as the store's group commits cover them. A client that pipelines its
+//! commands (a console flushing a backlog, a bot) then gets one commit per
+//! burst instead of one commit per command.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +45,20 @@ type Socket = WebSocketStream<crate::tls::Stream>;
 /// How long a closing session waits for its last frames and the peer's
 /// close reply before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Replies a session may have waiting for durability before the reader
+/// stops reading its commands. Bounds what one session can queue in the
+/// store, and its memory, while letting a pipelining client fill a group
+/// commit.
+const MAX_HELD_REPLIES: usize = 32;
+
+/// Commands that run while earlier replies are still held. Their effects
+/// are in memory at once, so a later command sees them whether or not they
+/// are durable yet. Any other command (it may read what only durability
+/// makes visible: `GetMessages` reads the store) first waits until every
+/// earlier reply has been sent, so that a session always reads its own
+/// writes.
+const PIPELINED: [&str; 3] = ["SendMessage", "SendTyping", "SetInputText"];
 
 /// WebSocket settings for a session, from `[limits]`.
 pub fn websocket_config(broker: &Broker) -> WebSocketConfig {
@@ -80,6 +104,8 @@ pub async fn run_session(
         session: &session,
         ctx: None,
         token_expires: None,
+        held: VecDeque::new(),
+        held_upto: 0,
     };
     let ended = reader.run(&mut stream, &mut writer, &shutdown).await;
     outbox.close(ended);
@@ -114,7 +140,14 @@ struct Reader<'a> {
     /// When the session's client token stops verifying (`exp` + leeway):
     /// the session is closed with 4001 then, unless `RefreshToken` moved it.
     token_expires: Option<Instant>,
+    /// Replies waiting for the store ticket they need, in command order
+    /// (a reply that needs none still waits behind the ones before it).
+    held: VecDeque<(u64, Message)>,
+    /// The highest ticket a held reply needs.
+    held_upto: u64,
 }
+
+type DurableWait<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 impl Reader<'_> {
     /// Reads and runs commands until the session ends; returns why.
@@ -134,14 +167,39 @@ impl Reader<'_> {
         // for every frame.
         let timer = sleep_until(self.next_deadline(connect_deadline, last_rx, idle_timeout));
         tokio::pin!(timer);
+        let store = self.broker.store.as_ref();
+        // Armed while replies are held (or the store is full): resolves when
+        // the store is durable up to the ticket it was armed for.
+        let mut durable_wait: Option<DurableWait<'_>> = None;
         loop {
+            // Read on while few replies are held and the store has room;
+            // otherwise wait for a commit first (backpressure, not errors).
+            let store_full = store.is_some_and(|s| !s.has_room());
+            let readable = self.held.len() < MAX_HELD_REPLIES && !store_full;
+            if let (None, Some(store)) = (&durable_wait, store) {
+                let target = if !self.held.is_empty() {
+                    Some(self.held_upto)
+                } else if store_full {
+                    Some(store.last_ticket())
+                } else {
+                    None
+                };
+                durable_wait = target.map(|t| Box::pin(store.wait_durable(t)) as DurableWait<'_>);
+            }
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return CloseReason::Shutdown,
+                _ = shutdown.cancelled() => {
+                    self.flush_held().await;
+                    return CloseReason::Shutdown;
+                }
                 // The writer ends only when the outbox is closing (overflow,
                 // a requested close) or the socket broke.
                 _ = &mut *writer => {
                     return self.session.outbox.closing().unwrap_or(CloseReason::ClientGone);
+                }
+                _ = async { durable_wait.as_mut().expect("armed").await }, if durable_wait.is_some() => {
+                    durable_wait = None;
+                    self.release_held();
                 }
                 _ = &mut timer => {
                     let now = Instant::now();
@@ -151,14 +209,16 @@ impl Reader<'_> {
                     }
                     if self.token_expires.is_some_and(|t| now >= t) {
                         debug!(session = %self.session.id, "token expired");
+                        self.flush_held().await;
                         return CloseReason::TokenExpired;
                     }
                     if now >= last_rx + idle_timeout {
+                        self.flush_held().await;
                         return CloseReason::Idle;
                     }
                     timer.as_mut().reset(self.next_deadline(connect_deadline, last_rx, idle_timeout));
                 }
-                frame = stream.next() => {
+                frame = stream.next(), if readable => {
                     last_rx = Instant::now();
                     match frame {
                         None => return CloseReason::ClientGone,
@@ -238,6 +298,12 @@ impl Reader<'_> {
                 ActionError::Internal("storage is overloaded; retry shortly".into()),
             )),
             (Ok(()), Ok(command)) => {
+                if !self.held.is_empty() && !PIPELINED.contains(&command.action.as_str()) {
+                    if let Some(store) = store {
+                        store.wait_durable(self.held_upto).await;
+                    }
+                    self.release_held();
+                }
                 let id = command.id;
                 let is_connect = command.action == "Connect";
                 let outcome = match &self.ctx {
@@ -253,12 +319,12 @@ impl Reader<'_> {
             }
         };
         // A command that wrote anything is answered once it is durable.
-        if let (Some(store), Ok(_)) = (store, &outcome) {
-            let written = store.last_ticket();
-            if Some(written) != written_before {
-                store.wait_durable(written).await;
+        let needs = match (store, &outcome) {
+            (Some(store), Ok(_)) if Some(store.last_ticket()) != written_before => {
+                store.last_ticket()
             }
-        }
+            _ => 0,
+        };
         let frame = match &outcome {
             Ok((id, result)) => encode_result(encoding, *id, result),
             Err((id, error)) => {
@@ -268,17 +334,60 @@ impl Reader<'_> {
                 encode_error(encoding, *id, &error.to_wire())
             }
         };
-        self.session.outbox.push(frame);
+        self.reply(needs, frame);
         // A failed Connect ends the session, after its reply.
         if let Err((_, ActionError::Unauthorized(_))) = &outcome {
             if self.ctx.is_none() {
+                self.flush_held().await;
                 self.session.outbox.close(CloseReason::Unauthorized);
             }
         }
         if self.session.rate.is_abusive() {
             debug!(session = %self.session.id, "persistent rate-limit abuse");
+            self.flush_held().await;
             self.session.outbox.close(CloseReason::RateLimited);
         }
+    }
+
+    /// Sends a reply once the store is durable up to `needs` (0: nothing
+    /// to wait for) and every reply before it has been sent.
+    fn reply(&mut self, needs: u64, frame: Message) {
+        if self.held.is_empty() && needs <= self.durable_upto() {
+            self.session.outbox.push(frame);
+            return;
+        }
+        self.held_upto = self.held_upto.max(needs);
+        self.held.push_back((needs, frame));
+    }
+
+    fn durable_upto(&self) -> u64 {
+        self.broker
+            .store
+            .as_ref()
+            .map_or(u64::MAX, |s| s.durable_upto())
+    }
+
+    /// Sends the held replies the store's progress now covers, in order.
+    fn release_held(&mut self) {
+        let durable = self.durable_upto();
+        while self
+            .held
+            .front()
+            .is_some_and(|(needs, _)| *needs <= durable)
+        {
+            let (_, frame) = self.held.pop_front().expect("front exists");
+            self.session.outbox.push(frame);
+        }
+    }
+
+    /// Waits (a bounded time) for every held reply to be durable and sends
+    /// them: a session that is being closed still acknowledges what it
+    /// wrote before its close frame.
+    async fn flush_held(&mut self) {
+        if let (Some(store), false) = (self.broker.store.as_ref(), self.held.is_empty()) {
+            let _ = tokio::time::timeout(CLOSE_GRACE, store.wait_durable(self.held_upto)).await;
+        }
+        self.release_held();
     }
 
     /// `RefreshToken {token}`: a fresh client token for the same identity and

@@ -556,6 +556,82 @@ async fn state_survives_a_restart_and_ended_transcripts_stay_readable() {
     server.shutdown().await;
 }
 
+/// A client that pipelines its commands is not held to one commit per
+/// command: the broker keeps reading while replies wait for durability.
+/// Replies still come in command order (read-only ones wait behind the
+/// writes before them), each command sees the effects of those before it,
+/// and everything acknowledged is there after a restart.
+#[tokio::test]
+async fn pipelined_commands_are_answered_in_order_once_durable() {
+    let server = TestServer::start("[rate_limits]\nenabled = false").await;
+    let mut customer = server.customer().await;
+    let resume = customer.connect_result["resumeToken"].clone();
+    let sid = customer.start_engagement().await;
+    // More commands than the replies a session may hold, without reading.
+    const ROUNDS: u64 = 50;
+    let mut sent = Vec::new();
+    for i in 0..ROUNDS {
+        for (action, payload) in [
+            (
+                "SendMessage",
+                json!({"channelSid": sid, "body": format!("m{i}")}),
+            ),
+            ("SendTyping", json!({"channelSid": sid})),
+            (
+                "SetInputText",
+                json!({"channelSid": sid, "body": format!("draft {i}")}),
+            ),
+            ("GetMessages", json!({"channelSid": sid, "limit": 1})),
+        ] {
+            let id = customer.next_id();
+            let frame = customer.encode(&json!({"id": id, "action": action, "payload": payload}));
+            customer.ws.send(frame).await.unwrap();
+            sent.push((id, action, i));
+        }
+    }
+    for (id, action, i) in sent {
+        let reply = loop {
+            let frame = customer.read_frame().await.expect("a reply");
+            if frame.get("event").is_none() {
+                break frame;
+            }
+        };
+        assert_eq!(
+            reply["id"], id,
+            "replies in command order ({action} of round {i})"
+        );
+        let result = &reply["result"];
+        assert!(reply.get("error").is_none(), "{action}: {reply}");
+        match action {
+            "SendMessage" => assert_eq!(result["index"], i),
+            "GetMessages" => {
+                assert_eq!(
+                    result["messages"][0]["index"], i,
+                    "sees the message before it"
+                );
+                assert_eq!(result["messages"][0]["body"], format!("m{i}"));
+            }
+            _ => {}
+        }
+    }
+    let dir = server.stop_keeping_data().await;
+
+    let server = TestServer::start_in(&dir, "", ActionRegistry::new()).await;
+    let mut customer = Client::open(&server, Enc::Json).await;
+    let r = customer
+        .connect(json!({"resumeToken": resume}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r["inputText"][sid.as_str()],
+        format!("draft {}", ROUNDS - 1)
+    );
+    let history = whole_history(&mut customer, &sid).await;
+    assert_gapless(&history, 0, "pipelined");
+    assert_eq!(history.len() as u64, ROUNDS);
+    server.shutdown().await;
+}
+
 #[test]
 fn a_corrupt_data_dir_is_refused_and_left_alone() {
     let dir = fresh_data_dir();
