@@ -632,6 +632,52 @@ async fn pipelined_commands_are_answered_in_order_once_durable() {
     server.shutdown().await;
 }
 
+/// A graceful shutdown answers every command it ran before the close
+/// frame, even those whose replies were still waiting for a commit: after
+/// the restart the channel holds exactly the acknowledged messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_every_command_it_ran() {
+    let server = TestServer::start("[rate_limits]\nenabled = false").await;
+    let mut customer = server.customer().await;
+    let resume = customer.connect_result["resumeToken"].clone();
+    let sid = customer.start_engagement().await;
+    let mut sent = BTreeMap::new();
+    for i in 0..300 {
+        let id = customer.next_id();
+        let body = format!("m{i}");
+        let frame = customer.encode(&json!({"id": id, "action": "SendMessage", "payload": {"channelSid": sid, "body": body}}));
+        customer.ws.send(frame).await.unwrap();
+        sent.insert(id, body);
+    }
+    let stopping = tokio::spawn(server.stop_keeping_data());
+    let mut acked = Vec::new();
+    while let Some(frame) = customer.read_frame().await {
+        if let (Some(id), Some(result)) = (frame["id"].as_u64(), frame.get("result")) {
+            acked.push((result["index"].as_u64().unwrap(), sent[&id].clone()));
+        }
+    }
+    assert_eq!(customer.closed.as_ref().map(|c| c.0), Some(4000));
+    let dir = stopping.await.unwrap();
+
+    let server = TestServer::start_in(&dir, "", ActionRegistry::new()).await;
+    let mut customer = Client::open(&server, Enc::Json).await;
+    customer
+        .connect(json!({"resumeToken": resume}))
+        .await
+        .unwrap();
+    let history = whole_history(&mut customer, &sid).await;
+    assert_gapless(&history, 0, "after shutdown");
+    assert_eq!(
+        history.len(),
+        acked.len(),
+        "every stored message was answered"
+    );
+    for (index, body) in &acked {
+        assert_eq!(history[*index as usize]["body"], body.as_str());
+    }
+    server.shutdown().await;
+}
+
 #[test]
 fn a_corrupt_data_dir_is_refused_and_left_alone() {
     let dir = fresh_data_dir();

@@ -144,6 +144,9 @@ pub struct Store {
     /// Ticket assignment and submission under one lock, so tickets reach the
     /// writer in ticket order and "durable up to N" covers every op <= N.
     submit: Mutex<Submitter>,
+    /// The newest ticket handed out; written under `submit`, read without
+    /// it (every session checks it around every command).
+    issued: AtomicU64,
     durable: Arc<Durable>,
     reader: Mutex<rusqlite::Connection>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -234,6 +237,7 @@ impl Store {
                     last_ticket: 0,
                     sender: Some(sender),
                 }),
+                issued: AtomicU64::new(0),
                 durable,
                 reader: Mutex::new(reader),
                 writer: Mutex::new(Some(writer)),
@@ -260,6 +264,7 @@ impl Store {
         }) {
             Ok(()) => {
                 submitter.last_ticket = ticket;
+                self.issued.store(ticket, Ordering::Release);
                 Ok(ticket)
             }
             Err(TrySendError::Full(_)) => Err(StoreError::Overloaded),
@@ -270,13 +275,12 @@ impl Store {
     /// Whether there is room for `n` more ops (checked before an action
     /// changes anything, so it never half-applies).
     pub fn has_room(&self) -> bool {
-        let submitter = self.submit.lock();
-        submitter.last_ticket - self.durable_upto() < (QUEUE_BOUND as u64 - 64)
+        self.last_ticket().saturating_sub(self.durable_upto()) < (QUEUE_BOUND as u64 - 64)
     }
 
     /// The newest ticket handed out.
     pub fn last_ticket(&self) -> u64 {
-        self.submit.lock().last_ticket
+        self.issued.load(Ordering::Acquire)
     }
 
     pub fn durable_upto(&self) -> u64 {
