@@ -14,6 +14,22 @@ use futures_util::SinkExt;
 use serde_json::{json, Value};
 use switchboard::ActionRegistry;
 
+/// A broker started again on `dir`, and a customer reconnected there with
+/// its resume token (and its `Connect` result).
+async fn restart_and_resume(
+    dir: &std::path::Path,
+    resume: &Value,
+    enc: Enc,
+) -> (TestServer, Client, Value) {
+    let server = TestServer::start_in(dir, "", ActionRegistry::new()).await;
+    let mut customer = Client::open(&server, enc).await;
+    let r = customer
+        .connect(json!({"resumeToken": resume}))
+        .await
+        .unwrap();
+    (server, customer, r)
+}
+
 /// Every message of a channel, paging back with `GetMessages`.
 async fn whole_history(client: &mut Client, sid: &str) -> Vec<Value> {
     let mut all = Vec::new();
@@ -507,12 +523,7 @@ async fn state_survives_a_restart_and_ended_transcripts_stay_readable() {
     gone.call("RestartEngagement", json!({})).await.unwrap();
     let dir = server.stop_keeping_data().await;
 
-    let server = TestServer::start_in(&dir, "", ActionRegistry::new()).await;
-    let mut customer = Client::open(&server, Enc::MsgPack).await;
-    let r = customer
-        .connect(json!({"resumeToken": resume}))
-        .await
-        .unwrap();
+    let (server, mut customer, r) = restart_and_resume(&dir, &resume, Enc::MsgPack).await;
     assert_eq!(r["engagement"]["channelSid"], sid.as_str());
     assert_eq!(r["widget"]["expanded"], true);
     assert_eq!(r["inputText"][sid.as_str()], "draft");
@@ -616,12 +627,7 @@ async fn pipelined_commands_are_answered_in_order_once_durable() {
     }
     let dir = server.stop_keeping_data().await;
 
-    let server = TestServer::start_in(&dir, "", ActionRegistry::new()).await;
-    let mut customer = Client::open(&server, Enc::Json).await;
-    let r = customer
-        .connect(json!({"resumeToken": resume}))
-        .await
-        .unwrap();
+    let (server, mut customer, r) = restart_and_resume(&dir, &resume, Enc::Json).await;
     assert_eq!(
         r["inputText"][sid.as_str()],
         format!("draft {}", ROUNDS - 1)
@@ -659,12 +665,7 @@ async fn shutdown_answers_every_command_it_ran() {
     assert_eq!(customer.closed.as_ref().map(|c| c.0), Some(4000));
     let dir = stopping.await.unwrap();
 
-    let server = TestServer::start_in(&dir, "", ActionRegistry::new()).await;
-    let mut customer = Client::open(&server, Enc::Json).await;
-    customer
-        .connect(json!({"resumeToken": resume}))
-        .await
-        .unwrap();
+    let (server, mut customer, _) = restart_and_resume(&dir, &resume, Enc::Json).await;
     let history = whole_history(&mut customer, &sid).await;
     assert_gapless(&history, 0, "after shutdown");
     assert_eq!(
