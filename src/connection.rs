@@ -104,8 +104,7 @@ pub async fn run_session(
         session: &session,
         ctx: None,
         token_expires: None,
-        held: VecDeque::new(),
-        held_upto: 0,
+        held: HeldReplies::default(),
     };
     let ended = reader.run(&mut stream, &mut writer, &shutdown).await;
     outbox.close(ended);
@@ -142,9 +141,59 @@ struct Reader<'a> {
     token_expires: Option<Instant>,
     /// Replies waiting for the store ticket they need, in command order
     /// (a reply that needs none still waits behind the ones before it).
-    held: VecDeque<(u64, Message)>,
+    held: HeldReplies,
+}
+
+/// Replies waiting for the store ticket they need, in command order (a
+/// reply that needs none still waits behind the ones before it). Allocated
+/// while replies are held and freed when the last one goes: an idle
+/// session carries one pointer, not a queue and its buffer.
+#[derive(Default)]
+struct HeldReplies(Option<Box<HeldQueue>>);
+
+struct HeldQueue {
+    replies: VecDeque<(u64, Message)>,
     /// The highest ticket a held reply needs.
-    held_upto: u64,
+    upto: u64,
+}
+
+impl HeldReplies {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.replies.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The ticket after which every held reply may go.
+    fn upto(&self) -> u64 {
+        self.0.as_ref().map_or(0, |q| q.upto)
+    }
+
+    fn push(&mut self, needs: u64, frame: Message) {
+        let queue = self.0.get_or_insert_with(|| {
+            Box::new(HeldQueue {
+                replies: VecDeque::new(),
+                upto: 0,
+            })
+        });
+        queue.upto = queue.upto.max(needs);
+        queue.replies.push_back((needs, frame));
+    }
+
+    /// The next reply, if the store is durable far enough for it.
+    fn pop_ready(&mut self, durable: u64) -> Option<Message> {
+        let queue = self.0.as_mut()?;
+        if queue.replies.front()?.0 > durable {
+            return None;
+        }
+        let (_, frame) = queue.replies.pop_front()?;
+        if queue.replies.is_empty() {
+            self.0 = None;
+        }
+        Some(frame)
+    }
 }
 
 type DurableWait<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -178,7 +227,7 @@ impl Reader<'_> {
             let readable = self.held.len() < MAX_HELD_REPLIES && !store_full;
             if let (None, Some(store)) = (&durable_wait, store) {
                 let target = if !self.held.is_empty() {
-                    Some(self.held_upto)
+                    Some(self.held.upto())
                 } else if store_full {
                     Some(store.last_ticket())
                 } else {
@@ -300,7 +349,7 @@ impl Reader<'_> {
             (Ok(()), Ok(command)) => {
                 if !self.held.is_empty() && !PIPELINED.contains(&command.action.as_str()) {
                     if let Some(store) = store {
-                        store.wait_durable(self.held_upto).await;
+                        store.wait_durable(self.held.upto()).await;
                     }
                     self.release_held();
                 }
@@ -356,8 +405,7 @@ impl Reader<'_> {
             self.session.outbox.push(frame);
             return;
         }
-        self.held_upto = self.held_upto.max(needs);
-        self.held.push_back((needs, frame));
+        self.held.push(needs, frame);
     }
 
     fn durable_upto(&self) -> u64 {
@@ -370,24 +418,23 @@ impl Reader<'_> {
     /// Sends the held replies the store's progress now covers, in order.
     fn release_held(&mut self) {
         let durable = self.durable_upto();
-        while self
-            .held
-            .front()
-            .is_some_and(|(needs, _)| *needs <= durable)
-        {
-            let (_, frame) = self.held.pop_front().expect("front exists");
+        while let Some(frame) = self.held.pop_ready(durable) {
             self.session.outbox.push(frame);
         }
     }
 
     /// Waits (a bounded time) for every held reply to be durable and sends
     /// them: a session that is being closed still acknowledges what it
-    /// wrote before its close frame.
-    async fn flush_held(&mut self) {
-        if let (Some(store), false) = (self.broker.store.as_ref(), self.held.is_empty()) {
-            let _ = tokio::time::timeout(CLOSE_GRACE, store.wait_durable(self.held_upto)).await;
-        }
-        self.release_held();
+    /// wrote before its close frame. Boxed: its timer and wait would
+    /// otherwise take space in every session's future, idle ones too.
+    fn flush_held(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if let (Some(store), false) = (self.broker.store.as_ref(), self.held.is_empty()) {
+                let _ =
+                    tokio::time::timeout(CLOSE_GRACE, store.wait_durable(self.held.upto())).await;
+            }
+            self.release_held();
+        })
     }
 
     /// `RefreshToken {token}`: a fresh client token for the same identity and
