@@ -239,12 +239,11 @@ impl Default for History {
 }
 
 impl History {
-    /// Messages a channel holds in memory.
-    pub fn window(&self, durability: Durability) -> usize {
-        match durability {
-            Durability::Memory => self.memory_messages.min(self.max_messages as usize),
-            _ => self.memory_messages,
-        }
+    /// Messages a channel holds in memory: never more than retention keeps,
+    /// so that the window (which answers recovery and the newest
+    /// `GetMessages` pages) is always part of what the store still has.
+    pub fn window(&self) -> usize {
+        self.memory_messages.min(self.max_messages as usize)
     }
 }
 

@@ -485,6 +485,67 @@ async fn paging_and_retention_boundaries() {
     }
 }
 
+/// With a store, the newest pages come from the in-memory window and older
+/// ones from disk; paging back across the seam gives every message once,
+/// in order, with `hasMore` right on both sides of it.
+#[tokio::test]
+async fn paging_back_across_the_memory_window_and_the_disk() {
+    let server =
+        TestServer::start("[rate_limits]\nenabled = false\n[history]\nmemory_messages = 8\n").await;
+    let mut customer = server.customer().await;
+    let sid = customer.start_engagement().await;
+    let first = customer
+        .call("GetMessages", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    assert_eq!(first, json!({"messages": [], "hasMore": false}));
+    for i in 0..30 {
+        customer
+            .call(
+                "SendMessage",
+                json!({"channelSid": sid, "body": format!("m{i}")}),
+            )
+            .await
+            .unwrap();
+    }
+    // Window: 22..30. Limits chosen so that pages start inside the window,
+    // exactly at its start, and below it.
+    for limit in [1u64, 5, 7, 8, 9, 30, 100] {
+        let mut seen = Vec::new();
+        let mut before: Option<u64> = None;
+        loop {
+            let mut payload = json!({"channelSid": sid, "limit": limit});
+            if let Some(b) = before {
+                payload["before"] = b.into();
+            }
+            let page = customer.call("GetMessages", payload).await.unwrap();
+            let messages = page["messages"].as_array().unwrap();
+            let indexes: Vec<u64> = messages
+                .iter()
+                .map(|m| m["index"].as_u64().unwrap())
+                .collect();
+            let top = before.unwrap_or(30);
+            let expect: Vec<u64> = (top.saturating_sub(limit)..top).collect();
+            assert_eq!(indexes, expect, "limit {limit}, before {before:?}");
+            for m in messages {
+                assert_eq!(m["body"], format!("m{}", m["index"]));
+            }
+            assert_eq!(
+                page["hasMore"],
+                expect[0] > 0,
+                "limit {limit}, before {before:?}"
+            );
+            seen.splice(0..0, indexes);
+            if page["hasMore"] == false {
+                break;
+            }
+            before = Some(expect[0]);
+        }
+        assert_eq!(seen, (0..30).collect::<Vec<_>>());
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn state_survives_a_restart_and_ended_transcripts_stay_readable() {
     let server = TestServer::start("").await;

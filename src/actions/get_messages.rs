@@ -47,6 +47,16 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
             }
             let to = before.min(cs.delivered_next);
             match &ctx.broker.store {
+                // The in-memory window answers whenever it holds the whole
+                // page and can tell whether older messages exist (it starts
+                // at index 0, or below the page): the newest pages, which
+                // consoles ask for, then cost no disk read.
+                Some(_)
+                    if cs.history_start() == 0
+                        || cs.history_start() < to.saturating_sub(limit as u64) =>
+                {
+                    page_from_window(&cs.history, to, limit)
+                }
                 None => page_from_window(&cs.history, to, limit),
                 Some(store) => {
                     drop(cs);

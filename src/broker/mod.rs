@@ -106,7 +106,7 @@ impl Broker {
                 let (store, snapshot) = Store::open(
                     &config.data_dir,
                     durability,
-                    config.history.window(durability),
+                    config.history.window(),
                     metrics.clone(),
                 )?;
                 (Some(store), Some(snapshot))
@@ -223,7 +223,7 @@ impl Broker {
 
     /// Messages a channel keeps in memory.
     pub fn history_window(&self) -> usize {
-        self.config.history.window(self.config.durability)
+        self.config.history.window()
     }
 
     /// Queues a write; returns its ticket (`None` without a store). A write
