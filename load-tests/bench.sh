@@ -2,7 +2,7 @@
 # Budget run: each scenario against a fresh broker, the broker pinned to core 0
 # and the harness to core 1. Loopback only; every run is bounded (--duration).
 #
-#   cargo build --release --bin switchboard -p switchboard-load
+#   cargo build --release --workspace --bins
 #   load-tests/bench.sh [fanout|chat|idle|idle50k|churn ...]   (default: all)
 #
 # Env: BROKER, LOAD (binaries; default target/release/...), OUT (report folder),

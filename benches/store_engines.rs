@@ -1,0 +1,180 @@
+//! Why the store is SQLite: the broker's message writes run through the
+//! store it ships (`switchboard::store::Store`: SQLite in WAL mode, one
+//! writer thread, group commit) and through redb, the other embedded
+//! candidate, committing the same messages in the same batches.
+//!
+//! The workload is the one that costs: 500 channels whose messages
+//! interleave (each batch takes the next message of each channel in turn),
+//! rows shaped like a chat message (34-byte channel sid, index, author,
+//! 100-byte body, timestamps), an index by age for retention. Batches of
+//! 1 to 2,048 messages stand for group commits from one to many waiting
+//! writers. Each engine gets a fresh directory per cell.
+//!
+//!     cargo bench --bench store_engines            # prints a table
+//!
+//! Printed per cell: messages/s, and process CPU time per message (user +
+//! system, all threads: on the broker's core that time is taken from
+//! serving sessions). Figures and the decision: docs/benchmarks.md.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redb::{Database, TableDefinition};
+use serde_json::Value;
+use switchboard::auth::Role;
+use switchboard::config::Durability;
+use switchboard::metrics::Metrics;
+use switchboard::store::{Op, Store, StoredMessage};
+
+const CHANNELS: u64 = 500;
+
+/// Messages by `(channel sid, index)`, the value the message as stored.
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+/// Retention's index by age.
+const BY_AGE: TableDefinition<(i64, &str, u64), ()> = TableDefinition::new("messages_by_age");
+
+fn message(n: u64) -> StoredMessage {
+    let channel = n % CHANNELS;
+    StoredMessage {
+        channel_sid: Arc::from(format!("CH{channel:032x}")),
+        index: n / CHANNELS,
+        author: Arc::from(format!("customer-{channel}")),
+        author_role: Role::Customer,
+        body: "x".repeat(100),
+        attributes: Value::Object(Default::default()),
+        date_created: "2026-11-21T12:00:00.000Z".into(),
+        created_ms: 1_795_000_000_000 + n as i64,
+    }
+}
+
+/// utime + stime of this process so far.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with the last ')').
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 here.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+trait Engine {
+    fn commit(&mut self, batch: &[StoredMessage]);
+}
+
+struct Sqlite {
+    store: Store,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Sqlite {
+    fn open(dir: &Path, durability: Durability) -> Sqlite {
+        let (store, _) = Store::open(dir, durability, 0, Arc::new(Metrics::default())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Sqlite { store, rt }
+    }
+}
+
+impl Engine for Sqlite {
+    fn commit(&mut self, batch: &[StoredMessage]) {
+        let mut last = 0;
+        for m in batch {
+            last = self
+                .store
+                .submit(Op::AppendMessage(Arc::new(m.clone())), None)
+                .unwrap();
+        }
+        self.rt.block_on(self.store.wait_durable(last));
+    }
+}
+
+struct Redb {
+    db: Database,
+    durability: redb::Durability,
+}
+
+impl Redb {
+    fn open(dir: &Path, durability: Durability) -> Redb {
+        std::fs::create_dir_all(dir).unwrap();
+        let db = Database::create(dir.join("switchboard.redb")).unwrap();
+        let durability = match durability {
+            Durability::Fsync => redb::Durability::Immediate,
+            // Written, not fsynced: what `os` promises.
+            _ => redb::Durability::Eventual,
+        };
+        Redb { db, durability }
+    }
+}
+
+impl Engine for Redb {
+    fn commit(&mut self, batch: &[StoredMessage]) {
+        let mut tx = self.db.begin_write().unwrap();
+        tx.set_durability(self.durability);
+        {
+            let mut messages = tx.open_table(MESSAGES).unwrap();
+            let mut by_age = tx.open_table(BY_AGE).unwrap();
+            for m in batch {
+                let value = serde_json::to_vec(m).unwrap();
+                messages
+                    .insert((&*m.channel_sid, m.index), value.as_slice())
+                    .unwrap();
+                by_age
+                    .insert((m.created_ms, &*m.channel_sid, m.index), ())
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+}
+
+/// Commits `total` messages in batches of `batch`; returns (messages/s,
+/// CPU µs per message).
+fn run(engine: &mut dyn Engine, batch: usize, total: u64) -> (f64, f64) {
+    let messages: Vec<StoredMessage> = (0..total).map(message).collect();
+    let (wall, cpu) = (Instant::now(), cpu_time());
+    for chunk in messages.chunks(batch) {
+        engine.commit(chunk);
+    }
+    let (wall, cpu) = (wall.elapsed(), cpu_time() - cpu);
+    (
+        total as f64 / wall.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / total as f64,
+    )
+}
+
+fn main() {
+    let root =
+        std::env::temp_dir().join(format!("switchboard-store-engines-{}", std::process::id()));
+    println!("| engine | durability | batch | messages/s | CPU µs/message |");
+    println!("|---|---|---|---|---|");
+    for durability in [Durability::Fsync, Durability::Os] {
+        for batch in [1usize, 16, 256, 2048] {
+            // Enough commits to average over, enough messages for the
+            // tables to grow well past one page per channel.
+            let total = (batch as u64 * 2000).clamp(2000, 40_000);
+            for engine_name in ["sqlite", "redb"] {
+                let dir = root.join(format!("{engine_name}-{durability:?}-{batch}"));
+                let mut engine: Box<dyn Engine> = match engine_name {
+                    "sqlite" => Box::new(Sqlite::open(&dir, durability)),
+                    _ => Box::new(Redb::open(&dir, durability)),
+                };
+                let (rate, cpu) = run(engine.as_mut(), batch, total);
+                println!("| {engine_name} | {durability:?} | {batch} | {rate:.0} | {cpu:.1} |");
+                drop(engine);
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
