@@ -487,8 +487,9 @@ async fn paging_and_retention_boundaries() {
 
 /// With a store, the newest pages come from the in-memory window and older
 /// ones from disk; paging back across the seam gives every message once,
-/// in order, with `hasMore` right on both sides of it.
-#[tokio::test]
+/// in order, with `hasMore` right on both sides of it. (Multi-threaded, as
+/// the broker runs: disk reads then leave the worker thread.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_back_across_the_memory_window_and_the_disk() {
     let server =
         TestServer::start("[rate_limits]\nenabled = false\n[history]\nmemory_messages = 8\n").await;

@@ -25,7 +25,7 @@ mod sqlite;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -152,7 +152,10 @@ pub struct Store {
     /// it (every session checks it around every command).
     issued: AtomicU64,
     durable: Arc<Durable>,
-    reader: Mutex<rusqlite::Connection>,
+    /// Read connections. WAL readers block neither each other nor the
+    /// writer, so several let concurrent history reads run side by side.
+    readers: Vec<Mutex<rusqlite::Connection>>,
+    next_reader: AtomicUsize,
     writer: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
 }
@@ -208,6 +211,9 @@ struct Submitter {
 /// Ops waiting for the writer, at most.
 const QUEUE_BOUND: usize = 65_536;
 
+/// Read connections (history pages, recovery from disk, transcripts).
+const READERS: usize = 4;
+
 impl Store {
     /// Opens (or creates) the store in `dir` and reads back what it holds.
     /// A database that cannot be read is refused, never replaced.
@@ -224,7 +230,9 @@ impl Store {
         let path = dir.join("switchboard.db");
         let writer_conn = sqlite::open_writer(&path, durability)?;
         let snapshot = sqlite::load(&writer_conn, recent_messages)?;
-        let reader = sqlite::open_reader(&path)?;
+        let readers = (0..READERS)
+            .map(|_| sqlite::open_reader(&path).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
         let (sender, receiver) = sync_channel::<Job>(QUEUE_BOUND);
         let durable = Arc::new(Durable::default());
         let durable_tx = durable.clone();
@@ -243,7 +251,8 @@ impl Store {
                 }),
                 issued: AtomicU64::new(0),
                 durable,
-                reader: Mutex::new(reader),
+                readers,
+                next_reader: AtomicUsize::new(0),
                 writer: Mutex::new(Some(writer)),
                 path,
             },
@@ -305,18 +314,45 @@ impl Store {
         to: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        sqlite::messages(&self.reader.lock(), sid, from, to, limit)
+        self.read(|conn| sqlite::messages(conn, sid, from, to, limit))
     }
 
     /// The oldest index still stored for a channel.
     pub fn oldest_index(&self, sid: &str) -> Result<Option<u64>, StoreError> {
-        sqlite::oldest_index(&self.reader.lock(), sid)
+        self.read(|conn| sqlite::oldest_index(conn, sid))
     }
 
     /// A channel that is no longer in memory (ended): whether it exists, and
     /// its next index.
     pub fn ended_channel(&self, sid: &str) -> Result<Option<u64>, StoreError> {
-        sqlite::channel_next_index(&self.reader.lock(), sid)
+        self.read(|conn| sqlite::channel_next_index(conn, sid))
+    }
+
+    /// Runs a read on a free reader connection. A read that misses the page
+    /// cache waits for the disk: on the multi-threaded runtime the worker
+    /// first hands its other sessions to another thread
+    /// (`block_in_place`), so one slow read stalls only its own caller.
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let run = || {
+            let conn = self
+                .readers
+                .iter()
+                .find_map(|r| r.try_lock())
+                .unwrap_or_else(|| {
+                    let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+                    self.readers[i].lock()
+                });
+            read(&conn)
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(run)
+            }
+            _ => run(),
+        }
     }
 
     /// Stops taking writes, lets the writer commit what it has, and waits.
