@@ -52,12 +52,13 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// commit.
 const MAX_HELD_REPLIES: usize = 32;
 
-/// Commands that run while earlier replies are still held. Their effects
-/// are in memory at once, so a later command sees them whether or not they
-/// are durable yet. Any other command (it may read what only durability
-/// makes visible: `GetMessages` reads the store) first waits until every
-/// earlier reply has been sent, so that a session always reads its own
-/// writes.
+/// Commands that run while earlier replies are still held, unless an
+/// application replaced their implementation. Their effects are in memory
+/// at once, so a later command sees them whether or not they are durable
+/// yet. Any other command (it may read what only durability makes
+/// visible: `GetMessages` reads the store; a replaced action may do
+/// anything) first waits until every earlier reply has been sent, so that
+/// a session always reads its own writes.
 const PIPELINED: [&str; 3] = ["SendMessage", "SendTyping", "SetInputText"];
 
 /// WebSocket settings for a session, from `[limits]`.
@@ -139,8 +140,7 @@ struct Reader<'a> {
     /// When the session's client token stops verifying (`exp` + leeway):
     /// the session is closed with 4001 then, unless `RefreshToken` moved it.
     token_expires: Option<Instant>,
-    /// Replies waiting for the store ticket they need, in command order
-    /// (a reply that needs none still waits behind the ones before it).
+    /// Replies waiting for their writes to be durable.
     held: HeldReplies,
 }
 
@@ -347,7 +347,9 @@ impl Reader<'_> {
                 ActionError::Internal("storage is overloaded; retry shortly".into()),
             )),
             (Ok(()), Ok(command)) => {
-                if !self.held.is_empty() && !PIPELINED.contains(&command.action.as_str()) {
+                let pipelined = PIPELINED.contains(&command.action.as_str())
+                    && self.broker.actions.runs_builtin(&command.action);
+                if !self.held.is_empty() && !pipelined {
                     if let Some(store) = store {
                         store.wait_durable(self.held.upto()).await;
                     }

@@ -700,6 +700,47 @@ async fn pipelined_commands_are_answered_in_order_once_durable() {
     server.shutdown().await;
 }
 
+/// A replaced `SendMessage` is not pipelined: it may read anything, so it
+/// runs only once the session's earlier writes are durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_send_message_runs_after_earlier_writes_are_durable() {
+    let not_durable = Arc::new(AtomicUsize::new(0));
+    let mut actions = ActionRegistry::new();
+    let seen = not_durable.clone();
+    actions
+        .replace("SendMessage", move |ctx, payload| {
+            let seen = seen.clone();
+            async move {
+                let store = ctx.broker.store.as_ref().expect("a store");
+                if store.durable_upto() < store.last_ticket() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                let send = ActionRegistry::builtin("SendMessage").expect("built in");
+                send(&ctx, &payload)
+            }
+        })
+        .unwrap();
+    let server = TestServer::start_with("[rate_limits]\nenabled = false", actions).await;
+    let mut customer = server.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let id = customer.next_id();
+        let frame = customer.encode(&json!({"id": id, "action": "SendMessage", "payload": {"channelSid": sid, "body": format!("m{i}")}}));
+        customer.ws.send(frame).await.unwrap();
+        ids.push(id);
+    }
+    for (i, id) in ids.into_iter().enumerate() {
+        assert_eq!(customer.reply(id).await["result"]["index"], i);
+    }
+    assert_eq!(
+        not_durable.load(Ordering::SeqCst),
+        0,
+        "ran before earlier writes were durable"
+    );
+    server.shutdown().await;
+}
+
 /// A graceful shutdown answers every command it ran before the close
 /// frame, even those whose replies were still waiting for a commit: after
 /// the restart the channel holds exactly the acknowledged messages.

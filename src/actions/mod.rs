@@ -97,6 +97,14 @@ impl ActionRegistry {
             .get(name)
             .is_some_and(|e| e.kind == ActionKind::Custom)
     }
+
+    /// Whether `name` runs the broker's own implementation (it has not been
+    /// replaced).
+    pub fn runs_builtin(&self, name: &str) -> bool {
+        self.entries
+            .get(name)
+            .is_some_and(|e| matches!(e.implementation, Implementation::Builtin(_)))
+    }
 }
 
 /// Which roles may call an action.
