@@ -656,9 +656,7 @@ async fn pipelined_commands_are_answered_in_order_once_durable() {
             ),
             ("GetMessages", json!({"channelSid": sid, "limit": 1})),
         ] {
-            let id = customer.next_id();
-            let frame = customer.encode(&json!({"id": id, "action": action, "payload": payload}));
-            customer.ws.send(frame).await.unwrap();
+            let id = customer.send(action, payload).await;
             sent.push((id, action, i));
         }
     }
@@ -725,10 +723,8 @@ async fn a_replaced_send_message_runs_after_earlier_writes_are_durable() {
     let sid = customer.start_engagement().await;
     let mut ids = Vec::new();
     for i in 0..50 {
-        let id = customer.next_id();
-        let frame = customer.encode(&json!({"id": id, "action": "SendMessage", "payload": {"channelSid": sid, "body": format!("m{i}")}}));
-        customer.ws.send(frame).await.unwrap();
-        ids.push(id);
+        let payload = json!({"channelSid": sid, "body": format!("m{i}")});
+        ids.push(customer.send("SendMessage", payload).await);
     }
     for (i, id) in ids.into_iter().enumerate() {
         assert_eq!(customer.reply(id).await["result"]["index"], i);
@@ -752,10 +748,10 @@ async fn shutdown_answers_every_command_it_ran() {
     let sid = customer.start_engagement().await;
     let mut sent = BTreeMap::new();
     for i in 0..300 {
-        let id = customer.next_id();
         let body = format!("m{i}");
-        let frame = customer.encode(&json!({"id": id, "action": "SendMessage", "payload": {"channelSid": sid, "body": body}}));
-        customer.ws.send(frame).await.unwrap();
+        let id = customer
+            .send("SendMessage", json!({"channelSid": sid, "body": body}))
+            .await;
         sent.insert(id, body);
     }
     let stopping = tokio::spawn(server.stop_keeping_data());
