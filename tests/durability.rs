@@ -162,6 +162,14 @@ async fn kill_once(level: &str) {
     let sid = tab1.start_engagement().await;
     let mut tab2 = Client::open_url(&broker.url, Enc::MsgPack).await.unwrap();
     tab2.connect(json!({"resumeToken": resume})).await.unwrap();
+    // Per-identity state, acknowledged before the crash.
+    let widget = tab2.call("ToggleChatVisibility", json!({})).await.unwrap();
+    tab2.call(
+        "SetInputText",
+        json!({"channelSid": sid, "body": "draft before the crash"}),
+    )
+    .await
+    .unwrap();
     let mut agent = Client::open_url(&broker.url, Enc::MsgPack).await.unwrap();
     agent
         .connect(json!({"token": token("bob", "agent", 3600)}))
@@ -275,6 +283,15 @@ async fn kill_once(level: &str) {
         .await
         .unwrap();
     assert_eq!(r["engagement"]["channelSid"], sid.as_str());
+    assert_eq!(
+        r["widget"]["expanded"], widget["expanded"],
+        "{level}: widget state"
+    );
+    assert_eq!(
+        r["inputText"][sid.as_str()],
+        "draft before the crash",
+        "{level}: draft"
+    );
     assert_eq!(r["recovered"][sid.as_str()], true);
     if tab1_seen < last as i64 {
         let missed = read_until(&mut tab, last).await;
