@@ -10,8 +10,9 @@
 //!   from the subprotocol) or answers plain routes (demo pages, health,
 //!   metrics, demo tokens).
 //! - [`connection`]: one session: a reader loop that decodes and runs
-//!   commands in order, and a writer task that drains the session's
-//!   [`outbox`] with one flush per batch.
+//!   commands in order (holding a reply until its write is durable while it
+//!   reads on), and a writer task that drains the session's [`outbox`] with
+//!   one flush per batch.
 //! - [`codec`]: JSON and MessagePack frames; a push is encoded once per
 //!   encoding and its bytes shared by every recipient.
 //! - [`outbox`]: the bounded per-session queue; overflow closes the session
