@@ -331,7 +331,7 @@ impl Authenticator {
         }
         Ok((
             Principal {
-                identity: format!("anon-{:032x}", rand::random::<u128>()),
+                identity: format!("anon-{}", crate::ids::new_id()),
                 role: Role::Customer,
                 anonymous: true,
             },

@@ -25,7 +25,8 @@
 //!   small lock.
 //! - [`store`]: durable storage (SQLite, group commit on a writer thread);
 //!   a channel's pushes wait for their writes to be durable.
-//! - [`auth`]: JWTs, anonymous customers, resume tokens.
+//! - [`auth`]: JWTs, anonymous customers, resume tokens; [`ids`]: the
+//!   server-made ids (time-ordered, for the store's sake).
 //! - [`business_hours`], [`config`], [`metrics`], [`error`] (the one mapping
 //!   from Rust errors to the contract's error codes).
 //! - Hardening against hostile clients (docs/security.md): [`admission`]
@@ -79,6 +80,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod http;
+pub mod ids;
 pub mod metrics;
 pub mod outbox;
 pub mod rate_limit;

@@ -19,7 +19,7 @@ use super::session::{SessionHandle, SessionKey};
 pub const CHANNEL_PREFIX: &str = "CH";
 
 pub fn new_channel_sid() -> String {
-    format!("{CHANNEL_PREFIX}{:032x}", rand::random::<u128>())
+    format!("{CHANNEL_PREFIX}{}", crate::ids::new_id())
 }
 
 /// Whether `sid` has the shape of a channel sid.
