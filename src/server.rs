@@ -318,6 +318,10 @@ async fn handshake(
     }
 }
 
+/// How soon another disk retention slice follows one that stopped at its
+/// bounds.
+const RETENTION_CATCH_UP: Duration = Duration::from_millis(250);
+
 /// Periodic work off the hot path: forgetting idle identities and
 /// retention (history length and age, ended engagements).
 async fn housekeeping(broker: Arc<Broker>, shutdown: CancellationToken) {
@@ -325,9 +329,15 @@ async fn housekeeping(broker: Arc<Broker>, shutdown: CancellationToken) {
     let purge_every = Duration::from_secs(broker.config.history.purge_interval_secs);
     let mut reap = tokio::time::interval(REAP_EVERY);
     let mut purge = tokio::time::interval(purge_every);
+    let mut catch_up = tokio::time::interval(RETENTION_CATCH_UP);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = catch_up.tick() => {
+                if broker.store.as_ref().is_some_and(|s| s.retention_behind()) {
+                    broker.purge_store();
+                }
+            }
             _ = reap.tick() => {
                 let reaped = broker.reap_identities(ttl);
                 if reaped > 0 {

@@ -502,6 +502,59 @@ async fn paging_and_retention_boundaries() {
     }
 }
 
+/// Age retention can delete every message of a live channel; its
+/// numbering still carries on from where it was, after a restart too, and
+/// a reconnect from before the purge is told history no longer reaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn age_retention_empties_a_channel_without_resetting_its_numbering() {
+    let config =
+        "[rate_limits]\nenabled = false\n[history]\nmax_age_secs = 1\npurge_interval_secs = 1\n";
+    let server = TestServer::start(config).await;
+    let mut customer = server.customer().await;
+    let resume = customer.connect_result["resumeToken"].clone();
+    let sid = customer.start_engagement().await;
+    for i in 0..5 {
+        customer
+            .call(
+                "SendMessage",
+                json!({"channelSid": sid, "body": format!("m{i}")}),
+            )
+            .await
+            .unwrap();
+    }
+    let emptied = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let page = customer
+                .call("GetMessages", json!({"channelSid": sid}))
+                .await
+                .unwrap();
+            if page["messages"].as_array().unwrap().is_empty() {
+                return page;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("age retention ran");
+    assert_eq!(emptied["hasMore"], false);
+    let dir = server.stop_keeping_data().await;
+
+    let (server, mut customer, r) = restart_and_resume(&dir, &resume, Enc::Json).await;
+    assert_eq!(r["engagement"]["channelSid"], sid.as_str());
+    let sent = customer
+        .call("SendMessage", json!({"channelSid": sid, "body": "after"}))
+        .await
+        .unwrap();
+    assert_eq!(sent["index"], 5, "numbering carries on");
+    let mut agent = server.staff("a", "agent").await;
+    let sub = agent
+        .call("Subscribe", json!({"channel": sid, "after": 1}))
+        .await
+        .unwrap();
+    assert_eq!(sub["recovered"], false);
+    server.shutdown().await;
+}
+
 /// With a store, the newest pages come from the in-memory window and older
 /// ones from disk; paging back across the seam gives every message once,
 /// in order, with `hasMore` right on both sides of it. (Multi-threaded, as

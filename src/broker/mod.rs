@@ -435,8 +435,7 @@ impl Broker {
     /// channels past their retention, and queues one slice of disk purge.
     pub fn purge(&self) {
         let history = &self.config.history;
-        let now_ms = Utc::now().timestamp_millis();
-        let age_cutoff = now_ms - (history.max_age_secs as i64) * 1000;
+        let age_cutoff = Utc::now().timestamp_millis() - (history.max_age_secs as i64) * 1000;
         let ended_retention = Duration::from_secs(history.ended_retention_secs);
         let channels: Vec<Arc<Channel>> = self.channels.iter().map(|c| c.clone()).collect();
         for channel in channels {
@@ -446,12 +445,23 @@ impl Broker {
                 self.channels.remove(&channel.sid);
             }
         }
+        self.purge_store();
+    }
+
+    /// Queues one bounded slice of disk retention. Called by every
+    /// retention pass, and more often while the last slice left work
+    /// behind, so that retention keeps up with a busy broker without any
+    /// one slice holding commits up for long.
+    pub fn purge_store(&self) {
+        let history = &self.config.history;
+        let now_ms = Utc::now().timestamp_millis();
+        let ended_retention = Duration::from_secs(history.ended_retention_secs);
         if let Some(store) = &self.store {
             if store.has_room() {
                 self.persist(
                     Op::Purge(Retention {
                         max_messages: history.max_messages,
-                        older_than_ms: age_cutoff,
+                        older_than_ms: now_ms - (history.max_age_secs as i64) * 1000,
                         ended_before_ms: now_ms - ended_retention.as_millis() as i64,
                     }),
                     None,

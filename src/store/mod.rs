@@ -166,6 +166,9 @@ pub struct Store {
 #[derive(Default)]
 struct Durable {
     upto: AtomicU64,
+    /// The last purge stopped at one of its bounds: more retention work is
+    /// waiting for another slice.
+    retention_behind: std::sync::atomic::AtomicBool,
     waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
 }
 
@@ -236,9 +239,15 @@ impl Store {
         let (sender, receiver) = sync_channel::<Job>(QUEUE_BOUND);
         let durable = Arc::new(Durable::default());
         let durable_tx = durable.clone();
+        let grown = sqlite::Grown::new(
+            snapshot
+                .channels
+                .iter()
+                .map(|c| (c.sid.clone(), c.next_index)),
+        );
         let writer = std::thread::Builder::new()
             .name("switchboard-store".into())
-            .spawn(move || write_loop(writer_conn, receiver, durable_tx, metrics))
+            .spawn(move || write_loop(writer_conn, receiver, grown, durable_tx, metrics))
             .map_err(|source| StoreError::Dir {
                 path: dir.to_owned(),
                 source,
@@ -355,6 +364,12 @@ impl Store {
         }
     }
 
+    /// Whether the last retention slice left work behind (then the next
+    /// one should not wait a whole purge interval).
+    pub fn retention_behind(&self) -> bool {
+        self.durable.retention_behind.load(Ordering::Acquire)
+    }
+
     /// Stops taking writes, lets the writer commit what it has, and waits.
     pub fn close(&self) {
         self.submit.lock().sender = None;
@@ -376,6 +391,7 @@ const MAX_BATCH: usize = 8192;
 fn write_loop(
     mut conn: rusqlite::Connection,
     jobs: std::sync::mpsc::Receiver<Job>,
+    mut grown: sqlite::Grown,
     durable: Arc<Durable>,
     metrics: Arc<Metrics>,
 ) {
@@ -391,10 +407,18 @@ fn write_loop(
         let mut backoff = std::time::Duration::from_millis(10);
         // A failed commit (disk full, I/O error) is retried, never skipped:
         // nothing in the batch has been acknowledged or delivered yet.
-        while let Err(e) = sqlite::apply(&mut conn, batch.iter().map(|j| &j.op)) {
-            tracing::error!(error = %e, ops = batch.len(), "store commit failed; retrying");
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+        let behind = loop {
+            match sqlite::apply(&mut conn, batch.iter().map(|j| &j.op), &mut grown) {
+                Ok(behind) => break behind,
+                Err(e) => {
+                    tracing::error!(error = %e, ops = batch.len(), "store commit failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                }
+            }
+        };
+        if batch.iter().any(|j| matches!(j.op, Op::Purge(_))) {
+            durable.retention_behind.store(behind, Ordering::Release);
         }
         let upto = batch.last().map(|j| j.ticket).unwrap_or(0);
         let mut delivered = HashSet::new();

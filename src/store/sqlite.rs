@@ -19,7 +19,10 @@ const PAGE_CACHE_KIB: i64 = 64 * 1024;
 
 /// Rows deleted per statement by one purge op, so that retention work is
 /// sliced between ordinary batches instead of stalling them.
-const PURGE_SLICE: i64 = 5000;
+const PURGE_SLICE: i64 = 2000;
+
+/// Channels one purge op checks against `max_messages`, at most.
+const TRIM_CHANNELS: usize = 1000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -50,6 +53,7 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (sid, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_age ON messages (created_ms);
+CREATE INDEX IF NOT EXISTS channels_by_end ON channels (ended_ms) WHERE ended_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS identities (
     id TEXT PRIMARY KEY,
     role TEXT NOT NULL,
@@ -302,11 +306,58 @@ fn cached(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqli
     conn.prepare_cached(sql)?.execute(params)
 }
 
+/// Channels that took messages since retention last checked them against
+/// `max_messages`, with the index after their newest message: the only
+/// ones that can have grown past it. The writer keeps them so that a
+/// retention pass looks at a bounded number of channels, never all of them
+/// (with tens of thousands of open channels, a pass over all of them held
+/// every commit up for the better part of a second).
+#[derive(Default)]
+pub struct Grown {
+    next: HashMap<Arc<str>, u64>,
+    /// Checked by the batch being applied; forgotten once it commits.
+    checked: Vec<(Arc<str>, u64)>,
+    /// A purge in the batch being applied stopped at one of its bounds.
+    behind: bool,
+}
+
+impl Grown {
+    /// Every open channel at start-up (the last run's may not have been
+    /// checked before it stopped).
+    pub fn new(channels: impl IntoIterator<Item = (Arc<str>, u64)>) -> Self {
+        Grown {
+            next: channels.into_iter().collect(),
+            checked: Vec::new(),
+            behind: false,
+        }
+    }
+
+    fn appended(&mut self, sid: &Arc<str>, index: u64) {
+        let next = self.next.entry(sid.clone()).or_insert(0);
+        *next = (*next).max(index + 1);
+    }
+
+    /// Forgets the channels the committed batch checked, unless they took
+    /// more messages after the check.
+    fn settle(&mut self) {
+        for (sid, next) in self.checked.drain(..) {
+            if self.next.get(&sid) == Some(&next) {
+                self.next.remove(&sid);
+            }
+        }
+    }
+}
+
 /// Applies a batch in one transaction (one commit, one fsync at most).
+/// Returns whether a purge in it left retention work for another slice.
 pub fn apply<'a>(
     conn: &mut Connection,
     ops: impl Iterator<Item = &'a Op>,
-) -> Result<(), StoreError> {
+    grown: &mut Grown,
+) -> Result<bool, StoreError> {
+    // Whatever a failed attempt checked is checked again.
+    grown.checked.clear();
+    grown.behind = false;
     let tx = conn.transaction()?;
     {
         let mut append = tx.prepare_cached(
@@ -327,6 +378,7 @@ pub fn apply<'a>(
                         m.date_created,
                         m.created_ms,
                     ])?;
+                    grown.appended(&m.channel_sid, m.index);
                 }
                 Op::SaveChannel {
                     sid,
@@ -407,39 +459,71 @@ pub fn apply<'a>(
                         )?;
                     }
                 },
-                Op::Purge(retention) => purge(&tx, retention)?,
+                Op::Purge(retention) => purge(&tx, retention, grown)?,
             }
         }
     }
     tx.commit()?;
-    Ok(())
+    grown.settle();
+    Ok(grown.behind)
 }
 
-fn purge(tx: &rusqlite::Transaction<'_>, r: &super::Retention) -> Result<(), StoreError> {
-    // A channel's numbering is its newest message's index + 1; record it
-    // before retention may delete every message of a channel. (Doing it
-    // here rather than on every append keeps one write per message on the
-    // hot path.)
+/// One bounded slice of retention. Every statement is bounded: by the age
+/// index and `PURGE_SLICE`, by `TRIM_CHANNELS` channels, by the ended
+/// index and 100 channels.
+fn purge(
+    tx: &rusqlite::Transaction<'_>,
+    r: &super::Retention,
+    grown: &mut Grown,
+) -> Result<(), StoreError> {
+    // Age. A channel's numbering goes on from its newest message's index;
+    // `next_index` records it for the channels whose messages this slice
+    // may delete, in case it deletes all of them. (Recording it here rather
+    // than on every append keeps one write per message on the hot path.)
     cached(
         tx,
         "UPDATE channels SET next_index = (SELECT MAX(idx) + 1 FROM messages m WHERE m.sid = channels.sid)
-         WHERE ended_ms IS NULL
-           AND next_index < (SELECT IFNULL(MAX(idx) + 1, 0) FROM messages m WHERE m.sid = channels.sid)",
-        [],
+         WHERE sid IN (SELECT sid FROM messages WHERE created_ms < ?1 LIMIT ?2)
+           AND next_index < (SELECT MAX(idx) + 1 FROM messages m WHERE m.sid = channels.sid)",
+        params![r.older_than_ms, PURGE_SLICE],
     )?;
-    cached(
+    let aged = cached(
         tx,
         "DELETE FROM messages WHERE (sid, idx) IN
            (SELECT sid, idx FROM messages WHERE created_ms < ?1 LIMIT ?2)",
         params![r.older_than_ms, PURGE_SLICE],
     )?;
-    cached(
-        tx,
-        "DELETE FROM messages WHERE (sid, idx) IN
-           (SELECT m.sid, m.idx FROM messages m JOIN channels c ON c.sid = m.sid
-            WHERE m.idx < c.next_index - ?1 LIMIT ?2)",
-        params![r.max_messages as i64, PURGE_SLICE],
-    )?;
+    grown.behind |= aged as i64 == PURGE_SLICE || grown.next.len() > TRIM_CHANNELS;
+    // Length: only channels that took messages since they were last
+    // checked. The newest `max_messages` (at least one) stay, so the
+    // numbering is still there to read.
+    let mut budget = PURGE_SLICE;
+    let candidates: Vec<(Arc<str>, u64)> = grown
+        .next
+        .iter()
+        .take(TRIM_CHANNELS)
+        .map(|(sid, next)| (sid.clone(), *next))
+        .collect();
+    for (sid, next) in candidates {
+        if budget == 0 {
+            break;
+        }
+        if let Some(keep_from) = next.checked_sub(r.max_messages).filter(|k| *k > 0) {
+            let deleted = cached(
+                tx,
+                "DELETE FROM messages WHERE (sid, idx) IN
+                   (SELECT sid, idx FROM messages WHERE sid = ?1 AND idx < ?2 LIMIT ?3)",
+                params![&*sid, keep_from as i64, budget],
+            )? as i64;
+            budget -= deleted;
+            if budget == 0 {
+                // Maybe more to delete here: check it again next time.
+                grown.behind = true;
+                break;
+            }
+        }
+        grown.checked.push((sid, next));
+    }
     let ended: Vec<String> = {
         let mut stmt = tx.prepare(
             "SELECT sid FROM channels WHERE ended_ms IS NOT NULL AND ended_ms < ?1 LIMIT 100",
@@ -447,12 +531,14 @@ fn purge(tx: &rusqlite::Transaction<'_>, r: &super::Retention) -> Result<(), Sto
         let rows = stmt.query_map(params![r.ended_before_ms], |row| row.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
+    let ended_count = ended.len();
     for sid in ended {
         cached(tx, "DELETE FROM messages WHERE sid = ?1", params![sid])?;
         cached(tx, "DELETE FROM members WHERE sid = ?1", params![sid])?;
         cached(tx, "DELETE FROM drafts WHERE sid = ?1", params![sid])?;
         cached(tx, "DELETE FROM channels WHERE sid = ?1", params![sid])?;
     }
+    grown.behind |= ended_count == 100;
     Ok(())
 }
 
