@@ -30,6 +30,19 @@ async fn restart_and_resume(
     (server, customer, r)
 }
 
+/// Sends `m0`, `m1`, … one at a time, each acknowledged before the next.
+async fn send_messages(client: &mut Client, sid: &str, n: usize) {
+    for i in 0..n {
+        client
+            .call(
+                "SendMessage",
+                json!({"channelSid": sid, "body": format!("m{i}")}),
+            )
+            .await
+            .unwrap();
+    }
+}
+
 /// Every message of a channel, paging back with `GetMessages`.
 async fn whole_history(client: &mut Client, sid: &str) -> Vec<Value> {
     let mut all = Vec::new();
@@ -462,9 +475,7 @@ async fn paging_and_retention_boundaries() {
         let server = TestServer::start(config).await;
         let mut customer = server.customer().await;
         let sid = customer.start_engagement().await;
-        for i in 0..30 {
-            customer.call("SendMessage", json!({"channelSid": sid, "body": format!("m{i}")})).await.unwrap();
-        }
+        send_messages(&mut customer, &sid, 30).await;
         // Retention keeps the newest 10 (on disk, or in the memory window).
         let kept = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
@@ -513,15 +524,7 @@ async fn age_retention_empties_a_channel_without_resetting_its_numbering() {
     let mut customer = server.customer().await;
     let resume = customer.connect_result["resumeToken"].clone();
     let sid = customer.start_engagement().await;
-    for i in 0..5 {
-        customer
-            .call(
-                "SendMessage",
-                json!({"channelSid": sid, "body": format!("m{i}")}),
-            )
-            .await
-            .unwrap();
-    }
+    send_messages(&mut customer, &sid, 5).await;
     let emptied = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             let page = customer
@@ -570,15 +573,7 @@ async fn paging_back_across_the_memory_window_and_the_disk() {
         .await
         .unwrap();
     assert_eq!(first, json!({"messages": [], "hasMore": false}));
-    for i in 0..30 {
-        customer
-            .call(
-                "SendMessage",
-                json!({"channelSid": sid, "body": format!("m{i}")}),
-            )
-            .await
-            .unwrap();
-    }
+    send_messages(&mut customer, &sid, 30).await;
     // Window: 22..30. Limits chosen so that pages start inside the window,
     // exactly at its start, and below it.
     for limit in [1u64, 5, 7, 8, 9, 30, 100] {
