@@ -183,20 +183,12 @@ async fn kill_once(level: &str) {
     )
     .await
     .unwrap();
-    let mut agent = Client::open_url(&broker.url, Enc::MsgPack).await.unwrap();
-    agent
-        .connect(json!({"token": token("bob", "agent", 3600)}))
-        .await
-        .unwrap();
+    let mut agent = Client::staff_at(&broker.url, "bob", "agent", Enc::MsgPack).await;
     agent
         .call("JoinChannel", json!({"channelSid": sid}))
         .await
         .unwrap();
-    let mut observer = Client::open_url(&broker.url, Enc::Json).await.unwrap();
-    observer
-        .connect(json!({"token": token("obs", "service", 3600)}))
-        .await
-        .unwrap();
+    let mut observer = Client::staff_at(&broker.url, "obs", "service", Enc::Json).await;
     observer
         .call("Subscribe", json!({"channel": sid}))
         .await
@@ -253,11 +245,7 @@ async fn kill_once(level: &str) {
 
     // Restart on the same data directory.
     let broker2 = BrokerProcess::start(&args, &env, &dir);
-    let mut agent = Client::open_url(&broker2.url, Enc::Json).await.unwrap();
-    agent
-        .connect(json!({"token": token("bob", "agent", 3600)}))
-        .await
-        .unwrap();
+    let mut agent = Client::staff_at(&broker2.url, "bob", "agent", Enc::Json).await;
     let history = whole_history(&mut agent, &sid).await;
     assert_gapless(&history, 0, level);
     for (index, body) in &acked {
@@ -270,11 +258,7 @@ async fn kill_once(level: &str) {
     assert!(observer_seen <= last as i64 && tab1_seen <= last as i64);
 
     // The observer recovers exactly what it missed.
-    let mut observer = Client::open_url(&broker2.url, Enc::MsgPack).await.unwrap();
-    observer
-        .connect(json!({"token": token("obs", "service", 3600)}))
-        .await
-        .unwrap();
+    let mut observer = Client::staff_at(&broker2.url, "obs", "service", Enc::MsgPack).await;
     let r = observer
         .call("Subscribe", json!({"channel": sid, "after": observer_seen}))
         .await

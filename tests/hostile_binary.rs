@@ -73,11 +73,7 @@ async fn the_broker_serves_honest_clients_with_bounded_memory_under_attack() {
     let mut customer = Client::open_url(&url, Enc::Json).await.unwrap();
     customer.connect(json!({})).await.unwrap();
     let sid = customer.start_engagement().await;
-    let mut agent = Client::open_url(&url, Enc::MsgPack).await.unwrap();
-    agent
-        .connect(json!({"token": token("agent-smith", "agent", 600)}))
-        .await
-        .unwrap();
+    let mut agent = Client::staff_at(&url, "agent-smith", "agent", Enc::MsgPack).await;
     agent
         .call("JoinChannel", json!({"channelSid": sid}))
         .await

@@ -127,11 +127,7 @@ impl TestServer {
     }
 
     pub async fn staff_enc(&self, sub: &str, role: &str, enc: Enc) -> Client {
-        let mut c = Client::open(self, enc).await;
-        c.connect(json!({ "token": token(sub, role, 3600) }))
-            .await
-            .expect("token connect");
-        c
+        Client::staff_at(&self.url(), sub, role, enc).await
     }
 }
 
@@ -212,6 +208,16 @@ impl Client {
             );
         }
         Ok(Client::from_ws(ws, enc))
+    }
+
+    /// A staff session at `url` (a broker process, or a test server):
+    /// opened and connected with a token for `sub` as `role`.
+    pub async fn staff_at(url: &str, sub: &str, role: &str, enc: Enc) -> Client {
+        let mut c = Client::open_url(url, enc).await.expect("websocket upgrade");
+        c.connect(json!({ "token": token(sub, role, 3600) }))
+            .await
+            .expect("token connect");
+        c
     }
 
     /// A client over an already upgraded socket.
