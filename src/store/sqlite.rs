@@ -332,9 +332,14 @@ impl Grown {
         }
     }
 
+    /// Per message: clones the sid only for a channel not yet listed.
     fn appended(&mut self, sid: &Arc<str>, index: u64) {
-        let next = self.next.entry(sid.clone()).or_insert(0);
-        *next = (*next).max(index + 1);
+        match self.next.get_mut(sid) {
+            Some(next) => *next = (*next).max(index + 1),
+            None => {
+                self.next.insert(sid.clone(), index + 1);
+            }
+        }
     }
 
     /// Forgets the channels the committed batch checked, unless they took
