@@ -37,6 +37,7 @@ use crate::broker::session::SessionHandle;
 use crate::broker::Broker;
 use crate::codec::{decode_command, encode_error, encode_result, Command, Encoding};
 use crate::error::ActionError;
+use crate::metrics::CommandKey;
 use crate::outbox::{CloseReason, Outbox};
 use crate::rate_limit::SessionLimiter;
 
@@ -326,8 +327,10 @@ impl Reader<'_> {
         // Every frame draws on the session's command bucket, garbage too; the
         // frame is still decoded (bounded by the frame limit) so that the
         // `rate_limited` reply can carry the command's id.
+        let arrived = Instant::now();
         let admitted = self.session.rate.check_frame();
         let decoded = decode_command(encoding, frame);
+        let action = CommandKey::of(decoded.as_ref().ok().map(|c| c.action.as_str()));
         let store = self.broker.store.as_ref();
         let written_before = store.map(|s| s.last_ticket());
         let outcome = match (admitted, decoded) {
@@ -385,6 +388,11 @@ impl Reader<'_> {
                 encode_error(encoding, *id, &error.to_wire())
             }
         };
+        self.broker.metrics.command(
+            action,
+            outcome.as_ref().err().map(|(_, e)| e),
+            arrived.elapsed(),
+        );
         self.reply(needs, frame);
         // A failed Connect ends the session, after its reply.
         if let Err((_, ActionError::Unauthorized(_))) = &outcome {

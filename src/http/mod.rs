@@ -245,11 +245,7 @@ pub fn route(broker: &Broker, request: &Request, loopback: bool) -> Route {
     }
     let response = match request.path.as_str() {
         "/healthz" => Response::text(200, "ok\n"),
-        "/metrics" => Response::new(
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            broker.metrics.snapshot().to_prometheus(),
-        ),
+        "/metrics" => Response::new(200, crate::metrics::CONTENT_TYPE, broker.metrics.render()),
         "/demo/token"
             if broker.config.demo_tokens && loopback && broker.auth.can_mint_client_tokens() =>
         {

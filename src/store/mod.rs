@@ -414,8 +414,12 @@ fn write_loop(
         // A failed commit (disk full, I/O error) is retried, never skipped:
         // nothing in the batch has been acknowledged or delivered yet.
         let behind = loop {
+            let started = std::time::Instant::now();
             match sqlite::apply(&mut conn, batch.iter().map(|j| &j.op), &mut grown) {
-                Ok(behind) => break behind,
+                Ok(behind) => {
+                    metrics.store_commit(started.elapsed());
+                    break behind;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, ops = batch.len(), "store commit failed; retrying");
                     std::thread::sleep(backoff);
