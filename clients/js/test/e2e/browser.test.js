@@ -44,7 +44,9 @@ describe("demo pages in headless Chromium", () => {
   const pages = [];
 
   before(async () => {
-    broker = await startBroker({ config: DEFAULT_CONFIG });
+    // The demo console signs agents in with demo tokens, which a broker
+    // with a JWT secret serves only when asked to.
+    broker = await startBroker({ config: `demo_tokens = true\n${DEFAULT_CONFIG}` });
     browser = await launchBrowser();
   });
 
