@@ -6,9 +6,9 @@
 //! - [`server`]: the TCP listener; accepts, hands each connection to the
 //!   HTTP layer, and runs graceful shutdown (stop accepting, close every
 //!   session with 4000, wait for them to drain).
-//! - [`http`]: reads the request head; upgrades `/ws` (picking the encoding
-//!   from the subprotocol) or answers plain routes (demo pages, health,
-//!   metrics, demo tokens).
+//! - [`http`]: HTTP/1.1 on hyper; upgrades `/ws` (picking the encoding
+//!   from the subprotocol) and hands the raw socket back, or answers plain
+//!   routes (demo pages, health, readiness, metrics, demo tokens).
 //! - [`connection`]: one session: a reader loop that decodes and runs
 //!   commands in order (holding a reply until its write is durable while it
 //!   reads on), and a writer task that drains the session's [`outbox`] with
