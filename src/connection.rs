@@ -69,7 +69,9 @@ pub fn websocket_config(broker: &Broker) -> WebSocketConfig {
         .write_buffer_size(limits.write_buffer_bytes)
         // The outbox is the bound on what waits to be written; this only
         // stops tungstenite buffering without limit if writes keep failing.
-        .max_write_buffer_size(limits.write_buffer_bytes + limits.max_frame_bytes * 2 + 4096)
+        // It must hold the largest frame the broker sends on top of the
+        // buffer, or that frame could never be written.
+        .max_write_buffer_size(limits.write_buffer_bytes + limits.outbound_frame_bytes() + 4096)
         .max_frame_size(Some(limits.max_frame_bytes))
         .max_message_size(Some(limits.max_frame_bytes))
 }
@@ -393,7 +395,7 @@ impl Reader<'_> {
             }
             _ => 0,
         };
-        let frame = match &outcome {
+        let mut frame = match &outcome {
             Ok((id, result)) => encode_result(encoding, *id, result),
             Err((id, error)) => {
                 if let ActionError::RateLimited(_) = error {
@@ -402,6 +404,27 @@ impl Reader<'_> {
                 encode_error(encoding, *id, &error.to_wire())
             }
         };
+        let limit = self.broker.config.limits.outbound_frame_bytes();
+        if frame.len() > limit {
+            // Replies are bounded by construction; one that is not is the
+            // broker's fault, and the client gets an answer, not a cut
+            // connection.
+            let id = match &outcome {
+                Ok((id, _)) => Some(*id),
+                Err((id, _)) => *id,
+            };
+            tracing::error!(
+                session = %self.session.id,
+                bytes = frame.len(),
+                limit,
+                "a reply outgrew the outbound frame limit; answering internal"
+            );
+            let error = ActionError::Internal(format!(
+                "the reply ({} bytes) is larger than the broker sends ({limit} bytes)",
+                frame.len()
+            ));
+            frame = encode_error(encoding, id, &error.to_wire());
+        }
         self.reply(needs, frame);
         // A failed Connect ends the session, after its reply.
         if let Err((_, ActionError::Unauthorized(_))) = &outcome {
@@ -472,11 +495,7 @@ impl Reader<'_> {
             None => return Err(ActionError::bad_request("`token` is required")),
         };
         crate::validate::payload(&self.broker.config, "Connect", &command.payload)?;
-        let (principal, until) = self
-            .broker
-            .auth
-            .authenticate_until(Some(token), None)
-            .map_err(|e| ActionError::Unauthorized(e.to_string()))?;
+        let (principal, until) = self.broker.auth.authenticate_until(Some(token), None)?;
         if *principal.identity != *ctx.identity.id || principal.role != ctx.identity.role {
             return Err(ActionError::Unauthorized(format!(
                 "the token is for {} ({}), not this session's identity",
@@ -498,11 +517,7 @@ impl Reader<'_> {
         };
         let (token, resume) = (field("token")?, field("resumeToken")?);
         crate::validate::payload(&self.broker.config, "Connect", &command.payload)?;
-        let (principal, until) = self
-            .broker
-            .auth
-            .authenticate_until(token, resume)
-            .map_err(|e| ActionError::Unauthorized(e.to_string()))?;
+        let (principal, until) = self.broker.auth.authenticate_until(token, resume)?;
         let ctx = ActionContext {
             broker: self.broker.clone(),
             identity: self.broker.identity_for(&principal)?,
