@@ -80,6 +80,11 @@ pub struct Config {
     pub jwt: crate::auth::JwtConfig,
     pub tls: Option<crate::tls::TlsConfig>,
     pub validation: crate::validate::ValidationConfig,
+    /// Start even though the store lost acknowledged writes
+    /// (`--accept-data-loss`; never from the file: it is a one-off
+    /// decision about one damaged store).
+    #[serde(skip)]
+    pub accept_data_loss: bool,
 }
 
 impl Default for Config {
@@ -103,6 +108,7 @@ impl Default for Config {
             jwt: Default::default(),
             tls: None,
             validation: Default::default(),
+            accept_data_loss: false,
         }
     }
 }

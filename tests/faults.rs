@@ -215,3 +215,186 @@ async fn token_errors_do_not_echo_the_parser() {
     assert_eq!(e["message"], "token expired");
     server.shutdown().await;
 }
+
+/// 90 acknowledged messages, kill -9, 64 bytes of the journal overwritten:
+/// the broker refuses to start (naming the file) and touches nothing; with
+/// --accept-data-loss it starts, hands out no index a client may have seen
+/// again, and recovery of the lost range answers `recovered: false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_is_refused_not_rewound() {
+    let dir = common::fresh_data_dir();
+    let mut broker = common::BrokerProcess::start(&[], &[], &dir);
+    let mut customer = Client::open_url(&broker.url, Enc::Json).await.unwrap();
+    customer.connect(json!({})).await.unwrap();
+    let resume = customer.connect_result["resumeToken"].clone();
+    let sid = customer.start_engagement().await;
+    for i in 0..90 {
+        customer
+            .call(
+                "SendMessage",
+                json!({"channelSid": sid, "body": format!("m{i}")}),
+            )
+            .await
+            .unwrap();
+    }
+    broker.signal("KILL");
+    broker.wait_exit();
+    let wal = dir.join("switchboard.db-wal");
+    let mut bytes = std::fs::read(&wal).expect("a journal to damage");
+    let at = bytes.len() * 3 / 4;
+    bytes[at..at + 64].fill(0x5a);
+    std::fs::write(&wal, &bytes).unwrap();
+    let before: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+
+    let (code, stderr) = common::refused_start(&dir, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("lost"), "{stderr}");
+    assert!(stderr.contains(dir.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("--accept-data-loss"), "{stderr}");
+    for (name, content) in &before {
+        // The -shm file is SQLite's index of the journal, rebuilt on every
+        // open: not data.
+        if !name.ends_with("-shm") {
+            assert!(
+                std::fs::read(dir.join(name)).unwrap() == *content,
+                "{name} is left untouched"
+            );
+        }
+    }
+
+    let broker = common::BrokerProcess::start(&["--accept-data-loss"], &[], &dir);
+    let mut tab = Client::open_url(&broker.url, Enc::Json).await.unwrap();
+    // A client that last saw index 0 missed the lost range: it is told to
+    // reload, not given a history with a hole in it.
+    let r = tab
+        .connect(json!({"resumeToken": resume, "recover": {&sid: 0}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r["recovered"][&sid], false,
+        "the lost range is not replayed"
+    );
+    let next = tab
+        .call("SendMessage", json!({"channelSid": sid, "body": "after"}))
+        .await
+        .unwrap();
+    assert!(
+        next["index"].as_u64().unwrap() > 89,
+        "no index a client saw is handed out again: {next}"
+    );
+    broker.signal("TERM");
+    drop(broker);
+    // Accepted once: the next start is a normal one.
+    let broker = common::BrokerProcess::start(&[], &[], &dir);
+    broker.signal("TERM");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An empty or schema-less database file, or a database that is gone while
+/// its acknowledged-writes record says it held data, is an error, not a
+/// fresh start; and nothing is written over it.
+#[test]
+fn empty_schemaless_or_missing_stores_are_refused() {
+    let dir = common::fresh_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("switchboard.db");
+    std::fs::write(&db, b"").unwrap();
+    let (code, stderr) = common::refused_start(&dir, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("empty"), "{stderr}");
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0);
+
+    std::fs::remove_file(&db).unwrap();
+    let other = foreign_sqlite_file();
+    std::fs::write(&db, &other).unwrap();
+    let (code, stderr) = common::refused_start(&dir, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no Switchboard schema"), "{stderr}");
+    assert!(std::fs::read(&db).unwrap() == other, "left untouched");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A store that held acknowledged writes, then lost its database file.
+    let dir = common::fresh_data_dir();
+    let broker = common::BrokerProcess::start(&[], &[], &dir);
+    let url = broker.url.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = Client::open_url(&url, Enc::Json).await.unwrap();
+        c.connect(json!({})).await.unwrap();
+        c.start_engagement().await;
+    });
+    broker.signal("TERM");
+    drop(broker);
+    for name in ["switchboard.db", "switchboard.db-wal", "switchboard.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let (code, stderr) = common::refused_start(&dir, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("lost"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A valid SQLite file that is not a Switchboard store.
+fn foreign_sqlite_file() -> Vec<u8> {
+    let dir = common::fresh_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("other.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE notes (x)").unwrap();
+    drop(conn);
+    let bytes = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    bytes
+}
+
+/// A store that cannot be written at start (its file system read-only, or
+/// its file read-only) stops the broker with a message naming the path,
+/// instead of starting "healthy" and hanging every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_written_stops_the_start() {
+    let mount = common::Tmpfs::mount("16m");
+    let dir = match &mount {
+        Some(m) => m.path.join("data"),
+        None => common::fresh_data_dir(),
+    };
+    let broker = common::BrokerProcess::start(&[], &[], &dir);
+    let mut c = Client::open_url(&broker.url, Enc::Json).await.unwrap();
+    c.connect(json!({})).await.unwrap();
+    c.start_engagement().await;
+    broker.signal("TERM");
+    drop(broker);
+    let db = dir.join("switchboard.db");
+    match &mount {
+        Some(m) => m.set_read_only(true),
+        None => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+        }
+    }
+    let (code, stderr) = common::refused_start(&dir, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(dir.to_str().unwrap()),
+        "names the path: {stderr}"
+    );
+    assert!(
+        stderr.contains("cannot write") || stderr.contains("Read-only"),
+        "{stderr}"
+    );
+    match &mount {
+        Some(m) => m.set_read_only(false),
+        None => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
