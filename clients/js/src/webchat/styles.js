@@ -125,8 +125,9 @@ button, input, textarea { font: inherit; color: inherit; }
 .error:empty { display: none; }
 
 .chat { flex: 1; min-height: 0; display: flex; flex-direction: column; background: var(--sbw-surface); }
-.messages {
-  list-style: none; margin: 0; padding: 0.9rem; flex: 1; overflow-y: auto;
+.messages { flex: 1; overflow-y: auto; }
+.message-list {
+  list-style: none; margin: 0; padding: 0.9rem;
   display: flex; flex-direction: column; gap: 0.55rem;
 }
 .msg { max-width: 85%; display: flex; flex-direction: column; align-self: flex-start; }

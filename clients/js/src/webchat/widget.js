@@ -478,7 +478,10 @@ export class WebChat {
     ui.header = h("div", { class: "header" }, h("div", { class: "header-text" }, ui.title, ui.status), ui.restart, ui.minimize);
 
     ui.form = this.#buildForm(id);
-    ui.messages = h("ol", { class: "messages", id: id("messages"), role: "log", "aria-label": s.messagesLabel, tabindex: "0" });
+    // The log scrolls; the list inside keeps list semantics (a role on the
+    // <ol> itself would orphan its items).
+    ui.list = h("ol", { class: "message-list" });
+    ui.messages = h("div", { class: "messages", id: id("messages"), role: "log", "aria-label": s.messagesLabel, tabindex: "0" }, ui.list);
     ui.messages.addEventListener("scroll", () => {
       const m = ui.messages;
       if (m.clientHeight > 0) this.#stick = m.scrollHeight - m.scrollTop - m.clientHeight < 40;
@@ -812,7 +815,7 @@ export class WebChat {
     if (this.root.activeElement && this.#ui.panel.contains(this.root.activeElement)) return;
     const view = this.#view();
     if (view === "chat") this.#ui.input.focus();
-    else if (view === "form") this.#firstFormControl()?.focus() ?? this.#ui.start.focus();
+    else if (view === "form") (this.#firstFormControl() ?? this.#ui.start).focus();
     else this.#ui.minimize.focus();
   }
 
@@ -855,7 +858,7 @@ export class WebChat {
   }
 
   #renderTranscript() {
-    const list = this.#ui.messages;
+    const list = this.#ui.list;
     if (!this.#t.channelSid) {
       if (list.firstChild) list.replaceChildren();
       this.#elements.clear();
