@@ -601,3 +601,119 @@ async fn plain_http_routes() {
     assert!(out.starts_with("HTTP/1.1 404"), "{out}");
     server.shutdown().await;
 }
+
+/// The widget's extensions: a new tab learns who is in the chat and how far
+/// it has gone from `Connect`; queue consoles hear when an engagement is
+/// picked up; an agent ends a chat for everyone.
+#[tokio::test]
+async fn connect_members_queue_updates_and_end_engagement() {
+    let server = TestServer::start("").await;
+    let mut console = server.staff("watcher", "agent").await;
+    console
+        .call("Subscribe", json!({"channel": "queue:default"}))
+        .await
+        .unwrap();
+    let mut customer = server.customer().await;
+    let resume = customer.connect_result["resumeToken"].clone();
+    let sid = customer.start_engagement().await;
+    let started = console.push("engagementStarted").await;
+    assert_eq!(started["channelSid"], sid);
+
+    let mut agent = server.staff("alice", "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    let updated = console.push("engagementUpdated").await;
+    assert_eq!(updated["channelSid"], sid);
+    assert_eq!(
+        updated["members"],
+        json!([
+            {"identity": "alice", "role": "agent"},
+            {"identity": customer.identity(), "role": "customer"},
+        ])
+    );
+    let queued = console
+        .call("Subscribe", json!({"channel": "queue:default"}))
+        .await
+        .unwrap();
+    assert_eq!(queued["engagements"][0]["members"], updated["members"]);
+    agent
+        .call("SendMessage", json!({"channelSid": sid, "body": "hello"}))
+        .await
+        .unwrap();
+    customer.push("messageAdded").await;
+
+    // A second tab of the customer: members and lastIndex in `engagement`.
+    let mut tab = Client::open(&server, Enc::Json).await;
+    let r = tab.connect(json!({ "resumeToken": resume })).await.unwrap();
+    assert_eq!(r["engagement"]["channelSid"], sid);
+    assert_eq!(r["engagement"]["lastIndex"], 0);
+    assert_eq!(r["engagement"]["members"], updated["members"]);
+
+    // Customers cannot end; an agent not in the chat cannot; a member can.
+    assert_eq!(
+        customer
+            .fails("EndEngagement", json!({"channelSid": sid}))
+            .await,
+        "forbidden"
+    );
+    let mut other = server.staff("bob", "agent").await;
+    assert_eq!(
+        other
+            .fails("EndEngagement", json!({"channelSid": sid}))
+            .await,
+        "not_a_member"
+    );
+    agent
+        .call(
+            "EndEngagement",
+            json!({"channelSid": sid, "reason": "resolved"}),
+        )
+        .await
+        .unwrap();
+    for c in [&mut customer, &mut tab] {
+        let left = c.push("engagementEnded").await;
+        assert_eq!(left, json!({"channelSid": sid, "reason": "resolved"}));
+    }
+    assert_eq!(
+        agent.push("engagementEnded").await,
+        json!({"channelSid": sid, "reason": "resolved"})
+    );
+    let ended = console.push("engagementEnded").await;
+    assert_eq!(ended["reason"], "resolved");
+    // The customer is back in pre-engagement; the channel takes nothing.
+    assert_eq!(
+        customer
+            .fails("SendMessage", json!({"channelSid": sid, "body": "x"}))
+            .await,
+        "not_a_member"
+    );
+    assert_eq!(
+        agent
+            .fails("SendMessage", json!({"channelSid": sid, "body": "x"}))
+            .await,
+        "not_found"
+    );
+    assert_eq!(
+        agent
+            .fails("EndEngagement", json!({"channelSid": sid}))
+            .await,
+        "not_a_member"
+    );
+    let mut service = server.staff("crm", "service").await;
+    assert_eq!(
+        service
+            .fails("EndEngagement", json!({"channelSid": sid}))
+            .await,
+        "not_found"
+    );
+    let again = customer.start_engagement().await;
+    assert_ne!(again, sid);
+    let page = agent
+        .call("GetMessages", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    assert_eq!(page["messages"][0]["body"], "hello", "transcript kept");
+    server.shutdown().await;
+}

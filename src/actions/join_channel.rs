@@ -40,6 +40,7 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
             sessions: state.sessions.clone(),
         };
         cs.publish(sid, ticket, event, &ctx.broker.metrics);
+        ctx.broker.members_changed(&channel, &cs);
         ctx.broker.save_identity(identity, &state);
     }
     let mut members: Vec<_> = cs.members.iter().collect();

@@ -10,6 +10,6 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
     let sid = channel_sid(payload)?;
     let mut state = ctx.identity.lock();
     ctx.broker
-        .remove_member(&ctx.identity, &mut state, sid, LeaveReason::Left)?;
+        .remove_member(&ctx.identity, &mut state, sid, LeaveReason::Left, "left")?;
     Ok(json!({}))
 }

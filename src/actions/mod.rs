@@ -15,6 +15,7 @@
 //! One file per built-in action lives beside this one.
 
 mod connect;
+mod end_engagement;
 mod get_actions;
 mod get_messages;
 mod join_channel;
@@ -203,7 +204,7 @@ impl CustomAction {
 /// The built-in actions, in the contract's order. `TriggerAction` has no
 /// plain function: it runs other actions, so it is async (see
 /// `trigger_action.rs`).
-const BUILTINS: [(&str, Roles, Option<BuiltinFn>, &str); 15] = [
+const BUILTINS: [(&str, Roles, Option<BuiltinFn>, &str); 16] = [
     (
         "Connect",
         Roles::ALL,
@@ -275,6 +276,12 @@ const BUILTINS: [(&str, Roles, Option<BuiltinFn>, &str); 15] = [
         Roles::ALL,
         Some(leave_channel::run),
         "Leave a channel.",
+    ),
+    (
+        "EndEngagement",
+        Roles::STAFF,
+        Some(end_engagement::run),
+        "End a chat for everyone in it.",
     ),
     (
         "Subscribe",

@@ -15,7 +15,12 @@ pub(super) fn run(ctx: &ActionContext, _payload: &Value) -> ActionResult {
         .ok_or(ActionError::NoEngagement)?
         .channel_sid
         .clone();
-    ctx.broker
-        .remove_member(&ctx.identity, &mut state, &sid, LeaveReason::Restart)?;
+    ctx.broker.remove_member(
+        &ctx.identity,
+        &mut state,
+        &sid,
+        LeaveReason::Restart,
+        "restart",
+    )?;
     Ok(json!({ "channelSid": sid }))
 }

@@ -11,7 +11,7 @@ use crate::auth::Role;
 use crate::broker::channel::{new_channel_sid, Channel};
 use crate::broker::identity::Engagement;
 use crate::broker::now_rfc3339;
-use crate::broker::queue::{queue_channel, OpenEngagement, DEFAULT_QUEUE};
+use crate::broker::queue::{queue_channel, Member, OpenEngagement, DEFAULT_QUEUE};
 use crate::codec::Push;
 use crate::error::ActionError;
 use crate::store::Op;
@@ -111,6 +111,10 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
                 identity: identity.id.clone(),
                 form_data: form_data.clone(),
                 started_at: started_at.clone(),
+                members: vec![Member {
+                    identity: identity.id.clone(),
+                    role: Role::Customer,
+                }],
             },
         );
         qs.broadcast(&push);

