@@ -186,7 +186,9 @@ function addItem(chat, item) {
   renderTitle();
 }
 
+/** The newest message worth previewing: a bot's greeting says nothing about the chat. */
 function noteMessage(chat, message) {
+  if (message.authorRole === "service") return;
   if (!chat.last || message.index > chat.last.index) chat.last = message;
 }
 
