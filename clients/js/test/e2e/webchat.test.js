@@ -234,6 +234,10 @@ describe("web-chat widget embedded from another origin", () => {
     } finally {
       grace.close();
       await context.close();
+      // The other tests need the broker, even when this one failed midway.
+      if (broker.process.exitCode !== null || broker.process.signalCode !== null) {
+        broker = await startBroker({ config: DEFAULT_CONFIG, workdir, port: broker.port, secret: broker.secret });
+      }
     }
   });
 
