@@ -325,10 +325,10 @@ describe("web-chat widget embedded from another origin", () => {
       await page.click("#sb-minimize");
       await grace.actions.invoke("SendMessage", { channelSid, body: "One more thing" });
       await grace.actions.invoke("SendMessage", { channelSid, body: "And another" });
-      await waitText(page, "#sb-unread", "2");
+      await page.locator("#sb-unread", { hasText: /^2$/ }).waitFor({ state: "attached" });
       await page.reload();
       await connected(page);
-      await waitText(page, "#sb-unread", "2");
+      await page.locator("#sb-unread", { hasText: /^2$/ }).waitFor({ state: "attached" });
       assert.equal(await page.getByRole("button", { name: "Chat with us (2 unread)" }).count(), 1);
       await docShot(page, "widget-unread");
       await page.click("#sb-launcher");
