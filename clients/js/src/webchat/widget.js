@@ -42,6 +42,7 @@ export const DEFAULT_STRINGS = Object.freeze({
   send: "Send",
   you: "You",
   assistant: "{brand} assistant",
+  assistantUnbranded: "Assistant",
   joined: "{name} joined the chat",
   left: "{name} left the chat",
   endedNotice: "Your previous chat has ended. Need anything else? Start a new one below.",
@@ -732,7 +733,10 @@ export class WebChat {
 
   #displayName(identity, role) {
     if (identity === this.client.identity) return this.#strings.you;
-    if (role === "service") return fill(this.#strings.assistant, { brand: this.#config.brand?.name ?? "" }).trim();
+    if (role === "service") {
+      const brand = this.#config.brand?.name;
+      return brand ? fill(this.#strings.assistant, { brand }) : this.#strings.assistantUnbranded;
+    }
     return identity;
   }
 
