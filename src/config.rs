@@ -171,6 +171,15 @@ impl Limits {
         Duration::from_millis(self.idle_timeout_ms)
     }
 
+    /// The largest frame the broker sends: 16 × `max_frame_bytes` (1 MiB
+    /// with the defaults). Everything the broker builds stays below it by
+    /// construction: a push carries at most a body and attributes of
+    /// `max_body_bytes` each (JSON escapes can make them six times longer),
+    /// and lists in replies are cut at `codec::PAGE_BYTES`.
+    pub fn outbound_frame_bytes(&self) -> usize {
+        (16 * self.max_frame_bytes).max(1 << 20)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes as u64),

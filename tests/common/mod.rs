@@ -522,3 +522,27 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Asserts that `messages` carry indexes `from`, `from + 1`, … in order.
+pub fn assert_gapless(messages: &[Value], from: u64, what: &str) {
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(
+            m["index"],
+            from + i as u64,
+            "{what}: gap or disorder at position {i}"
+        );
+    }
+}
+
+/// Reads `messageAdded` pushes until index `last` (inclusive).
+pub async fn read_until(client: &mut Client, last: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let m = client.push("messageAdded").await;
+        let index = m["index"].as_u64().unwrap();
+        out.push(m);
+        if index >= last {
+            return out;
+        }
+    }
+}
