@@ -256,8 +256,15 @@ pub fn route(broker: &Broker, request: &Request, loopback: bool) -> Route {
             demo_token(broker, request)
         }
         path => match assets::lookup(path) {
-            Some(asset) => Response::new(200, asset.content_type, asset.body)
-                .with_header("Cache-Control", "no-cache"),
+            Some(asset) => {
+                let mut response = Response::new(200, asset.content_type, asset.body)
+                    .with_header("Cache-Control", "no-cache");
+                response.headers.extend(assets::cors_headers(
+                    &broker.config,
+                    request.header("origin"),
+                ));
+                response
+            }
             None => Response::text(404, "not found\n"),
         },
     };
