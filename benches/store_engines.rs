@@ -77,7 +77,8 @@ struct Sqlite {
 
 impl Sqlite {
     fn open(dir: &Path, durability: Durability) -> Sqlite {
-        let (store, _) = Store::open(dir, durability, 0, Arc::new(Metrics::default())).unwrap();
+        let (store, _) =
+            Store::open(dir, durability, 0, Arc::new(Metrics::default()), false).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -30,6 +30,10 @@ pub struct AdmissionConfig {
     pub max_sessions_per_identity: usize,
     /// Channels and queues one session may observe (`Subscribe`).
     pub max_subscriptions_per_session: usize,
+    /// Members (agents and services who joined, plus the customer) one
+    /// channel may have: bounds `JoinChannel`'s member list and every push
+    /// that carries it.
+    pub max_members_per_channel: usize,
 }
 
 impl Default for AdmissionConfig {
@@ -39,6 +43,7 @@ impl Default for AdmissionConfig {
             max_connections_per_ip: 256,
             max_sessions_per_identity: 32,
             max_subscriptions_per_session: 1024,
+            max_members_per_channel: 1000,
         }
     }
 }
@@ -53,6 +58,7 @@ impl AdmissionConfig {
                 "max_subscriptions_per_session",
                 self.max_subscriptions_per_session,
             ),
+            ("max_members_per_channel", self.max_members_per_channel),
         ];
         if let Some((name, _)) = values.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be greater than 0"));

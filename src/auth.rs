@@ -139,8 +139,17 @@ impl FromStr for Role {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AuthError {
+    /// The client is told only "invalid token": the parser's own words
+    /// (`detail`) help an attacker probe, so they go to the log.
+    #[error("invalid token")]
+    InvalidToken { detail: String },
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// Safe to show: it is about the claims the client itself chose.
     #[error("invalid token: {0}")]
-    InvalidToken(String),
+    BadClaims(String),
     #[error("invalid resume token")]
     InvalidResumeToken,
     #[error("a token is required (anonymous customers are disabled)")]
@@ -298,7 +307,13 @@ impl Authenticator {
     ) -> Result<(Principal, Option<u64>), AuthError> {
         if let Some(token) = token {
             let claims = jsonwebtoken::decode::<Claims>(token, &self.client_key, &self.validation)
-                .map_err(|e| AuthError::InvalidToken(e.to_string()))?
+                .map_err(|e| match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                    jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                    _ => AuthError::InvalidToken {
+                        detail: e.to_string(),
+                    },
+                })?
                 .claims;
             check_identity(&claims.sub)?;
             let role = claims
@@ -373,7 +388,7 @@ impl Authenticator {
 
 fn check_identity(sub: &str) -> Result<(), AuthError> {
     if sub.is_empty() || sub.len() > MAX_IDENTITY_BYTES || sub.chars().any(char::is_control) {
-        return Err(AuthError::InvalidToken(format!(
+        return Err(AuthError::BadClaims(format!(
             "`sub` must be 1 to {MAX_IDENTITY_BYTES} bytes with no control characters"
         )));
     }

@@ -153,6 +153,33 @@ fn command_from_value(value: Value) -> Result<Command, DecodeError> {
     })
 }
 
+/// Most bytes a reply's list (a history page, a queue's engagements, the
+/// drafts in `Connect`) may take when encoded: far below the outbound frame
+/// limit (`Limits::outbound_frame_bytes`), so that no reply the broker builds
+/// can outgrow what a session can send. A list cut short says so
+/// (`hasMore`).
+pub const PAGE_BYTES: usize = 256 * 1024;
+
+/// `value`'s encoded size as JSON, which bounds its MessagePack size too
+/// within the margin between [`PAGE_BYTES`] and the outbound frame limit
+/// (MessagePack is shorter for everything but short floats, which take 9
+/// bytes there against at least 3 in JSON).
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
 /// Encodes any serializable frame in one encoding.
 pub fn encode<T: Serialize + ?Sized>(encoding: Encoding, value: &T) -> Message {
     match encoding {

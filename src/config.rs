@@ -83,6 +83,11 @@ pub struct Config {
     pub jwt: crate::auth::JwtConfig,
     pub tls: Option<crate::tls::TlsConfig>,
     pub validation: crate::validate::ValidationConfig,
+    /// Start even though the store lost acknowledged writes
+    /// (`--accept-data-loss`; never from the file: it is a one-off
+    /// decision about one damaged store).
+    #[serde(skip)]
+    pub accept_data_loss: bool,
 }
 
 impl Default for Config {
@@ -106,6 +111,7 @@ impl Default for Config {
             jwt: Default::default(),
             tls: None,
             validation: Default::default(),
+            accept_data_loss: false,
         }
     }
 }
@@ -172,6 +178,15 @@ impl Limits {
     }
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// The largest frame the broker sends: 16 × `max_frame_bytes` (1 MiB
+    /// with the defaults). Everything the broker builds stays below it by
+    /// construction: a push carries at most a body and attributes of
+    /// `max_body_bytes` each (JSON escapes can make them six times longer),
+    /// and lists in replies are cut at `codec::PAGE_BYTES`.
+    pub fn outbound_frame_bytes(&self) -> usize {
+        (16 * self.max_frame_bytes).max(1 << 20)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

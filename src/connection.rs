@@ -70,7 +70,9 @@ pub fn websocket_config(broker: &Broker) -> WebSocketConfig {
         .write_buffer_size(limits.write_buffer_bytes)
         // The outbox is the bound on what waits to be written; this only
         // stops tungstenite buffering without limit if writes keep failing.
-        .max_write_buffer_size(limits.write_buffer_bytes + limits.max_frame_bytes * 2 + 4096)
+        // It must hold the largest frame the broker sends on top of the
+        // buffer, or that frame could never be written.
+        .max_write_buffer_size(limits.write_buffer_bytes + limits.outbound_frame_bytes() + 4096)
         .max_frame_size(Some(limits.max_frame_bytes))
         .max_message_size(Some(limits.max_frame_bytes))
 }
@@ -111,11 +113,26 @@ pub async fn run_session(
     let ended = reader.run(&mut stream, &mut writer, &shutdown).await;
     outbox.close(ended);
     let reason = outbox.closing().unwrap_or(ended);
+    // Nothing more is pushed to a closing session: stop fanning out to it
+    // now, not once its last frames are written.
+    broker.detach_session(&session);
+    // A slow consumer gets until the idle timeout to read the frames
+    // already on their way and its 4008 (the contract's close-frame rule);
+    // any other close a short grace. Shutdown cuts either short.
+    let grace = if reason == CloseReason::SlowConsumer {
+        broker.config.limits.idle_timeout()
+    } else {
+        CLOSE_GRACE
+    };
     if !writer.is_finished() {
-        let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
+        tokio::select! {
+            _ = tokio::time::timeout(grace, &mut writer) => {}
+            _ = shutdown.cancelled(), if reason != CloseReason::Shutdown => {}
+        }
     }
+    let wrote_close = writer.is_finished();
     writer.abort();
-    if reason.close_frame().is_some() && reason != CloseReason::SlowConsumer {
+    if reason.close_frame().is_some() && wrote_close {
         // Read until the peer answers our close frame, so that unread bytes
         // do not turn our close into a reset that loses the close frame.
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
@@ -123,7 +140,6 @@ pub async fn run_session(
         })
         .await;
     }
-    broker.detach_session(&session);
     broker.metrics.session_closed();
     info!(
         session = %session.id,
@@ -242,11 +258,14 @@ impl Reader<'_> {
                     self.flush_held().await;
                     return CloseReason::Shutdown;
                 }
-                // The writer ends only when the outbox is closing (overflow,
-                // a requested close) or the socket broke.
+                // The writer ends only when the outbox is closing (a
+                // requested close) or the socket broke.
                 _ = &mut *writer => {
                     return self.session.outbox.closing().unwrap_or(CloseReason::ClientGone);
                 }
+                // Overflowed (4008): stop running commands at once; the
+                // writer finishes the frames in flight and sends the close.
+                _ = self.session.outbox.overflowed() => return CloseReason::SlowConsumer,
                 _ = async { durable_wait.as_mut().expect("armed").await }, if durable_wait.is_some() => {
                     durable_wait = None;
                     self.release_held();
@@ -379,7 +398,7 @@ impl Reader<'_> {
             }
             _ => 0,
         };
-        let frame = match &outcome {
+        let mut frame = match &outcome {
             Ok((id, result)) => encode_result(encoding, *id, result),
             Err((id, error)) => {
                 if let ActionError::RateLimited(_) = error {
@@ -388,6 +407,27 @@ impl Reader<'_> {
                 encode_error(encoding, *id, &error.to_wire())
             }
         };
+        let limit = self.broker.config.limits.outbound_frame_bytes();
+        if frame.len() > limit {
+            // Replies are bounded by construction; one that is not is the
+            // broker's fault, and the client gets an answer, not a cut
+            // connection.
+            let id = match &outcome {
+                Ok((id, _)) => Some(*id),
+                Err((id, _)) => *id,
+            };
+            tracing::error!(
+                session = %self.session.id,
+                bytes = frame.len(),
+                limit,
+                "a reply outgrew the outbound frame limit; answering internal"
+            );
+            let error = ActionError::Internal(format!(
+                "the reply ({} bytes) is larger than the broker sends ({limit} bytes)",
+                frame.len()
+            ));
+            frame = encode_error(encoding, id, &error.to_wire());
+        }
         self.broker.metrics.command(
             action,
             outcome.as_ref().err().map(|(_, e)| e),
@@ -463,11 +503,7 @@ impl Reader<'_> {
             None => return Err(ActionError::bad_request("`token` is required")),
         };
         crate::validate::payload(&self.broker.config, "Connect", &command.payload)?;
-        let (principal, until) = self
-            .broker
-            .auth
-            .authenticate_until(Some(token), None)
-            .map_err(|e| ActionError::Unauthorized(e.to_string()))?;
+        let (principal, until) = self.broker.auth.authenticate_until(Some(token), None)?;
         if *principal.identity != *ctx.identity.id || principal.role != ctx.identity.role {
             return Err(ActionError::Unauthorized(format!(
                 "the token is for {} ({}), not this session's identity",
@@ -489,11 +525,7 @@ impl Reader<'_> {
         };
         let (token, resume) = (field("token")?, field("resumeToken")?);
         crate::validate::payload(&self.broker.config, "Connect", &command.payload)?;
-        let (principal, until) = self
-            .broker
-            .auth
-            .authenticate_until(token, resume)
-            .map_err(|e| ActionError::Unauthorized(e.to_string()))?;
+        let (principal, until) = self.broker.auth.authenticate_until(token, resume)?;
         let ctx = ActionContext {
             broker: self.broker.clone(),
             identity: self.broker.identity_for(&principal)?,
@@ -558,16 +590,23 @@ async fn write_loop(
             batch.push(Message::Ping(Default::default()));
         }
         if !batch.is_empty() {
-            let write = async {
-                for frame in batch.drain(..) {
-                    sink.feed(frame).await?;
+            for frame in batch.drain(..) {
+                // Biased to the write: the overflow is only looked at when
+                // the socket is not taking frames. On overflow the frames
+                // not yet handed to the socket are dropped (the backlog is
+                // freed), and the ones already in the write buffer, all
+                // whole frames, are flushed before the 4008: the client
+                // reads complete frames with contiguous indexes, then the
+                // close.
+                tokio::select! {
+                    biased;
+                    fed = sink.feed(frame) => if fed.is_err() { return },
+                    _ = outbox.overflowed() => break,
                 }
-                sink.flush().await
-            };
-            tokio::select! {
-                written = write => if written.is_err() { return },
-                // A stalled socket must not keep a 4008'd session alive.
-                _ = outbox.overflowed() => return,
+            }
+            batch.clear();
+            if sink.flush().await.is_err() {
+                return;
             }
         }
         if let Some(reason) = closing {

@@ -80,6 +80,15 @@ impl ActionError {
     }
 }
 
+impl From<crate::auth::AuthError> for ActionError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        if let crate::auth::AuthError::InvalidToken { detail } = &e {
+            tracing::debug!(%detail, "token refused");
+        }
+        ActionError::Unauthorized(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,12 @@ struct Cli {
     /// `durability = "memory"`).
     #[arg(long, value_name = "DIR", env = "SWITCHBOARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Start even though the store has lost writes that were acknowledged
+    /// to clients (a damaged journal): without this the broker refuses to
+    /// start on such a store. Channels then continue above every index
+    /// handed out before.
+    #[arg(long)]
+    accept_data_loss: bool,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +77,7 @@ fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
     if let Some(dir) = &cli.data_dir {
         config.data_dir = dir.clone();
     }
+    config.accept_data_loss = cli.accept_data_loss;
     config.validate()?;
     Ok(config)
 }

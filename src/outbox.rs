@@ -90,6 +90,9 @@ pub struct Outbox {
     /// Wakes the single writer task; `notify_one` keeps a permit when the
     /// writer is busy, so no wake-up is lost.
     wake: Notify,
+    /// Wakes whoever waits for an overflow (the reader, and the writer
+    /// while the socket is not taking frames).
+    overflow: Notify,
     limits: OutboxLimits,
     metrics: Arc<Metrics>,
 }
@@ -117,6 +120,7 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            overflow: Notify::new(),
             limits,
             metrics,
         }
@@ -143,6 +147,7 @@ impl Outbox {
             drop(state);
             self.metrics.slow_consumer_closed();
             self.wake.notify_one();
+            self.overflow.notify_waiters();
             return false;
         }
         state.bytes += len;
@@ -234,15 +239,17 @@ impl Outbox {
     }
 
     /// Resolves once the session has been closed for overflowing: the
-    /// writer races its socket writes against this so that a stalled socket
-    /// cannot keep a 4008'd session alive.
+    /// reader stops running commands, and a writer whose socket is not
+    /// taking frames stops handing it more.
     pub async fn overflowed(&self) {
-        loop {
-            if self.closing() == Some(CloseReason::SlowConsumer) {
-                return;
-            }
-            self.wake.notified().await;
+        let notified = self.overflow.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so an overflow in between is seen.
+        notified.as_mut().enable();
+        if self.closing() == Some(CloseReason::SlowConsumer) {
+            return;
         }
+        notified.await;
     }
 
     /// Takes every queued frame at once without waiting (benchmarks and

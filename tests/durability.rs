@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{config_file, fresh_data_dir, token, BrokerProcess, Client, Enc, TestServer};
+use common::{
+    assert_gapless, config_file, fresh_data_dir, read_until, token, BrokerProcess, Client, Enc,
+    TestServer,
+};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use switchboard::ActionRegistry;
@@ -63,29 +66,6 @@ async fn whole_history(client: &mut Client, sid: &str) -> Vec<Value> {
         all.splice(0..0, messages);
         if !more {
             return all;
-        }
-    }
-}
-
-fn assert_gapless(messages: &[Value], from: u64, what: &str) {
-    for (i, m) in messages.iter().enumerate() {
-        assert_eq!(
-            m["index"],
-            from + i as u64,
-            "{what}: gap or disorder at position {i}"
-        );
-    }
-}
-
-/// Reads `messageAdded` pushes until index `last` (inclusive).
-async fn read_until(client: &mut Client, last: u64) -> Vec<Value> {
-    let mut out = Vec::new();
-    loop {
-        let m = client.push("messageAdded").await;
-        let index = m["index"].as_u64().unwrap();
-        out.push(m);
-        if index >= last {
-            return out;
         }
     }
 }

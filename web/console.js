@@ -3,8 +3,8 @@
 import { SwitchboardClient } from "/sdk/index.js";
 import {
   $,
-  appendAndScroll,
   brokerUrl,
+  dayLabel,
   formatAgo,
   formatTime,
   h,
@@ -17,6 +17,7 @@ import {
 
 const QUEUE = "queue:default";
 const NAME_KEY = "switchboard.console.name";
+const BASE_TITLE = document.title;
 
 let client = null;
 let chats = new Map(); // channelSid -> {channelSid, identity, formData, startedAt, items: [], ended, unread}
@@ -33,6 +34,7 @@ const signOutButton = $("sign-out");
 const queueList = $("queue-list");
 const chatList = $("chat-list");
 const transcript = $("transcript");
+const transcriptLog = $("transcript-log"); // scrolls the transcript
 const typingLine = $("typing");
 const reply = $("reply");
 const replyForm = $("reply-form");
@@ -165,22 +167,82 @@ function addChat(engagement) {
     indices: new Set(),
     ended: false,
     unread: 0,
+    last: null, // the newest message, for the list's preview
   };
   chats.set(chat.channelSid, chat);
   return chat;
 }
 
 function addItem(chat, item) {
-  chat.items.push(item);
-  if (selected === chat.channelSid) appendAndScroll(transcript, renderItem(chat, item));
-  else if (item.kind === "message") chat.unread += 1;
+  // "The engagement ended." stays the last line: a member's leaving can be
+  // told after the end (its push waits for the store, the end's does not).
+  const endAt = chat.items.findIndex((i) => i.ends);
+  if (endAt >= 0 && !item.ends) chat.items.splice(endAt, 0, item);
+  else chat.items.push(item);
+  if (item.kind === "message") noteMessage(chat, item.message);
+  const unseen = selected !== chat.channelSid || document.visibilityState === "hidden";
+  if (item.kind === "message" && unseen && item.message.author !== client.identity) chat.unread += 1;
+  if (selected === chat.channelSid) renderTranscript(chat);
+  renderTitle();
+}
+
+/** The newest message worth previewing: a bot's greeting says nothing about the chat. */
+function noteMessage(chat, message) {
+  if (message.authorRole === "service") return;
+  if (!chat.last || message.index > chat.last.index) chat.last = message;
 }
 
 function renderItem(chat, item) {
   if (item.kind === "notice") return noticeItem(item.text);
   const m = item.message;
   const who = m.author === client.identity ? "self" : m.authorRole;
-  return messageItem({ who, label: labelFor(chat, m.author, m.authorRole), body: m.body, time: formatTime(m.dateCreated), index: m.index });
+  return messageItem({ who, label: labelFor(chat, m.author, m.authorRole), body: m.body, time: m.dateCreated, index: m.index });
+}
+
+/** The selected chat's transcript, with a line for each new day. */
+function renderTranscript(chat) {
+  const atBottom = transcriptLog.scrollHeight - transcriptLog.scrollTop - transcriptLog.clientHeight < 40;
+  const nodes = [];
+  let day = null;
+  for (const item of chat.items) {
+    const itemDay = item.kind === "message" ? new Date(item.message.dateCreated).toDateString() : day;
+    if (itemDay && itemDay !== day) {
+      nodes.push(h("li", { class: "day-separator" }, h("span", { text: dayLabel(item.message.dateCreated) })));
+      day = itemDay;
+    }
+    nodes.push(renderItem(chat, item));
+  }
+  transcript.replaceChildren(...nodes);
+  if (atBottom || chat.items.at(-1)?.message?.author === client.identity) transcriptLog.scrollTop = transcriptLog.scrollHeight;
+}
+
+/** The tab's title counts the chats with unread messages. */
+function renderTitle() {
+  const unread = [...chats.values()].filter((c) => c.unread > 0).length;
+  document.title = unread ? `(${unread}) ${BASE_TITLE}` : BASE_TITLE;
+}
+
+document.addEventListener("visibilitychange", () => {
+  const chat = selected && chats.get(selected);
+  if (document.visibilityState === "visible" && chat?.unread) {
+    chat.unread = 0;
+    renderChats();
+    renderTitle();
+  }
+});
+
+/** Asks before something that cannot be undone; resolves true when confirmed. */
+function confirmAction({ title, text, ok }) {
+  const dialog = $("confirm");
+  $("confirm-title").textContent = title;
+  $("confirm-text").textContent = text;
+  $("confirm-ok").textContent = ok;
+  dialog.returnValue = "";
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+    dialog.showModal();
+    $("confirm-cancel").focus();
+  });
 }
 
 async function join(engagement) {
@@ -201,7 +263,10 @@ async function loadHistory(chat) {
   try {
     const { messages } = await client.actions.invoke("GetMessages", { channelSid: chat.channelSid, limit: 100 });
     const older = messages.filter((m) => !chat.indices.has(m.index));
-    for (const m of older) chat.indices.add(m.index);
+    for (const m of older) {
+      chat.indices.add(m.index);
+      noteMessage(chat, m);
+    }
     chat.items = [...older.map((message) => ({ kind: "message", message })), ...chat.items];
   } catch {
     // Live messages keep coming regardless.
@@ -214,8 +279,8 @@ function select(channelSid) {
   if (chat) chat.unread = 0;
   renderAll();
   if (chat) {
-    transcript.replaceChildren(...chat.items.map((item) => renderItem(chat, item)));
-    transcript.scrollTop = transcript.scrollHeight;
+    renderTranscript(chat);
+    transcriptLog.scrollTop = transcriptLog.scrollHeight;
     reply.focus();
   }
 }
@@ -234,8 +299,14 @@ function renderStatus() {
   }[state];
 }
 
+/** Waiting = no agent or service has joined it yet (nor this console). */
+function isWaiting(engagement) {
+  if (chats.has(engagement.channelSid)) return false;
+  return !(engagement.members ?? []).some((m) => m.role === "agent" || m.role === "service");
+}
+
 function renderQueue() {
-  const queue = client.queue.sort((a, b) => String(a.startedAt).localeCompare(String(b.startedAt)));
+  const queue = client.queue.filter(isWaiting).sort((a, b) => String(a.startedAt).localeCompare(String(b.startedAt)));
   $("queue-count").textContent = String(queue.length);
   $("queue-empty").hidden = queue.length > 0;
   queueList.replaceChildren(
@@ -282,13 +353,30 @@ function renderChats() {
             "aria-current": chat.channelSid === selected ? "true" : null,
             onclick: () => select(chat.channelSid),
           },
-          h("span", { class: "entry-name", text: customerName(chat) }),
-          h("span", { class: "entry-meta", text: chat.ended ? "ended" : typingOf(chat).length ? "typing…" : "active" }),
+          h(
+            "span",
+            { class: "entry-text" },
+            h("span", { class: "entry-name", text: customerName(chat) }),
+            h("span", { class: "entry-preview", text: previewOf(chat) }),
+            h("span", { class: "entry-meta", text: `${chat.ended ? "ended" : typingOf(chat).length ? "typing…" : "active"} · started ${formatDateTime(chat.startedAt)}` }),
+          ),
           chat.unread ? h("span", { class: "count count--unread", "aria-label": `${chat.unread} unread`, text: String(chat.unread) }) : null,
         ),
       ),
     ),
   );
+}
+
+function previewOf(chat) {
+  if (chat.last) return `${chat.last.author === client.identity ? "You: " : ""}${chat.last.body}`;
+  return String(chat.formData?.question ?? "No messages yet");
+}
+
+/** "14:05" today, "Mon 14:05" otherwise. */
+function formatDateTime(iso) {
+  const date = new Date(iso);
+  if (new Date().toDateString() === date.toDateString()) return formatTime(iso);
+  return `${date.toLocaleDateString([], { weekday: "short", day: "numeric", month: "short" })} ${formatTime(iso)}`;
 }
 
 function typingOf(chat) {
@@ -302,7 +390,9 @@ function renderConversation() {
   $("chat-view").hidden = !chat;
   if (!chat) return;
   $("chat-title").textContent = customerName(chat);
-  $("chat-subtitle").textContent = chat.ended ? "This engagement has ended." : `Started ${formatTime(chat.startedAt)}`;
+  $("chat-subtitle").textContent = chat.ended ? "This engagement has ended." : `Started ${formatDateTime(chat.startedAt)}`;
+  $("end-button").hidden = chat.ended;
+  $("leave-button").textContent = chat.ended ? "Close" : "Leave chat";
   const details = Object.entries(chat.formData ?? {}).filter(([key]) => key !== "name");
   $("chat-details").replaceChildren(...details.flatMap(([key, value]) => [h("dt", { text: key }), h("dd", { text: String(value) })]));
   $("chat-details").hidden = details.length === 0;
@@ -315,6 +405,7 @@ function renderConversation() {
 
 function renderAll() {
   renderStatus();
+  renderTitle();
   if (!client?.sessionId) return;
   renderQueue();
   renderChats();
@@ -353,6 +444,7 @@ function wire(c) {
   c.on("memberLeft", live((e) => {
     const chat = chats.get(e.channelSid);
     if (!chat || e.identity === client.identity) return;
+    if (e.reason === "ended") return; // the end says it
     const who = e.identity === chat.identity ? customerName(chat) : e.identity;
     addItem(chat, { kind: "notice", text: e.reason === "restart" ? `${who} restarted the chat and left` : `${who} left the chat` });
   }));
@@ -360,7 +452,7 @@ function wire(c) {
     const chat = chats.get(e.channelSid);
     if (chat && !chat.ended) {
       chat.ended = true;
-      addItem(chat, { kind: "notice", text: "The engagement ended." });
+      addItem(chat, { kind: "notice", text: "The engagement ended.", ends: true });
       saveChats();
     }
     renderAll();
@@ -391,11 +483,34 @@ replyForm.addEventListener("submit", async (event) => {
   }
 });
 
+$("end-button").addEventListener("click", async () => {
+  const channelSid = selected;
+  const chat = channelSid && chats.get(channelSid);
+  if (!chat || chat.ended) return;
+  const ok = await confirmAction({
+    title: `End the chat with ${customerName(chat)}?`,
+    text: "The customer and everyone in the chat are told it has ended. This cannot be undone.",
+    ok: "End chat",
+  });
+  if (!ok) return;
+  try {
+    await client.actions.invoke("EndEngagement", { channelSid });
+  } catch (error) {
+    typingLine.textContent = `Could not end the chat (${error.message}).`;
+  }
+});
+
 $("leave-button").addEventListener("click", async () => {
   const channelSid = selected;
   if (!channelSid) return;
   const chat = chats.get(channelSid);
   if (!chat?.ended) {
+    const ok = await confirmAction({
+      title: `Leave the chat with ${customerName(chat)}?`,
+      text: "You stop receiving its messages. The customer stays, and it goes back to the queue when no one else is in it.",
+      ok: "Leave chat",
+    });
+    if (!ok) return;
     try {
       await client.actions.invoke("LeaveChannel", { channelSid });
     } catch (error) {

@@ -15,6 +15,17 @@ export function formatTime(iso) {
   return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
+/** "Today", "Yesterday" or "Monday 2 March" for an RFC 3339 time. */
+export function dayLabel(iso) {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return "";
+  const day = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
+  const days = Math.round((day(new Date()) - day(date)) / 86_400_000);
+  if (days === 0) return "Today";
+  if (days === 1) return "Yesterday";
+  return date.toLocaleDateString([], { weekday: "long", day: "numeric", month: "long" });
+}
+
 /** "just now", "3 min ago", "2 h ago". */
 export function formatAgo(iso) {
   const date = new Date(iso);
@@ -46,27 +57,27 @@ export function h(tag, attrs = {}, ...children) {
 
 /**
  * One message of a transcript. `who` is "self", "agent", "customer",
- * "service" or "system"; `label` names the author.
+ * "service" or "system"; `label` names the author; `time` is RFC 3339.
  */
 export function messageItem({ who, label, body, time, index }) {
+  const date = time ? new Date(time) : null;
+  const full = date && !Number.isNaN(date.getTime()) ? date.toLocaleString([], { dateStyle: "full", timeStyle: "short" }) : null;
   return h(
     "li",
     { class: `message message--${who}`, dataset: index == null ? {} : { index: String(index) } },
-    h("div", { class: "message-meta" }, h("span", { class: "message-author", text: label }), time ? h("time", { text: time }) : null),
+    h(
+      "div",
+      { class: "message-meta" },
+      h("span", { class: "message-author", text: label }),
+      full ? h("time", { datetime: time, title: full, text: formatTime(time) }) : null,
+    ),
     h("div", { class: "message-body", text: body }),
   );
 }
 
 /** A line that is not a message (someone joined, the chat ended, …). */
 export function noticeItem(text) {
-  return h("li", { class: "message message--notice", role: "note" }, h("span", { text }));
-}
-
-/** Keeps a scrolled-to-bottom log at the bottom when items are added. */
-export function appendAndScroll(list, item) {
-  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-  list.append(item);
-  if (atBottom || item.classList.contains("message--self")) list.scrollTop = list.scrollHeight;
+  return h("li", { class: "message message--notice" }, h("span", { text }));
 }
 
 /** Calls `fn` at most once every `ms` (leading edge). */

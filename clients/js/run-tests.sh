@@ -37,8 +37,8 @@ if (( node_major < 20 )); then
   exit 1
 fi
 
-# npm packages (the codec, playwright-core, ws, typescript), exactly as locked.
-if [[ ! -d node_modules/playwright-core || ! -d node_modules/@msgpack/msgpack || ! -d node_modules/ws || ! -d node_modules/typescript ]]; then
+# npm packages (the codec, playwright-core, ws, typescript, axe-core), exactly as locked.
+if [[ ! -d node_modules/playwright-core || ! -d node_modules/@msgpack/msgpack || ! -d node_modules/ws || ! -d node_modules/typescript || ! -d node_modules/axe-core ]]; then
   echo "run-tests.sh: installing npm packages (npm ci)"
   npm ci --no-audit --no-fund
 fi

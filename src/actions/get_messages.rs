@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{channel_sid, ActionContext, ActionResult};
+use crate::codec::{encoded_len, PAGE_BYTES};
 use crate::error::ActionError;
 use crate::store::{Store, StoredMessage};
 
@@ -88,13 +89,12 @@ fn page_from_window(
     to: u64,
     limit: usize,
 ) -> (Vec<Value>, bool) {
-    let below: Vec<&Arc<StoredMessage>> = history.iter().filter(|m| m.index < to).collect();
-    let start = below.len().saturating_sub(limit);
-    let page = below[start..]
+    let below: Vec<&StoredMessage> = history
         .iter()
-        .map(|m| serde_json::to_value(&***m).expect("messages serialize"))
+        .filter(|m| m.index < to)
+        .map(|m| &**m)
         .collect();
-    (page, start > 0)
+    newest_page(&below, limit)
 }
 
 fn page_from_store(
@@ -103,16 +103,32 @@ fn page_from_store(
     to: u64,
     limit: usize,
 ) -> Result<(Vec<Value>, bool), ActionError> {
-    let mut rows = store
+    // One more than the page, to tell whether older ones remain.
+    let rows = store
         .messages(sid, 0, to, limit + 1)
         .map_err(|e| ActionError::Internal(e.to_string()))?;
-    let has_more = rows.len() > limit;
-    if has_more {
-        rows.remove(0);
+    let rows: Vec<&StoredMessage> = rows.iter().collect();
+    Ok(newest_page(&rows, limit))
+}
+
+/// The newest messages of `below` (ascending) that make one page: at most
+/// `limit` of them, and no more than `codec::PAGE_BYTES` once encoded (but
+/// never none), so that a page of large messages still fits in a frame.
+/// `hasMore` is whether any of `below` was left out.
+fn newest_page(below: &[&StoredMessage], limit: usize) -> (Vec<Value>, bool) {
+    let mut start = below.len();
+    let mut bytes = 0;
+    while start > 0 && below.len() - start < limit {
+        let size = encoded_len(below[start - 1]);
+        if start < below.len() && bytes + size > PAGE_BYTES {
+            break;
+        }
+        bytes += size;
+        start -= 1;
     }
-    let page = rows
+    let page = below[start..]
         .iter()
         .map(|m| serde_json::to_value(m).expect("messages serialize"))
         .collect();
-    Ok((page, has_more))
+    (page, start > 0)
 }

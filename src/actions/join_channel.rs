@@ -18,6 +18,12 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
     if cs.closed {
         return Err(not_found());
     }
+    let max = ctx.broker.config.admission.max_members_per_channel;
+    if cs.members.len() >= max && !cs.members.contains_key(&identity.id) {
+        return Err(ActionError::RateLimited(format!(
+            "channel {sid} already has {max} members (admission.max_members_per_channel)"
+        )));
+    }
     if cs
         .members
         .insert(identity.id.clone(), identity.role)

@@ -17,6 +17,7 @@
 mod connect;
 mod end_engagement;
 mod get_actions;
+mod get_engagements;
 mod get_messages;
 mod join_channel;
 mod leave_channel;
@@ -204,7 +205,7 @@ impl CustomAction {
 /// The built-in actions, in the contract's order. `TriggerAction` has no
 /// plain function: it runs other actions, so it is async (see
 /// `trigger_action.rs`).
-const BUILTINS: [(&str, Roles, Option<BuiltinFn>, &str); 16] = [
+const BUILTINS: [(&str, Roles, Option<BuiltinFn>, &str); 17] = [
     (
         "Connect",
         Roles::ALL,
@@ -294,6 +295,12 @@ const BUILTINS: [(&str, Roles, Option<BuiltinFn>, &str); 16] = [
         Roles::STAFF,
         Some(unsubscribe::run),
         "Stop observing a channel or queue.",
+    ),
+    (
+        "GetEngagements",
+        Roles::STAFF,
+        Some(get_engagements::run),
+        "Read a page of a queue's open engagements.",
     ),
     (
         "GetMessages",

@@ -1,7 +1,8 @@
 //! `Subscribe {channel}` (agents, services): observe a channel or a
 //! `queue:<name>` without joining. A queue's result also lists its open
 //! engagements (`engagements`, an extension), taken under the same lock that
-//! announces new ones, so a console misses none. `after: <last index seen>`
+//! announces new ones, so a console misses none: the first page of them,
+//! with `hasMore` when `GetEngagements` has the rest. `after: <last index seen>`
 //! on a channel pushes what was missed first (`recovered` says whether history
 //! still reached back that far).
 
@@ -19,12 +20,12 @@ pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
     if let Some(queue_name) = name.strip_prefix(QUEUE_PREFIX) {
         let queue = queue_channel(queue_name)
             .ok_or_else(|| ActionError::bad_request("queue names are 1-64 of A-Z a-z 0-9 _ - ."))?;
-        let engagements = ctx.broker.with_queue(&queue, |qs| {
+        let (engagements, more) = ctx.broker.with_queue(&queue, |qs| {
             qs.subscribers.insert(session.key, session.clone());
-            qs.open_engagements()
+            qs.page(None)
         });
         session.add_subscription(queue.as_str().into());
-        return Ok(json!({ "channel": queue, "engagements": engagements }));
+        return Ok(json!({ "channel": queue, "engagements": engagements, "hasMore": more }));
     }
     if !is_channel_sid(name) {
         return Err(ActionError::bad_request(format!(

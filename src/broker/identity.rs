@@ -83,12 +83,24 @@ impl IdentityState {
         }
     }
 
-    /// The per-identity part of the `Connect` result.
+    /// The per-identity part of the `Connect` result. Drafts are included
+    /// up to `codec::PAGE_BYTES` (an agent in many chats with long drafts
+    /// must still get a `Connect` reply that fits in a frame); the rest
+    /// stay stored and arrive with `inputTextSet` when edited again.
     pub fn snapshot(&self) -> Value {
+        let mut drafts = serde_json::Map::new();
+        let mut bytes = 0;
+        for (sid, body) in &self.drafts {
+            bytes += sid.len() + crate::codec::encoded_len(body.as_str()) + 4;
+            if bytes > crate::codec::PAGE_BYTES {
+                break;
+            }
+            drafts.insert(sid.to_string(), body.clone().into());
+        }
         json!({
             "engagement": self.engagement,
             "widget": {"expanded": self.expanded},
-            "inputText": self.drafts,
+            "inputText": drafts,
         })
     }
 

@@ -111,6 +111,7 @@ impl Broker {
                     durability,
                     config.history.window(),
                     metrics.clone(),
+                    config.accept_data_loss,
                 )?;
                 (Some(store), Some(snapshot))
             }
@@ -510,6 +511,17 @@ impl Broker {
             .iter()
             .chain(state.window_from(from.max(window_start)))
             .collect();
+        // Every index from `from` up to the newest, once each: a gap (a
+        // range the store lost and the operator accepted losing) means
+        // history does not reach back, whatever is on either side of it.
+        let contiguous = replay.len() as u64 == state.delivered_next - from
+            && replay
+                .iter()
+                .enumerate()
+                .all(|(i, m)| m.index == from + i as u64);
+        if !contiguous {
+            return false;
+        }
         let bytes: usize = replay.iter().map(|m| m.body.len() + 256).sum();
         if bytes > self.config.limits.outbox_bytes {
             return false;

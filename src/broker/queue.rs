@@ -97,11 +97,31 @@ impl QueueState {
         self.subscribers.is_empty() && self.open.is_empty()
     }
 
-    /// Open engagements, oldest first.
-    pub fn open_engagements(&self) -> Vec<OpenEngagement> {
-        let mut open: Vec<_> = self.open.values().cloned().collect();
-        open.sort_by(|a, b| a.started_at.cmp(&b.started_at));
-        open
+    /// One page of the open engagements, oldest first (by channel sid,
+    /// which starts with the engagement's start time), after the one whose
+    /// sid is `after`: as many as fit in `codec::PAGE_BYTES` encoded (at
+    /// least one), and whether more remain. A queue holds as many
+    /// engagements as customers start, each with up to `max_body_bytes` of
+    /// `formData`, so its list is always read in pages.
+    pub fn page(&self, after: Option<&str>) -> (Vec<OpenEngagement>, bool) {
+        let mut open: Vec<&OpenEngagement> = self
+            .open
+            .values()
+            .filter(|e| after.is_none_or(|after| &*e.channel_sid > after))
+            .collect();
+        open.sort_by(|a, b| a.channel_sid.cmp(&b.channel_sid));
+        let mut bytes = 0;
+        let mut page = Vec::new();
+        for engagement in &open {
+            let size = crate::codec::encoded_len(engagement);
+            if !page.is_empty() && bytes + size > crate::codec::PAGE_BYTES {
+                break;
+            }
+            bytes += size;
+            page.push((*engagement).clone());
+        }
+        let more = page.len() < open.len();
+        (page, more)
     }
 }
 

@@ -1,10 +1,13 @@
-//! Static files embedded in the binary: the demo widget, the agent console and
-//! the browser build of the JavaScript SDK.
+//! Static files embedded in the binary: the demo site, the agent console,
+//! the browser build of the JavaScript SDK and the embeddable web-chat widget.
 //!
-//! The SDK needs no build step: its ES modules under `clients/js/src/` are
-//! served as they are under `/sdk/`, and the demo pages (`web/`) import
-//! `/sdk/index.js` with the JSON encoding, so no npm package is needed at
-//! runtime in the browser.
+//! Nothing needs a build step: the SDK's ES modules under `clients/js/src/`
+//! are served as they are under `/sdk/` (the widget's under
+//! `/sdk/webchat/`), and the widget's stable entry point is
+//! `/webchat/v1/webchat.js`, which other sites import from their own pages.
+//! Those cross-origin module loads need CORS headers: see [`cors_headers`].
+
+use crate::config::Config;
 
 /// One embedded file.
 pub struct Asset {
@@ -38,11 +41,6 @@ static FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../web/console.css"),
     ),
     ("/static/ui.js", JS, include_bytes!("../../web/ui.js")),
-    (
-        "/static/widget.js",
-        JS,
-        include_bytes!("../../web/widget.js"),
-    ),
     (
         "/static/console.js",
         JS,
@@ -89,12 +87,64 @@ static FILES: &[(&str, &str, &[u8])] = &[
         JS,
         include_bytes!("../../clients/js/src/storage.js"),
     ),
+    // The web-chat widget: its stable, versioned entry point for other
+    // sites, and its modules next to the SDK's (the entry imports them
+    // relatively, so a broker behind a path prefix works too).
+    (
+        "/webchat/v1/webchat.js",
+        JS,
+        include_bytes!("../../clients/js/src/webchat/embed.js"),
+    ),
+    (
+        "/sdk/webchat/index.js",
+        JS,
+        include_bytes!("../../clients/js/src/webchat/index.js"),
+    ),
+    (
+        "/sdk/webchat/widget.js",
+        JS,
+        include_bytes!("../../clients/js/src/webchat/widget.js"),
+    ),
+    (
+        "/sdk/webchat/styles.js",
+        JS,
+        include_bytes!("../../clients/js/src/webchat/styles.js"),
+    ),
+    (
+        "/sdk/webchat/dom.js",
+        JS,
+        include_bytes!("../../clients/js/src/webchat/dom.js"),
+    ),
     (
         "/sdk/index.d.ts",
         TS,
         include_bytes!("../../clients/js/types/index.d.ts"),
     ),
 ];
+
+/// Headers that let pages of other origins load an asset (the widget's and
+/// the SDK's modules are imported cross-origin, which browsers only allow
+/// with CORS). With no `allowed_origins` configured every origin may: `*`.
+/// With a list, the request's `Origin` is echoed only when listed (compared
+/// as the WebSocket upgrade compares it), and `Vary: Origin` tells caches
+/// the answer depends on it. Kept apart from the HTTP layer so any server
+/// front end can call it.
+pub fn cors_headers(config: &Config, origin: Option<&str>) -> Vec<(&'static str, String)> {
+    let Some(allowed) = config.allowed_origins.as_deref() else {
+        return vec![("Access-Control-Allow-Origin", "*".to_owned())];
+    };
+    let mut headers = vec![("Vary", "Origin".to_owned())];
+    let origin = origin.map(|o| o.trim().trim_end_matches('/'));
+    if let Some(origin) = origin.filter(|o| !o.is_empty()) {
+        if allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+        {
+            headers.push(("Access-Control-Allow-Origin", origin.to_owned()));
+        }
+    }
+    headers
+}
 
 /// Other spellings of the pages' paths.
 fn canonical(path: &str) -> &str {
@@ -125,6 +175,7 @@ mod tests {
         assert!(lookup("/console").is_some());
         assert!(lookup("/console/").is_some());
         assert!(lookup("/sdk/index.js").is_some());
+        assert!(lookup("/webchat/v1/webchat.js").is_some());
         assert!(lookup("/nope").is_none());
         assert!(lookup("/static/../Cargo.toml").is_none());
     }
@@ -145,9 +196,11 @@ mod tests {
                 let rest = &line[at + 6..];
                 let Some(end) = rest.find('"') else { continue };
                 let spec = &rest[..end];
+                let dir = &path[..path.rfind('/').unwrap() + 1];
                 let target = if let Some(rel) = spec.strip_prefix("./") {
-                    let dir = &path[..path.rfind('/').unwrap() + 1];
                     format!("{dir}{rel}")
+                } else if spec.starts_with("../") {
+                    resolve_relative(dir, spec)
                 } else if spec.starts_with('/') {
                     spec.to_string()
                 } else {
@@ -159,6 +212,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `dir` (ending in `/`) joined with a `../`-relative specifier.
+    fn resolve_relative(dir: &str, spec: &str) -> String {
+        let mut parts: Vec<&str> = dir.trim_end_matches('/').split('/').collect();
+        let mut rest = spec;
+        while let Some(r) = rest.strip_prefix("../") {
+            parts.pop();
+            rest = r;
+        }
+        format!("{}/{rest}", parts.join("/"))
+    }
+
+    #[test]
+    fn cors_allows_any_origin_without_a_list_and_echoes_listed_ones() {
+        let mut config = Config::default();
+        assert_eq!(
+            cors_headers(&config, Some("https://shop.example")),
+            [("Access-Control-Allow-Origin", "*".to_owned())]
+        );
+        assert_eq!(
+            cors_headers(&config, None),
+            [("Access-Control-Allow-Origin", "*".to_owned())]
+        );
+        config.allowed_origins = Some(vec!["https://shop.example/".into()]);
+        assert_eq!(
+            cors_headers(&config, Some("https://Shop.Example")),
+            [
+                ("Vary", "Origin".to_owned()),
+                (
+                    "Access-Control-Allow-Origin",
+                    "https://Shop.Example".to_owned()
+                )
+            ]
+        );
+        assert_eq!(
+            cors_headers(&config, Some("https://evil.example")),
+            [("Vary", "Origin".to_owned())]
+        );
+        assert_eq!(cors_headers(&config, None), [("Vary", "Origin".to_owned())]);
     }
 
     /// Pages reference only embedded stylesheets and scripts.

@@ -274,8 +274,16 @@ pub fn route(broker: &Broker, request: &Request, loopback: bool) -> Route {
             }
         }
         path => match assets::lookup(path) {
-            Some(asset) => Response::new(200, asset.content_type, Bytes::from_static(asset.body))
-                .with_header("Cache-Control", "no-cache"),
+            Some(asset) => {
+                let mut response =
+                    Response::new(200, asset.content_type, Bytes::from_static(asset.body))
+                        .with_header("Cache-Control", "no-cache");
+                response.headers.extend(assets::cors_headers(
+                    &broker.config,
+                    request.header("origin"),
+                ));
+                response
+            }
             None => Response::text(404, "not found\n"),
         },
     };

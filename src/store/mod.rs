@@ -66,6 +66,21 @@ pub enum StoreError {
         "data directory {path} is not a usable Switchboard store ({reason}); it was left untouched"
     )]
     Unusable { path: PathBuf, reason: String },
+    #[error("cannot write to the store at {path}: {reason}")]
+    Unwritable { path: PathBuf, reason: String },
+    #[error(
+        "the store at {path} has lost {lost} acknowledged write(s): it holds {found} of the \
+         {acknowledged} writes that were acknowledged to clients (a damaged or truncated \
+         journal). It was left untouched. Restore the data directory from a backup, or start \
+         with --accept-data-loss to go on without them (channels then continue above every \
+         index handed out before, and recovery of the lost range answers recovered: false)"
+    )]
+    LostWrites {
+        path: PathBuf,
+        lost: u64,
+        found: u64,
+        acknowledged: u64,
+    },
     #[error("storage error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("storage is overloaded: too many writes waiting")]
@@ -220,18 +235,57 @@ const READERS: usize = 4;
 impl Store {
     /// Opens (or creates) the store in `dir` and reads back what it holds.
     /// A database that cannot be read is refused, never replaced.
+    ///
+    /// The store counts every write it commits (`commit_seq`, in the
+    /// database) and, after each commit, records how many were acknowledged
+    /// in a small file beside it ([`ACK_MARKER_FILE`]). A database holding
+    /// fewer writes than were acknowledged has lost some (a damaged journal
+    /// that SQLite discarded on open, a truncated file): it is refused,
+    /// untouched, unless `accept_loss` (`--accept-data-loss`).
     pub fn open(
         dir: &Path,
         durability: Durability,
         recent_messages: usize,
         metrics: Arc<Metrics>,
+        accept_loss: bool,
     ) -> Result<(Store, Snapshot), StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.to_owned(),
             source,
         })?;
         let path = dir.join("switchboard.db");
-        let writer_conn = sqlite::open_writer(&path, durability)?;
+        let marker = AckMarker::open(&dir.join(ACK_MARKER_FILE))?;
+        let acknowledged = marker.read()?;
+        let db_exists = path.exists();
+        if !db_exists && acknowledged > 0 && !accept_loss {
+            return Err(StoreError::LostWrites {
+                path,
+                lost: acknowledged,
+                found: 0,
+                acknowledged,
+            });
+        }
+        let (writer_conn, found) = sqlite::open_writer(&path, durability)?;
+        if found < acknowledged {
+            if !accept_loss {
+                return Err(StoreError::LostWrites {
+                    path,
+                    lost: acknowledged - found,
+                    found,
+                    acknowledged,
+                });
+            }
+            tracing::warn!(
+                path = %path.display(),
+                lost = acknowledged - found,
+                "starting with acknowledged writes lost (--accept-data-loss): open channels continue above every index handed out before"
+            );
+        }
+        sqlite::prepare(&writer_conn, &path)?;
+        if found < acknowledged {
+            sqlite::accept_loss(&writer_conn, acknowledged - found, acknowledged)?;
+        }
+        let commit_seq = found.max(acknowledged);
         let snapshot = sqlite::load(&writer_conn, recent_messages)?;
         let readers = (0..READERS)
             .map(|_| sqlite::open_reader(&path).map(Mutex::new))
@@ -247,7 +301,16 @@ impl Store {
         );
         let writer = std::thread::Builder::new()
             .name("switchboard-store".into())
-            .spawn(move || write_loop(writer_conn, receiver, grown, durable_tx, metrics))
+            .spawn(move || {
+                write_loop(
+                    writer_conn,
+                    receiver,
+                    Progress { commit_seq, marker },
+                    grown,
+                    durable_tx,
+                    metrics,
+                )
+            })
             .map_err(|source| StoreError::Dir {
                 path: dir.to_owned(),
                 source,
@@ -394,9 +457,83 @@ impl Drop for Store {
 /// Ops applied per transaction at most.
 const MAX_BATCH: usize = 8192;
 
+/// The file beside the database that records how many writes were
+/// acknowledged, where a damaged journal cannot reach it.
+pub const ACK_MARKER_FILE: &str = "acknowledged";
+
+/// The acknowledged-writes marker: 16 bytes, the count and its complement
+/// (a torn or damaged marker reads as damaged, not as a smaller count).
+/// Written after each commit with one `pwrite` and no fsync of its own:
+/// written after the data it counts, it can lag behind the store after a
+/// power loss but never run ahead of it.
+struct AckMarker {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl AckMarker {
+    fn open(path: &Path) -> Result<AckMarker, StoreError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| StoreError::Unwritable {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(AckMarker {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The acknowledged count (0 for a new, empty marker).
+    fn read(&self) -> Result<u64, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 16];
+        let n = self
+            .file
+            .read_at(&mut buf, 0)
+            .map_err(|e| StoreError::Dir {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let count = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+        let check = u64::from_le_bytes(buf[8..].try_into().expect("8 bytes"));
+        if n != 16 || check != !count {
+            return Err(StoreError::Unusable {
+                path: self.path.clone(),
+                reason: "the acknowledged-writes marker is damaged".into(),
+            });
+        }
+        Ok(count)
+    }
+
+    fn write(&self, count: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 16];
+        buf[..8].copy_from_slice(&count.to_le_bytes());
+        buf[8..].copy_from_slice(&(!count).to_le_bytes());
+        self.file.write_all_at(&buf, 0)
+    }
+}
+
+/// How many writes the store has taken, and where that is recorded once
+/// acknowledged.
+struct Progress {
+    commit_seq: u64,
+    marker: AckMarker,
+}
+
 fn write_loop(
     mut conn: rusqlite::Connection,
     jobs: std::sync::mpsc::Receiver<Job>,
+    mut progress: Progress,
     mut grown: sqlite::Grown,
     durable: Arc<Durable>,
     metrics: Arc<Metrics>,
@@ -413,9 +550,15 @@ fn write_loop(
         let mut backoff = std::time::Duration::from_millis(10);
         // A failed commit (disk full, I/O error) is retried, never skipped:
         // nothing in the batch has been acknowledged or delivered yet.
+        let commit_seq = progress.commit_seq + batch.len() as u64;
         let behind = loop {
             let started = std::time::Instant::now();
-            match sqlite::apply(&mut conn, batch.iter().map(|j| &j.op), &mut grown) {
+            match sqlite::apply(
+                &mut conn,
+                batch.iter().map(|j| &j.op),
+                commit_seq,
+                &mut grown,
+            ) {
                 Ok(behind) => {
                     metrics.store_commit(started.elapsed());
                     break behind;
@@ -427,6 +570,11 @@ fn write_loop(
                 }
             }
         };
+        progress.commit_seq = commit_seq;
+        // Recorded before anything of the batch is acknowledged or shown.
+        if let Err(e) = progress.marker.write(commit_seq) {
+            tracing::error!(error = %e, path = %progress.marker.path.display(), "cannot record acknowledged writes");
+        }
         if batch.iter().any(|j| matches!(j.op, Op::Purge(_))) {
             durable.retention_behind.store(behind, Ordering::Release);
         }

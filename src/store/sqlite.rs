@@ -112,12 +112,42 @@ fn unusable(path: &Path, reason: impl Into<String>) -> StoreError {
     }
 }
 
-pub fn open_writer(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+/// Opens the writer connection and checks the file is a Switchboard store.
+/// Returns it with the commit sequence it holds (see `Store::open`). A file
+/// that exists must already be one: an empty or schema-less file is refused,
+/// not taken for a fresh start. Nothing is written here: a file refused by
+/// a later check is left exactly as it was (no checkpoint on close).
+pub fn open_writer(path: &Path, durability: Durability) -> Result<(Connection, u64), StoreError> {
+    let existed = match std::fs::metadata(path) {
+        Ok(meta) if meta.len() == 0 => {
+            return Err(unusable(path, "the database file is empty (0 bytes)"))
+        }
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(unusable(path, e.to_string())),
+    };
+    // SQLite quietly opens a file it may not write read-only, and fails
+    // only at the first write; say it at start, naming the file.
+    if existed {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::Unwritable {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+    }
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
     )
     .map_err(|e| unusable(path, e.to_string()))?;
+    // Closing must not checkpoint a journal a later check refuses: the
+    // operator gets the files as they were.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
     // Any read fails on a file that is not a database; say so plainly.
     let check: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
@@ -125,6 +155,45 @@ pub fn open_writer(path: &Path, durability: Durability) -> Result<Connection, St
     if check != "ok" {
         return Err(unusable(path, format!("integrity check failed: {check}")));
     }
+    let version: Option<i64> = if existed {
+        let has_meta: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| unusable(path, e.to_string()))?;
+        if !has_meta {
+            return Err(unusable(path, "the database has no Switchboard schema"));
+        }
+        conn.query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+    } else {
+        None
+    };
+    match version {
+        None if existed => return Err(unusable(path, "the database has no schema version")),
+        None | Some(SCHEMA_VERSION) => {}
+        Some(other) => {
+            return Err(unusable(
+                path,
+                format!("schema version {other}; this broker reads version {SCHEMA_VERSION}"),
+            ))
+        }
+    }
+    let commit_seq: Option<i64> = if existed {
+        conn.query_row("SELECT value FROM meta WHERE key = 'commit_seq'", [], |r| {
+            r.get(0)
+        })
+        .optional()?
+    } else {
+        None
+    };
+    // Only now that the file is known to be ours: settings that write.
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(|e| unusable(path, e.to_string()))?;
     let sync = match durability {
@@ -139,31 +208,58 @@ pub fn open_writer(path: &Path, durability: Durability) -> Result<Connection, St
     // Every statement `apply` and `purge` run stays prepared (rusqlite's
     // default cache holds 16).
     conn.set_prepared_statement_cache_capacity(64);
-    conn.execute_batch(SCHEMA)
-        .map_err(|e| unusable(path, e.to_string()))?;
-    let version: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match version {
-        None => {
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
-                params![SCHEMA_VERSION],
-            )?;
-        }
-        Some(SCHEMA_VERSION) => {}
-        Some(other) => {
-            return Err(unusable(
-                path,
-                format!("schema version {other}; this broker reads version {SCHEMA_VERSION}"),
-            ))
-        }
-    }
-    Ok(conn)
+    Ok((conn, commit_seq.unwrap_or(0) as u64))
+}
+
+/// Creates what a new store needs (a no-op on an existing one) and proves
+/// the file can be written: a store that cannot take a write (read-only
+/// file or directory, full disk) stops the broker at start, not at the
+/// first message.
+pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let write = |e: rusqlite::Error| StoreError::Unwritable {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    conn.execute_batch(SCHEMA).map_err(write)?;
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
+        params![SCHEMA_VERSION],
+    )
+    .map_err(write)?;
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('commit_seq', 0)",
+        [],
+    )
+    .map_err(write)?;
+    // A write that changes nothing but must reach the file.
+    conn.execute("UPDATE meta SET value = value WHERE key = 'commit_seq'", [])
+        .map_err(write)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        false,
+    )?;
+    Ok(())
+}
+
+/// After acknowledged writes were found lost (and the operator accepted
+/// it): every open channel's numbering jumps `lost` past what the store
+/// still has, so no index a client may have seen is handed out again (a
+/// channel cannot have taken more messages than writes were lost), and
+/// the store's sequence catches up with the acknowledged one.
+pub fn accept_loss(conn: &Connection, lost: u64, acknowledged: u64) -> Result<(), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
+        "UPDATE channels SET next_index =
+            max(next_index, coalesce((SELECT MAX(idx) + 1 FROM messages m WHERE m.sid = channels.sid), 0)) + ?1
+         WHERE ended_ms IS NULL",
+        params![lost as i64],
+    )?;
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'commit_seq'",
+        params![acknowledged as i64],
+    )?;
+    tx.commit()?;
+    Ok(())
 }
 
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -358,6 +454,7 @@ impl Grown {
 pub fn apply<'a>(
     conn: &mut Connection,
     ops: impl Iterator<Item = &'a Op>,
+    commit_seq: u64,
     grown: &mut Grown,
 ) -> Result<bool, StoreError> {
     // Whatever a failed attempt checked is checked again.
@@ -468,6 +565,13 @@ pub fn apply<'a>(
             }
         }
     }
+    // With the batch, how many writes the store has taken in all: compared
+    // at start with the count acknowledged to clients (`Store::open`).
+    cached(
+        &tx,
+        "UPDATE meta SET value = ?1 WHERE key = 'commit_seq'",
+        params![commit_seq as i64],
+    )?;
     tx.commit()?;
     grown.settle();
     Ok(grown.behind)

@@ -522,3 +522,98 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Asserts that `messages` carry indexes `from`, `from + 1`, … in order.
+pub fn assert_gapless(messages: &[Value], from: u64, what: &str) {
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(
+            m["index"],
+            from + i as u64,
+            "{what}: gap or disorder at position {i}"
+        );
+    }
+}
+
+/// Reads `messageAdded` pushes until index `last` (inclusive).
+pub async fn read_until(client: &mut Client, last: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let m = client.push("messageAdded").await;
+        let index = m["index"].as_u64().unwrap();
+        out.push(m);
+        if index >= last {
+            return out;
+        }
+    }
+}
+
+/// Runs the binary on `data_dir` expecting it to refuse to start: returns
+/// its exit code and what it wrote on stderr.
+pub fn refused_start(data_dir: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .env_remove("SWITCHBOARD_LISTEN")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run switchboard");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A small tmpfs mounted for one test (a real file system the test can
+/// fill or make read-only); unmounted on drop. Needs root: `None`, with the
+/// reason printed, otherwise.
+pub struct Tmpfs {
+    pub path: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let path = fresh_data_dir().with_extension("mnt");
+        std::fs::create_dir_all(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status();
+        if matches!(status, Ok(s) if s.success()) {
+            Some(Tmpfs { path })
+        } else {
+            eprintln!(
+                "skipped: mounting a tmpfs needs root (this test runs a real small file system)"
+            );
+            let _ = std::fs::remove_dir(&path);
+            None
+        }
+    }
+
+    /// Remounts it read-only (`true`) or read-write.
+    pub fn set_read_only(&self, read_only: bool) {
+        let mode = if read_only {
+            "remount,ro"
+        } else {
+            "remount,rw"
+        };
+        let status = std::process::Command::new("mount")
+            .args(["-o", mode])
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -o {mode}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

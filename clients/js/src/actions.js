@@ -17,6 +17,7 @@ export const BUILTIN_ACTIONS = Object.freeze([
   "Subscribe",
   "Unsubscribe",
   "GetMessages",
+  "EndEngagement",
 ]);
 
 const BUILTIN = new Set(BUILTIN_ACTIONS);

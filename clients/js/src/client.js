@@ -28,6 +28,7 @@ export const PUSH_EVENTS = Object.freeze([
   "typingEnded",
   "widgetStateChanged",
   "inputTextSet",
+  "engagementUpdated",
 ]);
 
 const WS_OPEN = 1;
@@ -468,11 +469,19 @@ export class SwitchboardClient {
     this.#inputText = { ...(result?.inputText ?? {}) };
 
     const previousEngagement = this.#engagement;
-    this.#engagement = result?.engagement ? { ...result.engagement } : null;
+    const { members, lastIndex, ...engagement } = result?.engagement ?? {};
+    this.#engagement = result?.engagement ? engagement : null;
     if (previousEngagement && previousEngagement.channelSid !== this.#engagement?.channelSid) {
       this.#dropChannel(previousEngagement.channelSid);
     }
-    if (this.#engagement) this.#ensureChannel(this.#engagement.channelSid).member = true;
+    if (this.#engagement) {
+      // Brokers that say who is in the engagement (`members`, `lastIndex`)
+      // let a fresh tab show the same chat as the tab that saw it happen.
+      const ch = this.#ensureChannel(this.#engagement.channelSid);
+      ch.member = true;
+      if (Array.isArray(members)) ch.members = new Map(members.map((m) => [m.identity, m.role]));
+      if (typeof lastIndex === "number" && lastIndex >= 0 && ch.lastIndex == null) ch.lastIndex = lastIndex;
+    }
 
     if (result?.recovered && typeof result.recovered === "object") {
       for (const [channelSid, ok] of Object.entries(result.recovered)) {
@@ -901,8 +910,16 @@ export class SwitchboardClient {
             identity: data.identity,
             formData: data.formData ?? {},
             startedAt: data.startedAt ?? nowIso(),
+            members: Array.isArray(data.members) ? data.members : [{ identity: data.identity, role: "customer" }],
           });
         }
+        break;
+      }
+      case "engagementUpdated": {
+        const entry = this.#queue.get(data.channelSid);
+        if (entry && Array.isArray(data.members)) entry.members = data.members.map((m) => ({ ...m }));
+        const ch = this.#channels.get(data.channelSid);
+        if (ch && Array.isArray(data.members)) ch.members = new Map(data.members.map((m) => [m.identity, m.role]));
         break;
       }
       case "engagementEnded": {

@@ -79,7 +79,12 @@ export interface ConnectResult {
   role: Role;
   /** Anonymous customers only. */
   resumeToken?: string;
-  engagement: Engagement | null;
+  /**
+   * Brokers with the engagement extension add `members` (sorted by identity)
+   * and `lastIndex` (-1 before the first message); the SDK moves them into
+   * `channel(channelSid)`.
+   */
+  engagement: (Engagement & { members?: Member[]; lastIndex?: number }) | null;
   widget: WidgetState;
   /** Draft by channel sid. */
   inputText: Record<string, string>;
@@ -109,6 +114,8 @@ export interface QueuedEngagement {
   identity: string;
   formData: Record<string, unknown>;
   startedAt: string;
+  /** Who is in it now (brokers with the queue extension); waiting = no agent or service. */
+  members?: Member[];
 }
 
 export interface Message {
@@ -146,6 +153,8 @@ export interface ActionMap {
     payload: { channelSid: string; before?: number; limit?: number };
     result: { messages: Message[]; hasMore: boolean };
   };
+  /** Agents (members of the channel) and services: ends the engagement for everyone in it. */
+  EndEngagement: { payload: { channelSid: string; reason?: string }; result: Record<string, never> };
 }
 
 export type BuiltinActionName = keyof ActionMap;
@@ -164,6 +173,8 @@ export interface PushEvents {
   typingEnded: { channelSid: string; identity: string; local?: true };
   widgetStateChanged: WidgetState;
   inputTextSet: { channelSid: string; body: string };
+  /** To queue subscribers: the members of an open engagement of the queue changed. */
+  engagementUpdated: { channelSid: string; members: Member[] };
 }
 
 export type ConnectionState = "idle" | "connecting" | "connected" | "reconnecting" | "closed";

@@ -19,23 +19,29 @@ async function openPage(context, url, label) {
   return page;
 }
 
-/** Waits until the page's SDK client has a session. */
+/** Waits until the page's SDK client (the console's, or the widget's) has a session. */
 async function connected(page) {
-  await page.waitForFunction(() => window.switchboard?.connectionState === "connected" && window.switchboard.sessionId);
+  await page.waitForFunction(() => {
+    const client = window.switchboard ?? window.webchat?.client;
+    return client?.connectionState === "connected" && client.sessionId;
+  });
 }
 
 function textOf(page, selector) {
   return page.locator(selector).textContent();
 }
 
-/** Waits until `selector`'s text contains `text`. */
+/** Waits until `selector`'s text (in the page or the widget's shadow DOM) contains `text`. */
 async function waitText(page, selector, text) {
-  await page.waitForFunction(([s, t]) => (document.querySelector(s)?.textContent ?? "").includes(t), [selector, text]);
+  await page.locator(selector, { hasText: text }).first().waitFor({ state: "attached" });
 }
 
 /** Waits until `selector`'s text is empty. */
 async function waitEmpty(page, selector) {
-  await page.waitForFunction((s) => (document.querySelector(s)?.textContent ?? "").trim() === "", selector);
+  await page.waitForFunction((s) => {
+    const el = document.querySelector(s) ?? document.querySelector(".switchboard-webchat")?.shadowRoot.querySelector(s);
+    return (el?.textContent ?? "").trim() === "";
+  }, selector);
 }
 
 describe("demo pages in headless Chromium", () => {
@@ -84,7 +90,7 @@ describe("demo pages in headless Chromium", () => {
       await widget.click("#sb-start");
       await widget.waitForSelector("#sb-chat", { state: "visible" });
       await waitText(widget, "#sb-messages", GREETING);
-      await waitText(widget, "#sb-messages .message--self", "My widget squeaks.");
+      await waitText(widget, "#sb-messages .msg--self", "My widget squeaks.");
       await waitText(widget, "#sb-status", "Waiting for an agent");
 
       // The agent signs in with a name (demo token) and sees the queue.
@@ -122,7 +128,7 @@ describe("demo pages in headless Chromium", () => {
       await screenshot(widget, "06-widget-agent-typing");
       await agentPage.locator("#reply").pressSequentially("a drop of oil will fix it.");
       await agentPage.press("#reply", "Enter");
-      await waitText(widget, "#sb-messages .message--agent", "Most likely, a drop of oil will fix it.");
+      await waitText(widget, "#sb-messages .msg--agent", "Most likely, a drop of oil will fix it.");
       await waitEmpty(widget, "#sb-typing");
       await waitText(agentPage, "#transcript .message--self", "Most likely, a drop of oil will fix it.");
 
@@ -139,6 +145,7 @@ describe("demo pages in headless Chromium", () => {
 
       // The customer restarts: the agent sees it end.
       await widget.click("#sb-restart");
+      await widget.click("#sb-confirm-ok");
       await widget.waitForSelector("#sb-form", { state: "visible" });
       await waitText(agentPage, "#transcript", "Ada restarted the chat and left");
       await waitText(agentPage, "#chat-subtitle", "This engagement has ended.");
@@ -182,6 +189,7 @@ describe("demo pages in headless Chromium", () => {
 
       // Leaving removes the chat; signing out returns to the sign-in form.
       await agentPage.click("#leave-button");
+      await agentPage.click("#confirm-ok");
       await waitText(agentPage, "#chats-count", "0");
       await agentPage.click("#sign-out");
       await agentPage.waitForSelector("#sign-in-form", { state: "visible" });
@@ -201,8 +209,8 @@ describe("demo pages in headless Chromium", () => {
       await connected(tab1);
       const tab2 = await page(context, "/", "tab2");
       await connected(tab2);
-      const id1 = await tab1.evaluate(() => window.switchboard.identity);
-      const id2 = await tab2.evaluate(() => window.switchboard.identity);
+      const id1 = await tab1.evaluate(() => window.webchat.client.identity);
+      const id2 = await tab2.evaluate(() => window.webchat.client.identity);
       assert.equal(id1, id2, "both tabs are the same customer (resume token in localStorage)");
 
       // Expand in tab 1: tab 2 follows.
@@ -233,18 +241,19 @@ describe("demo pages in headless Chromium", () => {
 
       // A draft typed in one tab reaches the other.
       await tab1.locator("#sb-input").pressSequentially("half-written", { delay: 10 });
-      await tab2.waitForFunction(() => document.querySelector("#sb-input").value === "half-written");
+      await tab2.waitForFunction(() => document.querySelector(".switchboard-webchat").shadowRoot.querySelector("#sb-input").value === "half-written");
       await screenshot(tab2, "12-tab2-same-chat");
 
       // A refreshed tab is the same identity with the same engagement.
       await tab2.reload();
       await connected(tab2);
-      assert.equal(await tab2.evaluate(() => window.switchboard.identity), id1);
+      assert.equal(await tab2.evaluate(() => window.webchat.client.identity), id1);
       await tab2.waitForSelector("#sb-chat", { state: "visible" });
       assert.equal(await tab2.inputValue("#sb-input"), "half-written", "the draft survives a refresh");
 
       // Restart in tab 2: both tabs return to the form.
       await tab2.click("#sb-restart");
+      await tab2.click("#sb-confirm-ok");
       await tab2.waitForSelector("#sb-form", { state: "visible" });
       await tab1.waitForSelector("#sb-form", { state: "visible" });
       assert.equal(await tab1.locator("#sb-chat").isHidden(), true);
@@ -257,7 +266,7 @@ describe("demo pages in headless Chromium", () => {
       await tab2.waitForSelector("#sb-chat", { state: "visible" });
       await tab1.click("#sb-minimize");
       await tab2.waitForSelector("#sb-launcher", { state: "visible" });
-      const channelSid = await tab1.evaluate(() => window.switchboard.engagement.channelSid);
+      const channelSid = await tab1.evaluate(() => window.webchat.client.engagement.channelSid);
       const oscar = new SwitchboardClient({ url: broker.wsUrl, token: broker.token("Oscar", "agent"), storage: false });
       try {
         await oscar.connect();
@@ -267,7 +276,7 @@ describe("demo pages in headless Chromium", () => {
         await waitText(tab1, "#sb-unread", "1");
         await screenshot(tab2, "14-tab2-minimized-unread");
         await tab2.click("#sb-launcher");
-        await waitText(tab1, "#sb-messages .message--agent", "Hi Tabby, Oscar here.");
+        await waitText(tab1, "#sb-messages .msg--agent", "Hi Tabby, Oscar here.");
         await tab1.waitForSelector("#sb-unread", { state: "hidden" });
       } finally {
         oscar.close();

@@ -44,3 +44,40 @@ export function watchErrors(page, label) {
   });
   return errors;
 }
+
+const DOC_IMAGES = join(here, "../../../../docs/images");
+
+/**
+ * A screenshot for the embedding guide: always into test-artifacts/, and
+ * into docs/images/ too when SWITCHBOARD_DOC_IMAGES=1 (so ordinary runs
+ * leave the working tree alone).
+ */
+export async function docShot(page, name, options = {}) {
+  const path = join(ARTIFACTS, `${name}.png`);
+  await page.screenshot({ path, fullPage: false, ...options });
+  if (process.env.SWITCHBOARD_DOC_IMAGES === "1") {
+    await mkdir(DOC_IMAGES, { recursive: true });
+    await page.screenshot({ path: join(DOC_IMAGES, `${name}.png`), fullPage: false, ...options });
+  }
+  return path;
+}
+
+const AXE_SOURCE = join(here, "../../node_modules/axe-core/axe.min.js");
+
+/**
+ * Runs axe-core in the page (it walks open shadow roots, so the widget is
+ * included) and returns the serious and critical violations as readable lines.
+ */
+export async function axeViolations(page, context) {
+  const { readFile } = await import("node:fs/promises");
+  if (!(await page.evaluate(() => typeof window.axe === "object"))) {
+    await page.addScriptTag({ content: await readFile(AXE_SOURCE, "utf8") });
+  }
+  const violations = await page.evaluate(async (ctx) => {
+    const result = await window.axe.run(ctx ?? document, { resultTypes: ["violations"] });
+    return result.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => n.target.join(" ")).slice(0, 5) }));
+  }, context ?? null);
+  return violations
+    .filter((v) => v.impact === "serious" || v.impact === "critical")
+    .map((v) => `${v.impact} ${v.id}: ${v.help} (${v.nodes.join(", ")})`);
+}

@@ -1,4 +1,5 @@
 import { SwitchboardClient, SwitchboardError, MemoryStorage, type Message } from "@switchboard/client";
+import { createWebChat } from "@switchboard/client/webchat";
 declare const token: string;
 // Compiled with tsc --strict by test/sdk/types.test.js: the hand-written
 // declarations must accept the README's usage.
@@ -24,3 +25,13 @@ async function main() {
   void id; void n;
 }
 void main;
+function embed() {
+  const chat = createWebChat({ url: "ws://127.0.0.1:8080/ws", brand: { name: "Acme" }, theme: { accent: "#0b6e4f" }, position: "bottom-left" });
+  chat.Actions.on("afterStartEngagement", (_payload, result) => chat.Actions.invokeAction("SendMessage", { channelSid: result.channelSid, body: "From the pricing page" }));
+  chat.Actions.replaceAction("SendMessage", (payload, original) => original({ ...payload, body: String(payload.body).trim() }));
+  chat.Actions.registerAction("OpenPricing", async ({ plan }: { plan: string }) => ({ opened: plan }));
+  void chat.actions.triggerAction("OpenPricing", { plan: "pro" }).then((r) => r.opened);
+  void chat.actions.getActions().then((list) => list.map((a) => a.name));
+  void chat.ready.then((session) => session.identity);
+}
+void embed;

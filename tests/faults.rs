@@ -1,0 +1,400 @@
+//! Faults and abuse the broker must survive and answer clearly: a stalled
+//! reader, replies that could grow past any frame, a store that cannot
+//! write, a damaged journal. Real sockets, real files.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_gapless, read_until, Client, Enc, TestServer};
+use serde_json::{json, Value};
+
+/// A reader that stops reading under a flood of 8 KB messages and reads
+/// again 20 s later (inside the idle timeout) finds complete frames with
+/// contiguous indexes, then its 4008, and recovers the rest with `after`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_finds_complete_frames_then_its_4008() {
+    let server =
+        TestServer::start("[limits]\noutbox_frames = 64\n[rate_limits]\nenabled = false\n").await;
+    let mut customer = server.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut stalled = server.staff("slow", "agent").await;
+    stalled
+        .call("Subscribe", json!({"channel": sid}))
+        .await
+        .unwrap();
+    // Flood until the stalled session overflows, and a little beyond.
+    let body = "z".repeat(8 * 1024);
+    let mut sent = 0u64;
+    let mut beyond = 0;
+    while beyond < 20 {
+        customer
+            .call("SendMessage", json!({"channelSid": sid, "body": body}))
+            .await
+            .unwrap();
+        customer.pushes.clear();
+        sent += 1;
+        if server.broker.metrics.snapshot().slow_consumer_closes > 0 {
+            beyond += 1;
+        }
+    }
+    // The scenario: the reader comes back 20 s later.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let mut got: Vec<Value> = Vec::new();
+    while let Some(frame) = stalled.read_frame().await {
+        if frame["event"] == "messageAdded" {
+            got.push(frame["data"].clone());
+        }
+    }
+    assert_eq!(
+        stalled.closed.as_ref().map(|c| c.0),
+        Some(4008),
+        "the close frame arrives after the last complete frame"
+    );
+    assert_gapless(&got, 0, "before the 4008");
+    assert!((got.len() as u64) < sent, "the reader did miss messages");
+    let seen = got.len() as i64 - 1;
+    let mut again = server.staff("slow", "agent").await;
+    let r = again
+        .call("Subscribe", json!({"channel": sid, "after": seen}))
+        .await
+        .unwrap();
+    assert_eq!(r["recovered"], true);
+    got.extend(read_until(&mut again, sent - 1).await);
+    assert_gapless(&got, 0, "after recovery");
+    assert_eq!(got.len() as u64, sent);
+    server.shutdown().await;
+}
+
+/// Every page of a history of 9,000-byte messages arrives, whatever the
+/// `limit`: pages are cut by bytes too (`hasMore` says there is more), in
+/// both encodings, from the in-memory window and from the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_of_large_messages_pages_within_a_frame() {
+    const MESSAGES: u64 = 300;
+    let server = TestServer::start("[rate_limits]\nenabled = false\n").await;
+    let mut customer = server.customer().await;
+    let sid = customer.start_engagement().await;
+    for i in 0..MESSAGES {
+        let body = format!("{i:04}{}", "m".repeat(8996));
+        customer
+            .call("SendMessage", json!({"channelSid": sid, "body": body}))
+            .await
+            .unwrap();
+        customer.pushes.clear();
+    }
+    for enc in [Enc::Json, Enc::MsgPack] {
+        let mut reader = server.staff_enc("reader", "agent", enc).await;
+        reader
+            .call("Subscribe", json!({"channel": sid}))
+            .await
+            .unwrap();
+        let mut all: Vec<Value> = Vec::new();
+        let mut before = Value::Null;
+        let mut pages = 0;
+        loop {
+            let page = reader
+                .call(
+                    "GetMessages",
+                    json!({"channelSid": sid, "limit": 100, "before": before}),
+                )
+                .await
+                .expect("every page is answered");
+            pages += 1;
+            let messages = page["messages"].as_array().unwrap().clone();
+            assert!(!messages.is_empty(), "{enc:?}: a page is never empty");
+            assert!(
+                messages.len() < 100,
+                "{enc:?}: 100 messages of 9 KB do not fit one page"
+            );
+            before = messages[0]["index"].clone();
+            let more = page["hasMore"].as_bool().unwrap();
+            all.splice(0..0, messages);
+            if !more {
+                break;
+            }
+        }
+        assert_gapless(&all, 0, "paged history");
+        assert_eq!(all.len() as u64, MESSAGES, "{enc:?}");
+        assert!(pages > 3, "{enc:?}: {pages} pages");
+        assert!(reader.closed.is_none(), "{enc:?}: the session carried on");
+    }
+    server.shutdown().await;
+}
+
+/// An agent subscribing to a queue that holds hundreds of open engagements
+/// with large `formData` gets the first page and reads the rest with
+/// `GetEngagements`, in both encodings; the session carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_of_large_engagements_is_read_in_pages() {
+    const ENGAGEMENTS: usize = 300;
+    let server = TestServer::start(
+        "[rate_limits]\nenabled = false\n[admission]\nmax_connections_per_ip = 1000\n",
+    )
+    .await;
+    let mut customers = Vec::new();
+    let mut sids = std::collections::BTreeSet::new();
+    for i in 0..ENGAGEMENTS {
+        let mut c = server.customer().await;
+        let form = json!({"formData": {"n": i, "notes": "f".repeat(12_000)}});
+        let r = c.call("StartEngagement", form).await.unwrap();
+        sids.insert(r["channelSid"].as_str().unwrap().to_owned());
+        customers.push(c);
+    }
+    for enc in [Enc::Json, Enc::MsgPack] {
+        let mut agent = server.staff_enc("console", "agent", enc).await;
+        let first = agent
+            .call("Subscribe", json!({"channel": "queue:default"}))
+            .await
+            .expect("the queue's first page is answered");
+        assert_eq!(first["hasMore"], true, "{enc:?}");
+        let mut seen: Vec<String> = Vec::new();
+        let mut page = first["engagements"].as_array().unwrap().clone();
+        loop {
+            assert!(!page.is_empty());
+            seen.extend(
+                page.iter()
+                    .map(|e| e["channelSid"].as_str().unwrap().to_owned()),
+            );
+            let last = seen.last().unwrap().clone();
+            let next = agent
+                .call("GetEngagements", json!({"queue": "default", "after": last}))
+                .await
+                .unwrap();
+            page = next["engagements"].as_array().unwrap().clone();
+            if page.is_empty() {
+                assert_eq!(next["hasMore"], false);
+                break;
+            }
+        }
+        let unique: std::collections::BTreeSet<String> = seen.iter().cloned().collect();
+        assert_eq!(unique.len(), seen.len(), "{enc:?}: no engagement twice");
+        assert_eq!(unique, sids, "{enc:?}: every engagement once");
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted, "{enc:?}: oldest first");
+        assert!(agent.closed.is_none());
+    }
+    server.shutdown().await;
+}
+
+/// A reply that would outgrow the outbound frame limit (here a custom
+/// action's) is the broker's error: the client gets `internal`, not a cut
+/// connection.
+#[tokio::test]
+async fn an_oversized_reply_is_answered_with_an_error() {
+    let mut actions = switchboard::ActionRegistry::new();
+    actions
+        .register(switchboard::CustomAction::new("huge"), |_, _| async {
+            Ok(json!({"blob": "x".repeat(3 << 20)}))
+        })
+        .unwrap();
+    let server = TestServer::start_with("", actions).await;
+    let mut c = server.customer().await;
+    assert_eq!(c.fails("huge", json!({})).await, "internal");
+    c.call("GetActions", json!({})).await.expect("still served");
+    server.shutdown().await;
+}
+
+/// A token the parser cannot read is refused as "invalid token", without
+/// the parser's own words.
+#[tokio::test]
+async fn token_errors_do_not_echo_the_parser() {
+    let server = TestServer::start("").await;
+    for bad in ["garbage", "a.b.c", "eyJhbGciOiJIUzI1NiJ9.e30.AAAA"] {
+        let mut c = Client::open(&server, Enc::Json).await;
+        let e = c.connect(json!({ "token": bad })).await.unwrap_err();
+        assert_eq!(e["code"], "unauthorized");
+        assert_eq!(e["message"], "invalid token", "{bad}");
+    }
+    let mut c = Client::open(&server, Enc::Json).await;
+    let e = c
+        .connect(json!({ "token": common::token("a", "agent", -3600) }))
+        .await
+        .unwrap_err();
+    assert_eq!(e["message"], "token expired");
+    server.shutdown().await;
+}
+
+/// 90 acknowledged messages, kill -9, 64 bytes of the journal overwritten:
+/// the broker refuses to start (naming the file) and touches nothing; with
+/// --accept-data-loss it starts, hands out no index a client may have seen
+/// again, and recovery of the lost range answers `recovered: false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_is_refused_not_rewound() {
+    let dir = common::fresh_data_dir();
+    let mut broker = common::BrokerProcess::start(&[], &[], &dir);
+    let mut customer = Client::open_url(&broker.url, Enc::Json).await.unwrap();
+    customer.connect(json!({})).await.unwrap();
+    let resume = customer.connect_result["resumeToken"].clone();
+    let sid = customer.start_engagement().await;
+    for i in 0..90 {
+        customer
+            .call(
+                "SendMessage",
+                json!({"channelSid": sid, "body": format!("m{i}")}),
+            )
+            .await
+            .unwrap();
+    }
+    broker.signal("KILL");
+    broker.wait_exit();
+    let wal = dir.join("switchboard.db-wal");
+    let mut bytes = std::fs::read(&wal).expect("a journal to damage");
+    let at = bytes.len() * 3 / 4;
+    bytes[at..at + 64].fill(0x5a);
+    std::fs::write(&wal, &bytes).unwrap();
+    let before: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+
+    let (code, stderr) = common::refused_start(&dir, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("lost"), "{stderr}");
+    assert!(stderr.contains(dir.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("--accept-data-loss"), "{stderr}");
+    for (name, content) in &before {
+        // The -shm file is SQLite's index of the journal, rebuilt on every
+        // open: not data.
+        if !name.ends_with("-shm") {
+            assert!(
+                std::fs::read(dir.join(name)).unwrap() == *content,
+                "{name} is left untouched"
+            );
+        }
+    }
+
+    let broker = common::BrokerProcess::start(&["--accept-data-loss"], &[], &dir);
+    let mut tab = Client::open_url(&broker.url, Enc::Json).await.unwrap();
+    // A client that last saw index 0 missed the lost range: it is told to
+    // reload, not given a history with a hole in it.
+    let r = tab
+        .connect(json!({"resumeToken": resume, "recover": {&sid: 0}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r["recovered"][&sid], false,
+        "the lost range is not replayed"
+    );
+    let next = tab
+        .call("SendMessage", json!({"channelSid": sid, "body": "after"}))
+        .await
+        .unwrap();
+    assert!(
+        next["index"].as_u64().unwrap() > 89,
+        "no index a client saw is handed out again: {next}"
+    );
+    broker.signal("TERM");
+    drop(broker);
+    // Accepted once: the next start is a normal one.
+    let broker = common::BrokerProcess::start(&[], &[], &dir);
+    broker.signal("TERM");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An empty or schema-less database file, or a database that is gone while
+/// its acknowledged-writes record says it held data, is an error, not a
+/// fresh start; and nothing is written over it.
+#[test]
+fn empty_schemaless_or_missing_stores_are_refused() {
+    let dir = common::fresh_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("switchboard.db");
+    std::fs::write(&db, b"").unwrap();
+    let (code, stderr) = common::refused_start(&dir, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("empty"), "{stderr}");
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0);
+
+    std::fs::remove_file(&db).unwrap();
+    let other = foreign_sqlite_file();
+    std::fs::write(&db, &other).unwrap();
+    let (code, stderr) = common::refused_start(&dir, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no Switchboard schema"), "{stderr}");
+    assert!(std::fs::read(&db).unwrap() == other, "left untouched");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A store that held acknowledged writes, then lost its database file.
+    let dir = common::fresh_data_dir();
+    let broker = common::BrokerProcess::start(&[], &[], &dir);
+    let url = broker.url.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = Client::open_url(&url, Enc::Json).await.unwrap();
+        c.connect(json!({})).await.unwrap();
+        c.start_engagement().await;
+    });
+    broker.signal("TERM");
+    drop(broker);
+    for name in ["switchboard.db", "switchboard.db-wal", "switchboard.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let (code, stderr) = common::refused_start(&dir, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("lost"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A valid SQLite file that is not a Switchboard store.
+fn foreign_sqlite_file() -> Vec<u8> {
+    let dir = common::fresh_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("other.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE notes (x)").unwrap();
+    drop(conn);
+    let bytes = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    bytes
+}
+
+/// A store that cannot be written at start (its file system read-only, or
+/// its file read-only) stops the broker with a message naming the path,
+/// instead of starting "healthy" and hanging every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_written_stops_the_start() {
+    let mount = common::Tmpfs::mount("16m");
+    let dir = match &mount {
+        Some(m) => m.path.join("data"),
+        None => common::fresh_data_dir(),
+    };
+    let broker = common::BrokerProcess::start(&[], &[], &dir);
+    let mut c = Client::open_url(&broker.url, Enc::Json).await.unwrap();
+    c.connect(json!({})).await.unwrap();
+    c.start_engagement().await;
+    broker.signal("TERM");
+    drop(broker);
+    let db = dir.join("switchboard.db");
+    match &mount {
+        Some(m) => m.set_read_only(true),
+        None => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+        }
+    }
+    let (code, stderr) = common::refused_start(&dir, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(dir.to_str().unwrap()),
+        "names the path: {stderr}"
+    );
+    assert!(
+        stderr.contains("cannot write") || stderr.contains("Read-only"),
+        "{stderr}"
+    );
+    match &mount {
+        Some(m) => m.set_read_only(false),
+        None => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
