@@ -30,7 +30,7 @@ const LATENCY_BUCKETS: [f64; 16] = [
 /// Commands that get a label of their own; anything else (custom actions,
 /// names that do not exist, frames that did not decode) is counted as
 /// `other`, so a client cannot grow the label set.
-const ACTIONS: [&str; 17] = [
+const ACTIONS: [&str; 18] = [
     "Connect",
     "GetActions",
     "TriggerAction",
@@ -46,6 +46,7 @@ const ACTIONS: [&str; 17] = [
     "EndEngagement",
     "Subscribe",
     "Unsubscribe",
+    "GetEngagements",
     "GetMessages",
     "RefreshToken",
 ];
@@ -377,6 +378,23 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every built-in action has a label of its own.
+    #[test]
+    fn every_builtin_action_is_labelled() {
+        let registry = crate::ActionRegistry::new();
+        for role in [
+            crate::auth::Role::Customer,
+            crate::auth::Role::Agent,
+            crate::auth::Role::Service,
+        ] {
+            for name in registry.allowed_names(role) {
+                assert_ne!(CommandKey::of(Some(name)).label(), OTHER, "{name}");
+            }
+        }
+        assert_eq!(CommandKey::of(Some("made-up")).label(), OTHER);
+        assert_eq!(CommandKey::of(None).label(), OTHER);
+    }
 
     #[test]
     fn families_have_help_and_type_and_commands_are_labelled() {
