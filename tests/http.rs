@@ -436,3 +436,29 @@ async fn demo_tokens_are_off_with_a_key_and_refused_through_proxies() {
     );
     let _ = stop.send(());
 }
+
+#[tokio::test]
+async fn kept_alive_connections_time_out_idle_and_mid_head() {
+    let server = TestServer::start("[limits]\nhandshake_timeout_ms = 300\n").await;
+    // Idle after an answer: closed (no answer owed) once the time is up.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let ok = exchange(&mut tcp, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(ok.status, 200);
+    let idle_since = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest))
+        .await
+        .expect("closed while idle")
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(idle_since.elapsed() >= Duration::from_millis(250));
+    // A second head started and never finished: 408.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let ok = exchange(&mut tcp, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(ok.status, 200);
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.unwrap();
+    let late = read_answer(&mut tcp, false).await.expect("an answer");
+    assert_eq!(late.status, 408);
+    assert!(closed_cleanly(&mut tcp).await);
+    server.shutdown().await;
+}
