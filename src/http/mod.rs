@@ -608,7 +608,14 @@ pub(crate) async fn serve(
             served = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                 break Ended::Served(served);
             }
-            _ = &mut first_head, if state.requests() == 0 => break Ended::HeadTimeout,
+            // The condition is only checked when the select starts: a head
+            // that arrived since (a long answer still being written) must
+            // not be cut off by the first head's deadline.
+            _ = &mut first_head, if state.requests() == 0 => {
+                if state.requests() == 0 {
+                    break Ended::HeadTimeout;
+                }
+            }
             _ = shutdown.cancelled(), if grace_until.is_none() => {
                 if state.requests() == 0 {
                     break Ended::Abandon;
