@@ -19,6 +19,9 @@ pub struct Metrics {
     upgrades_refused: AtomicU64,
     connections_refused: AtomicU64,
     rate_limited: AtomicU64,
+    store_failures: AtomicU64,
+    store_commits: AtomicU64,
+    store_commit_micros: AtomicU64,
 }
 
 /// A copy of the counters at one instant.
@@ -36,6 +39,7 @@ pub struct MetricsSnapshot {
     pub upgrades_refused: u64,
     pub connections_refused: u64,
     pub rate_limited: u64,
+    pub store_failures: u64,
 }
 
 impl Metrics {
@@ -69,6 +73,16 @@ impl Metrics {
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Relaxed);
     }
+    /// A store write that failed (its jobs answered `unavailable`).
+    pub fn store_failed(&self) {
+        self.store_failures.fetch_add(1, Relaxed);
+    }
+    /// One group commit, and how long it took.
+    pub fn store_commit(&self, took: std::time::Duration) {
+        self.store_commits.fetch_add(1, Relaxed);
+        self.store_commit_micros
+            .fetch_add(took.as_micros() as u64, Relaxed);
+    }
     /// A command refused with `rate_limited`.
     pub fn rate_limited(&self) {
         self.rate_limited.fetch_add(1, Relaxed);
@@ -87,6 +101,7 @@ impl Metrics {
             upgrades_refused: self.upgrades_refused.load(Relaxed),
             connections_refused: self.connections_refused.load(Relaxed),
             rate_limited: self.rate_limited.load(Relaxed),
+            store_failures: self.store_failures.load(Relaxed),
         }
     }
 }
@@ -94,7 +109,7 @@ impl Metrics {
 impl MetricsSnapshot {
     /// Prometheus text exposition format.
     pub fn to_prometheus(&self) -> String {
-        let rows: [(&str, &str, u64); 11] = [
+        let rows: [(&str, &str, u64); 12] = [
             ("sessions_open", "gauge", self.sessions_open),
             ("sessions_opened_total", "counter", self.sessions_opened),
             ("messages_total", "counter", self.messages),
@@ -114,6 +129,7 @@ impl MetricsSnapshot {
                 self.connections_refused,
             ),
             ("rate_limited_total", "counter", self.rate_limited),
+            ("store_failures_total", "counter", self.store_failures),
         ];
         let mut out = String::new();
         for (name, kind, value) in rows {

@@ -251,7 +251,7 @@ pub fn route(broker: &Broker, request: &Request, loopback: bool) -> Route {
             broker.metrics.snapshot().to_prometheus(),
         ),
         "/demo/token"
-            if broker.config.demo_tokens && loopback && broker.auth.can_mint_client_tokens() =>
+            if broker.config.demo_tokens && loopback && broker.auth().can_mint_client_tokens() =>
         {
             demo_token(broker, request)
         }
@@ -341,7 +341,7 @@ fn demo_token(broker: &Broker, request: &Request) -> Response {
         return Response::text(400, "sub must be 1 to 64 characters\n");
     }
     let ttl = Duration::from_secs(broker.config.identities.demo_token_ttl_secs);
-    let token = broker.auth.client_token(&sub, role, ttl);
+    let token = broker.auth().client_token(&sub, role, ttl);
     Response::new(
         200,
         "application/json",
