@@ -55,7 +55,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const MAX_HELD_REPLIES: usize = 32;
 
 /// WebSocket settings for a session, from `[limits]`.
-pub fn websocket_config(broker: &Broker) -> WebSocketConfig {
+pub(crate) fn websocket_config(broker: &Broker) -> WebSocketConfig {
     let limits = &broker.config.limits;
     WebSocketConfig::default()
         .read_buffer_size(limits.read_buffer_bytes)
@@ -73,7 +73,7 @@ pub fn websocket_config(broker: &Broker) -> WebSocketConfig {
 /// Takes the socket already split: an async fn's arguments keep their space
 /// in its future for its whole life, and a whole `WebSocketStream` there
 /// would cost every idle session about a kilobyte.
-pub async fn run_session(
+pub(crate) async fn run_session(
     broker: Arc<Broker>,
     (sink, mut stream): (SplitSink<Socket, Message>, SplitStream<Socket>),
     encoding: Encoding,
@@ -572,7 +572,7 @@ impl Reader<'_> {
 /// The session-layer command that extends a token session (an extension;
 /// see docs/protocol.md). Handled here, not in the actions registry, since
 /// it changes the connection's own deadline.
-pub const REFRESH_TOKEN: &str = "RefreshToken";
+pub(crate) const REFRESH_TOKEN: &str = "RefreshToken";
 
 /// A Unix time as a timer deadline; `None` when it is too far away to be
 /// represented (a token with an absurd `exp` then simply never expires

@@ -13,15 +13,15 @@ use crate::codec::Push;
 use crate::store::StoredMessage;
 
 /// A session's key in this node's maps (process-unique).
-pub type SessionKey = u64;
+pub(crate) type SessionKey = u64;
 
 /// Prefix of queue names: `queue:<name>`.
-pub const QUEUE_PREFIX: &str = "queue:";
+pub(crate) const QUEUE_PREFIX: &str = "queue:";
 
 /// An open engagement as a queue lists it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct QueuedEngagement {
+pub(crate) struct QueuedEngagement {
     pub channel_sid: Arc<str>,
     pub identity: Arc<str>,
     pub form_data: Value,
@@ -42,30 +42,27 @@ pub(crate) enum Topic {
 
 /// A channel member as listed to clients: `{identity, role}`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Member {
+pub(crate) struct Member {
     pub identity: Arc<str>,
     pub role: Role,
 }
 
 /// Why a member left a channel, as pushed in `memberLeft.reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaveReason {
+pub(crate) enum LeaveReason {
     /// `LeaveChannel`.
     Left,
     /// `RestartEngagement`.
     Restart,
-    /// Removed by the server (the HTTP API).
-    Removed,
     /// The engagement was ended for everyone (`EndEngagement`).
     Ended,
 }
 
 impl LeaveReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             LeaveReason::Left => "left",
             LeaveReason::Restart => "restart",
-            LeaveReason::Removed => "removed",
             LeaveReason::Ended => "ended",
         }
     }
@@ -74,7 +71,7 @@ impl LeaveReason {
 /// `engagementStarted`'s data (to the queue and the customer's sessions).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct EngagementStarted {
+pub(crate) struct EngagementStarted {
     pub channel_sid: Arc<str>,
     pub identity: Arc<str>,
     pub form_data: Value,
@@ -313,7 +310,7 @@ impl Event {
 }
 
 /// A channel's members as listed to clients, sorted by identity.
-pub fn member_list<'a>(members: impl IntoIterator<Item = (&'a Arc<str>, &'a Role)>) -> Vec<Member> {
+pub(crate) fn member_list<'a>(members: impl IntoIterator<Item = (&'a Arc<str>, &'a Role)>) -> Vec<Member> {
     let mut list: Vec<Member> = members
         .into_iter()
         .map(|(identity, role)| Member {

@@ -70,27 +70,32 @@
 //! }
 //! ```
 
+#![warn(unreachable_pub)]
 pub mod actions;
 pub mod admission;
 pub mod auth;
-pub mod broker;
-pub mod business_hours;
+mod broker;
+mod business_hours;
+#[doc(hidden)]
 pub mod codec;
 pub mod config;
-pub mod connection;
-pub mod delivery;
-pub mod engine;
+mod connection;
+mod delivery;
+mod engine;
 pub mod error;
-pub mod event;
-pub mod http;
-pub mod ids;
+mod event;
+mod http;
+mod ids;
 pub mod metrics;
-pub mod node;
+mod node;
+#[doc(hidden)]
 pub mod outbox;
-pub mod rate_limit;
-pub mod server;
+mod rate_limit;
+mod server;
+#[doc(hidden)]
 pub mod store;
-pub mod tls;
+mod tls;
+#[doc(hidden)]
 pub mod validate;
 
 pub use actions::{ActionContext, ActionRegistry, CustomAction, Roles};

@@ -13,7 +13,7 @@ use crate::engine::Engine;
 use crate::event::SessionKey;
 use crate::outbox::OutboxLimits;
 
-pub struct Node {
+pub(crate) struct Node {
     pub(crate) config: Arc<Config>,
     pub(crate) auth: Authenticator,
     pub(crate) engine: Arc<dyn Engine>,

@@ -59,7 +59,7 @@ impl Kind for i64 {
 
 impl<T: Kind> Field<T> {
     /// The value, which must be there.
-    pub fn required(self, name: &str) -> Result<T, ActionError> {
+    pub(crate) fn required(self, name: &str) -> Result<T, ActionError> {
         match self {
             Field::Valid(value) => Ok(value),
             Field::Missing | Field::Null => {
@@ -70,7 +70,7 @@ impl<T: Kind> Field<T> {
     }
 
     /// The value if given (`null` is not given).
-    pub fn optional(self, name: &str) -> Result<Option<T>, ActionError> {
+    pub(crate) fn optional(self, name: &str) -> Result<Option<T>, ActionError> {
         match self {
             Field::Valid(value) => Ok(Some(value)),
             Field::Missing | Field::Null => Ok(None),

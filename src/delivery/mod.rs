@@ -15,7 +15,7 @@
 //! Locks: a topic's lock, then an identity's session list (never the other
 //! way round); no lock is held across an `.await`.
 
-pub mod session;
+pub(crate) mod session;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::store::StoredMessage;
 use session::SessionHandle;
 
-pub use crate::event::SessionKey;
+pub(crate) use crate::event::SessionKey;
 
 /// Limits that shape delivery, from the configuration.
 #[derive(Debug, Clone, Copy)]

@@ -21,7 +21,7 @@
 //!   per topic that a node checks, and fills gaps in, before delivering.
 //!   Nothing an operation needs lives only in one node's memory.
 
-pub mod embedded;
+pub(crate) mod embedded;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,15 +37,15 @@ use crate::delivery::session::SessionHandle;
 use crate::event::{LeaveReason, Member, SessionKey};
 use crate::store::{Commits, StoredMessage};
 
-pub use crate::event::{EngagementStarted, QueuedEngagement, QUEUE_PREFIX};
+pub(crate) use crate::event::{QueuedEngagement, QUEUE_PREFIX};
 /// The queue engagements start on unless they say otherwise.
-pub const DEFAULT_QUEUE: &str = "queue:default";
+pub(crate) const DEFAULT_QUEUE: &str = "queue:default";
 /// Prefix of engagement channel sids: `CH` + 32 lowercase hex digits.
-pub const CHANNEL_PREFIX: &str = "CH";
+pub(crate) const CHANNEL_PREFIX: &str = "CH";
 
 /// Who acts: an identity and its (fixed) role.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
+pub(crate) struct Actor {
     pub id: Arc<str>,
     pub role: Role,
     pub anonymous: bool,
@@ -77,10 +77,10 @@ pub enum EngineError {
     Internal(String),
 }
 
-pub type Outcome<T> = Result<T, EngineError>;
+pub(crate) type Outcome<T> = Result<T, EngineError>;
 
 /// An operation's result, once its change is durable.
-pub enum Pending<T> {
+pub(crate) enum Pending<T> {
     /// Nothing (more) to wait for.
     Ready(Outcome<T>),
     /// Done in memory; the result stands once the store has made `ticket`
@@ -92,15 +92,16 @@ pub enum Pending<T> {
         waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     },
     /// Decided elsewhere (a shared engine): the answer arrives later.
+    #[allow(dead_code)] // made by shared engines; the embedded one decides at once
     Remote(Pin<Box<dyn Future<Output = Outcome<T>> + Send>>),
 }
 
 impl<T> Pending<T> {
-    pub fn ready(value: T) -> Self {
+    pub(crate) fn ready(value: T) -> Self {
         Pending::Ready(Ok(value))
     }
 
-    pub fn failed(error: EngineError) -> Self {
+    pub(crate) fn failed(error: EngineError) -> Self {
         Pending::Ready(Err(error))
     }
 
@@ -118,7 +119,7 @@ impl<T> Pending<T> {
 
     /// The store ticket it waits for, if any (the session's reply queue
     /// waits for many with one wake-up).
-    pub fn ticket(&self) -> Option<u64> {
+    pub(crate) fn ticket(&self) -> Option<u64> {
         match self {
             Pending::Durable { ticket, .. } => Some(*ticket),
             _ => None,
@@ -126,7 +127,7 @@ impl<T> Pending<T> {
     }
 
     /// Whether the result stands now (`try_take` would give it).
-    pub fn is_settled(&self) -> bool {
+    pub(crate) fn is_settled(&self) -> bool {
         match self {
             Pending::Ready(_) => true,
             Pending::Durable {
@@ -139,7 +140,7 @@ impl<T> Pending<T> {
     /// A wait for the store to settle `ticket` (a later one than this
     /// result's, to wake once for a whole group commit); `None` unless
     /// this waits for the store.
-    pub fn wait_for(&self, ticket: u64) -> Option<Pending<()>> {
+    pub(crate) fn wait_for(&self, ticket: u64) -> Option<Pending<()>> {
         match self {
             Pending::Durable { commits, .. } => Some(Pending::Durable {
                 ticket,
@@ -152,7 +153,7 @@ impl<T> Pending<T> {
     }
 
     /// The result if it is already known, without waiting.
-    pub fn try_take(&mut self) -> Option<Outcome<T>> {
+    pub(crate) fn try_take(&mut self) -> Option<Outcome<T>> {
         match self {
             Pending::Ready(_) => {
                 let Pending::Ready(outcome) = std::mem::replace(
@@ -178,7 +179,7 @@ impl<T> Pending<T> {
     }
 
     /// The result mapped, keeping the wait.
-    pub fn map<U: Send + 'static>(self, f: impl FnOnce(T) -> U + Send + 'static) -> Pending<U>
+    pub(crate) fn map<U: Send + 'static>(self, f: impl FnOnce(T) -> U + Send + 'static) -> Pending<U>
     where
         T: Send + 'static,
     {
@@ -240,26 +241,25 @@ impl<T: Unpin> Future for Pending<T> {
 }
 
 /// A new engagement.
-pub struct Started {
+pub(crate) struct Started {
     pub channel_sid: Arc<str>,
-    pub started_at: Arc<str>,
 }
 
 /// `JoinChannel`'s answer.
-pub struct Joined {
+pub(crate) struct Joined {
     pub members: Vec<Member>,
     /// The newest message accepted before the join (`-1` for none).
     pub last_index: i64,
 }
 
 /// `SendMessage`'s answer.
-pub struct Posted {
+pub(crate) struct Posted {
     pub index: u64,
     pub date_created: Arc<str>,
 }
 
 /// A message to post.
-pub struct NewMessage {
+pub(crate) struct NewMessage {
     pub body: String,
     pub attributes: Value,
     /// Posted by the broker itself (a configured greeter): it need not be
@@ -269,7 +269,7 @@ pub struct NewMessage {
 
 /// How a widget changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WidgetChange {
+pub(crate) enum WidgetChange {
     Toggle,
     Minimize,
 }
@@ -277,20 +277,20 @@ pub enum WidgetChange {
 /// The per-identity state a `Connect` returns.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct IdentitySnapshot {
+pub(crate) struct IdentitySnapshot {
     pub engagement: Option<EngagementSnapshot>,
     pub widget: WidgetState,
     pub input_text: serde_json::Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct WidgetState {
+pub(crate) struct WidgetState {
     pub expanded: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct EngagementSnapshot {
+pub(crate) struct EngagementSnapshot {
     pub channel_sid: Arc<str>,
     pub started_at: Arc<str>,
     /// Who is in it (an extension: a new tab rebuilds the chat from it).
@@ -300,34 +300,28 @@ pub struct EngagementSnapshot {
 }
 
 /// What attaching a session to its identity gives `Connect`.
-pub struct Attached {
+pub(crate) struct Attached {
     pub snapshot: IdentitySnapshot,
     /// Per channel asked to recover: whether history reached back.
     pub recovered: HashMap<String, bool>,
 }
 
 /// A page of a queue's open engagements.
-pub struct QueuePage {
+pub(crate) struct QueuePage {
     pub engagements: Vec<QueuedEngagement>,
     pub has_more: bool,
 }
 
 /// A page of history.
-pub struct HistoryPage {
+pub(crate) struct HistoryPage {
     pub messages: Vec<Arc<StoredMessage>>,
     pub has_more: bool,
-}
-
-/// What `Subscribe` gave.
-pub enum Subscribed {
-    Channel { recovered: Option<bool> },
-    Queue(QueuePage),
 }
 
 /// The operations of an engine. Every one that changes state returns a
 /// [`Pending`] whose result stands once the change is durable; its events
 /// are delivered to this node's sessions no sooner.
-pub trait Engine: Send + Sync {
+pub(crate) trait Engine: Send + Sync {
     /// The identity behind an authenticated principal, made on first sight.
     /// An identity's role is fixed.
     fn identify(&self, principal: &Principal) -> Pending<Actor>;
@@ -419,7 +413,7 @@ pub trait Engine: Send + Sync {
 
 /// Which periodic work is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Housekeeping {
+pub(crate) enum Housekeeping {
     Reap,
     Purge,
     /// Another retention slice, if the last one stopped at its bounds.
@@ -427,7 +421,7 @@ pub enum Housekeeping {
 }
 
 /// `queue:<name>` for a valid name: 1 to 64 of `A-Z a-z 0-9 _ - .`
-pub fn queue_channel(name: &str) -> Option<String> {
+pub(crate) fn queue_channel(name: &str) -> Option<String> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
@@ -436,12 +430,12 @@ pub fn queue_channel(name: &str) -> Option<String> {
     valid.then(|| format!("{QUEUE_PREFIX}{name}"))
 }
 
-pub fn new_channel_sid() -> String {
+pub(crate) fn new_channel_sid() -> String {
     format!("{CHANNEL_PREFIX}{}", crate::ids::new_id())
 }
 
 /// Whether `sid` has the shape of a channel sid.
-pub fn is_channel_sid(sid: &str) -> bool {
+pub(crate) fn is_channel_sid(sid: &str) -> bool {
     sid.len() == 34
         && sid.starts_with(CHANNEL_PREFIX)
         && sid[2..]

@@ -6,7 +6,7 @@
 //! tungstenite so that one listener can serve pages too, and so that every
 //! refusal (a bad upgrade, an unknown path) is a proper HTTP answer.
 
-pub mod assets;
+pub(crate) mod assets;
 
 use std::time::Duration;
 
@@ -18,11 +18,11 @@ use crate::broker::Broker;
 use crate::codec::Encoding;
 
 /// Largest request head accepted (request line and headers).
-pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     #[error("connection closed before the request was complete")]
     Eof,
     #[error("request head larger than {MAX_HEAD_BYTES} bytes")]
@@ -103,7 +103,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Reads one request head. Returns it with any bytes read past its end.
-pub async fn read_request<S: AsyncRead + Unpin>(
+pub(crate) async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> Result<(Request, Vec<u8>), HttpError> {
     let mut buf = Vec::with_capacity(1024);
@@ -149,7 +149,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(
 }
 
 /// A complete (non-upgrade) response; the connection closes after it.
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
@@ -157,7 +157,7 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
         Response {
             status,
             content_type,
@@ -166,7 +166,7 @@ impl Response {
         }
     }
 
-    pub fn text(status: u16, body: impl Into<String>) -> Self {
+    pub(crate) fn text(status: u16, body: impl Into<String>) -> Self {
         Response::new(
             status,
             "text/plain; charset=utf-8",
@@ -174,12 +174,12 @@ impl Response {
         )
     }
 
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    pub(crate) fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
     }
 
-    pub async fn write_to<S: AsyncWrite + Unpin>(
+    pub(crate) async fn write_to<S: AsyncWrite + Unpin>(
         &self,
         stream: &mut S,
         head_only: bool,
@@ -222,7 +222,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// What to do with a request.
-pub enum Route {
+pub(crate) enum Route {
     /// Upgrade to a WebSocket session in this encoding; the 101 response.
     Upgrade {
         encoding: Encoding,
@@ -234,7 +234,7 @@ pub enum Route {
 
 /// Decides what a request gets. `loopback` says whether the listener is on
 /// a loopback address (demo tokens are only ever minted there).
-pub fn route(broker: &Broker, request: &Request, loopback: bool) -> Route {
+pub(crate) fn route(broker: &Broker, request: &Request, loopback: bool) -> Route {
     if request.path == "/ws" {
         return websocket_upgrade(broker, request);
     }

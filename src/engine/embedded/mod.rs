@@ -834,13 +834,7 @@ impl Engine for Embedded {
                 ),
             ];
             let committed = self.commit(ops, events);
-            self.pending(
-                committed,
-                Started {
-                    channel_sid: sid,
-                    started_at,
-                },
-            )
+            self.pending(committed, Started { channel_sid: sid })
         })
     }
 
@@ -1393,3 +1387,6 @@ impl From<StoreError> for EngineError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

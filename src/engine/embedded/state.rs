@@ -44,7 +44,7 @@ pub(super) struct Engagement {
 }
 
 impl Identity {
-    pub fn new(id: Arc<str>, role: Role, anonymous: bool) -> Self {
+    pub(super) fn new(id: Arc<str>, role: Role, anonymous: bool) -> Self {
         Identity {
             id,
             role,
@@ -61,11 +61,11 @@ impl Identity {
         }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, IdentityState> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, IdentityState> {
         self.state.lock()
     }
 
-    pub fn try_lock(&self) -> Option<MutexGuard<'_, IdentityState>> {
+    pub(super) fn try_lock(&self) -> Option<MutexGuard<'_, IdentityState>> {
         self.state.try_lock()
     }
 }
@@ -108,7 +108,7 @@ pub(super) struct Typing {
 }
 
 impl Channel {
-    pub fn new(sid: Arc<str>, queue: Arc<str>, form_data: Value, started_at: Arc<str>) -> Self {
+    pub(super) fn new(sid: Arc<str>, queue: Arc<str>, form_data: Value, started_at: Arc<str>) -> Self {
         Channel {
             sid,
             queue,
@@ -126,18 +126,18 @@ impl Channel {
         }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, ChannelState> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, ChannelState> {
         self.state.lock()
     }
 }
 
 impl ChannelState {
     /// No member and no observer left: the channel has ended.
-    pub fn is_abandoned(&self) -> bool {
+    pub(super) fn is_abandoned(&self) -> bool {
         self.members.is_empty() && self.observers == 0
     }
 
-    pub fn last_index(&self) -> i64 {
+    pub(super) fn last_index(&self) -> i64 {
         self.next_index as i64 - 1
     }
 }
