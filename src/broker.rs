@@ -5,16 +5,16 @@ use std::sync::Arc;
 
 use crate::actions::{ActionContext, ActionRegistry};
 use crate::auth::{Authenticator, Principal, Role};
-use crate::codec::Encoding;
-use crate::delivery::session::SessionHandle;
-use crate::error::ActionError;
-use crate::outbox::Outbox;
 use crate::business_hours::BusinessHours;
+use crate::codec::Encoding;
 use crate::config::{Config, ConfigError};
+use crate::delivery::session::SessionHandle;
 use crate::delivery::{Delivery, DeliveryLimits};
 use crate::engine::embedded::Embedded;
+use crate::error::ActionError;
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::outbox::Outbox;
 
 pub struct Broker {
     pub config: Arc<Config>,

@@ -310,7 +310,9 @@ impl Event {
 }
 
 /// A channel's members as listed to clients, sorted by identity.
-pub(crate) fn member_list<'a>(members: impl IntoIterator<Item = (&'a Arc<str>, &'a Role)>) -> Vec<Member> {
+pub(crate) fn member_list<'a>(
+    members: impl IntoIterator<Item = (&'a Arc<str>, &'a Role)>,
+) -> Vec<Member> {
     let mut list: Vec<Member> = members
         .into_iter()
         .map(|(identity, role)| Member {

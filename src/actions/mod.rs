@@ -11,7 +11,7 @@
 //! dispatch reads it with no lock. A built-in is a plain function that
 //! decodes its typed payload, asks the engine for the change (which decides
 //! and orders it at once) and returns the result to come once the change is
-//! durable ([`Pending`]); [`BUILTINS`] is the one list of them and of their
+//! durable (`Pending`); `BUILTINS` is the one list of them and of their
 //! properties. One file per built-in action lives beside this one.
 
 mod connect;
@@ -872,6 +872,27 @@ mod tests {
             merged,
             json!({"formData": {"department": "sales", "name": "Ada", "x": 2}, "keep": true})
         );
+    }
+
+    /// The JavaScript SDK lists the built-ins too (it refuses to register
+    /// a custom action under a built-in's name): its list is this table's.
+    #[test]
+    fn the_sdk_knows_every_builtin() {
+        let sdk = include_str!("../../clients/js/src/actions.js");
+        let list = sdk
+            .split("BUILTIN_ACTIONS = Object.freeze([")
+            .nth(1)
+            .and_then(|rest| rest.split("]);").next())
+            .expect("the SDK's BUILTIN_ACTIONS");
+        let mut sdk_names: Vec<&str> = list
+            .split(',')
+            .map(|item| item.trim().trim_matches('"'))
+            .filter(|item| !item.is_empty())
+            .collect();
+        let mut ours: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
+        sdk_names.sort();
+        ours.sort();
+        assert_eq!(sdk_names, ours);
     }
 
     #[test]

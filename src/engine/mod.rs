@@ -179,7 +179,10 @@ impl<T> Pending<T> {
     }
 
     /// The result mapped, keeping the wait.
-    pub(crate) fn map<U: Send + 'static>(self, f: impl FnOnce(T) -> U + Send + 'static) -> Pending<U>
+    pub(crate) fn map<U: Send + 'static>(
+        self,
+        f: impl FnOnce(T) -> U + Send + 'static,
+    ) -> Pending<U>
     where
         T: Send + 'static,
     {

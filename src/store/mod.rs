@@ -20,7 +20,7 @@
 //!
 //! The store knows nothing of channels or sessions: it stores [`Op`]s and
 //! calls back through the two small traits above. Under it, a
-//! [`Backend`] does the storing (SQLite today, see `sqlite.rs`); the
+//! `Backend` does the storing (SQLite today, see `sqlite.rs`); the
 //! store's front (tickets, the writer thread, failure handling, the
 //! acknowledged-writes marker) is the same for any backend.
 //!

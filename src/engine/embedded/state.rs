@@ -108,7 +108,12 @@ pub(super) struct Typing {
 }
 
 impl Channel {
-    pub(super) fn new(sid: Arc<str>, queue: Arc<str>, form_data: Value, started_at: Arc<str>) -> Self {
+    pub(super) fn new(
+        sid: Arc<str>,
+        queue: Arc<str>,
+        form_data: Value,
+        started_at: Arc<str>,
+    ) -> Self {
         Channel {
             sid,
             queue,

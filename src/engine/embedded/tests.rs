@@ -152,11 +152,10 @@ fn concurrent_posts_share_one_gapless_order() {
     for durability in [Durability::Memory, Durability::Os] {
         let w = world(durability);
         let customer = w.actor("customer", Role::Customer);
-        let sid = resolve(w.engine.start_engagement(
-            &customer,
-            json!({}),
-            "queue:default".into(),
-        ))
+        let sid = resolve(
+            w.engine
+                .start_engagement(&customer, json!({}), "queue:default".into()),
+        )
         .channel_sid;
         let agents: Vec<Actor> = (0..4)
             .map(|i| w.actor(&format!("agent-{i}"), Role::Agent))
@@ -189,11 +188,10 @@ fn restart_is_atomic_against_concurrent_posts() {
         let w = world(durability);
         let customer = w.actor("customer", Role::Customer);
         let agent = w.actor("agent", Role::Agent);
-        let sid = resolve(w.engine.start_engagement(
-            &customer,
-            json!({}),
-            "queue:default".into(),
-        ))
+        let sid = resolve(
+            w.engine
+                .start_engagement(&customer, json!({}), "queue:default".into()),
+        )
         .channel_sid;
         resolve(w.engine.join(&agent, &sid));
         let (_, agent_sees) = w.session(&agent);
@@ -252,11 +250,10 @@ fn restart_is_atomic_against_concurrent_posts() {
 fn results_wait_for_durability() {
     let w = world(Durability::Os);
     let customer = w.actor("customer", Role::Customer);
-    let sid = resolve(w.engine.start_engagement(
-        &customer,
-        json!({}),
-        "queue:default".into(),
-    ))
+    let sid = resolve(
+        w.engine
+            .start_engagement(&customer, json!({}), "queue:default".into()),
+    )
     .channel_sid;
     let (_, sees) = w.session(&customer);
     let store = w.engine.store.as_ref().unwrap();
