@@ -9,7 +9,7 @@ use crate::business_hours::BusinessHours;
 use crate::codec::Encoding;
 use crate::config::{Config, ConfigError};
 use crate::delivery::session::SessionHandle;
-use crate::delivery::{Delivery, DeliveryLimits};
+use crate::delivery::Delivery;
 use crate::engine::embedded::Embedded;
 use crate::error::ActionError;
 use crate::metrics::Metrics;
@@ -39,14 +39,7 @@ impl Broker {
             .transpose()?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
-        let delivery = Arc::new(Delivery::new(
-            DeliveryLimits {
-                window: config.history.window(),
-                max_replay: config.history.max_replay,
-                replay_bytes: config.limits.outbox_bytes,
-            },
-            metrics.clone(),
-        ));
+        let delivery = Arc::new(Delivery::new(&config, metrics.clone()));
         let (engine, resume_secret) =
             Embedded::open(config.clone(), delivery.clone(), metrics.clone())?;
         let auth =

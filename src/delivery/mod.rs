@@ -34,7 +34,7 @@ pub(crate) use crate::event::SessionKey;
 
 /// Limits that shape delivery, from the configuration.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct DeliveryLimits {
+struct DeliveryLimits {
     /// Newest messages kept per channel.
     pub window: usize,
     /// Most messages one recovery pushes.
@@ -102,7 +102,12 @@ struct IdentitySessions {
 pub(crate) type Recovered = bool;
 
 impl Delivery {
-    pub(crate) fn new(limits: DeliveryLimits, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(config: &crate::config::Config, metrics: Arc<Metrics>) -> Self {
+        let limits = DeliveryLimits {
+            window: config.history.window(),
+            max_replay: config.history.max_replay,
+            replay_bytes: config.limits.outbox_bytes,
+        };
         Delivery {
             channels: DashMap::new(),
             queues: DashMap::new(),

@@ -331,6 +331,21 @@ impl Embedded {
         }
     }
 
+    /// A change to an identity's state: held off a reload, refused before
+    /// anything changes when the store would not take it, and run with the
+    /// identity locked.
+    fn change<T>(
+        &self,
+        actor: &Actor,
+        f: impl FnMut(&Arc<Identity>, &mut IdentityState) -> Pending<T>,
+    ) -> Pending<T> {
+        let _shared = self.reload_guard.read();
+        if let Err(e) = self.writable() {
+            return Pending::failed(e);
+        }
+        self.with_identity(actor, f)
+    }
+
     /// The identity of an actor, made again if the reaper forgot it, with
     /// its state locked.
     fn with_identity<R>(
@@ -764,11 +779,7 @@ impl Engine for Embedded {
         form_data: Value,
         queue: Arc<str>,
     ) -> Pending<Started> {
-        let _shared = self.reload_guard.read();
-        if let Err(e) = self.writable() {
-            return Pending::failed(e);
-        }
-        self.with_identity(actor, |identity, state| {
+        self.change(actor, |identity, state| {
             if let Some(engagement) = &state.engagement {
                 return Pending::failed(EngineError::AlreadyEngaged {
                     channel_sid: engagement.channel_sid.to_string(),
@@ -839,11 +850,7 @@ impl Engine for Embedded {
     }
 
     fn restart_engagement(&self, actor: &Actor) -> Pending<Arc<str>> {
-        let _shared = self.reload_guard.read();
-        if let Err(e) = self.writable() {
-            return Pending::failed(e);
-        }
-        self.with_identity(actor, |identity, state| {
+        self.change(actor, |identity, state| {
             let Some(engagement) = &state.engagement else {
                 return Pending::failed(EngineError::NoEngagement);
             };
@@ -926,12 +933,8 @@ impl Engine for Embedded {
     }
 
     fn join(&self, actor: &Actor, channel_sid: &str) -> Pending<Joined> {
-        let _shared = self.reload_guard.read();
-        if let Err(e) = self.writable() {
-            return Pending::failed(e);
-        }
         let not_found = || EngineError::NotFound(format!("no channel {channel_sid}"));
-        self.with_identity(actor, |identity, state| {
+        self.change(actor, |identity, state| {
             let Some(channel) = self.channel(channel_sid) else {
                 return Pending::failed(not_found());
             };
@@ -993,12 +996,8 @@ impl Engine for Embedded {
     }
 
     fn leave(&self, actor: &Actor, channel_sid: &str, reason: LeaveReason) -> Pending<()> {
-        let _shared = self.reload_guard.read();
-        if let Err(e) = self.writable() {
-            return Pending::failed(e);
-        }
         let ended: Arc<str> = Arc::from(reason.as_str());
-        self.with_identity(actor, |identity, state| {
+        self.change(actor, |identity, state| {
             let committed = self.remove_member(identity, state, channel_sid, reason, &ended, false);
             self.pending(committed, ())
         })
@@ -1061,11 +1060,7 @@ impl Engine for Embedded {
         change: WidgetChange,
         origin: Option<SessionKey>,
     ) -> Pending<bool> {
-        let _shared = self.reload_guard.read();
-        if let Err(e) = self.writable() {
-            return Pending::failed(e);
-        }
-        self.with_identity(actor, |identity, state| {
+        self.change(actor, |identity, state| {
             let expanded = match change {
                 WidgetChange::Toggle => !state.expanded,
                 WidgetChange::Minimize => false,
@@ -1092,11 +1087,7 @@ impl Engine for Embedded {
         body: &str,
         origin: Option<SessionKey>,
     ) -> Pending<()> {
-        let _shared = self.reload_guard.read();
-        if let Err(e) = self.writable() {
-            return Pending::failed(e);
-        }
-        self.with_identity(actor, |identity, state| {
+        self.change(actor, |identity, state| {
             let Some(sid) = state.channels.get(channel_sid).cloned() else {
                 return Pending::failed(EngineError::NotAMember(channel_sid.to_owned()));
             };

@@ -12,7 +12,7 @@ use crate::auth::{Principal, Role};
 use crate::codec::Encoding;
 use crate::config::Config;
 use crate::delivery::session::SessionHandle;
-use crate::delivery::{Delivery, DeliveryLimits};
+use crate::delivery::Delivery;
 use crate::engine::{Actor, Engine, NewMessage, Pending};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxLimits};
@@ -50,14 +50,7 @@ fn world(durability: Durability) -> World {
     }
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
-    let delivery = Arc::new(Delivery::new(
-        DeliveryLimits {
-            window: config.history.window(),
-            max_replay: config.history.max_replay,
-            replay_bytes: config.limits.outbox_bytes,
-        },
-        metrics.clone(),
-    ));
+    let delivery = Arc::new(Delivery::new(&config, metrics.clone()));
     let (engine, _) = Embedded::open(config, delivery, metrics).expect("engine");
     World {
         engine,
