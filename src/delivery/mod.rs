@@ -43,10 +43,6 @@ struct DeliveryLimits {
     pub replay_bytes: usize,
 }
 
-/// Reads a channel's messages `from <= index < to` from storage, when the
-/// window does not reach back far enough: `None` if they cannot be read.
-pub(crate) type ReadOlder<'a> = &'a dyn Fn(u64, u64) -> Option<Vec<Arc<StoredMessage>>>;
-
 pub(crate) struct Delivery {
     channels: DashMap<Arc<str>, Arc<ChannelTopic>>,
     queues: DashMap<Arc<str>, Arc<QueueTopic>>,
@@ -100,6 +96,99 @@ struct IdentitySessions {
 
 /// What a recovery pushed: whether history reached back that far.
 pub(crate) type Recovered = bool;
+
+/// A session made a recipient of a channel.
+pub(crate) enum Added {
+    /// Nothing more to do; with a recovery asked, whether it reached back.
+    Done(Option<Recovered>),
+    /// A recovery that needs the messages below the window read from
+    /// storage (or a shared history) first: see [`Recovery::older`].
+    Recovering(Recovery),
+}
+
+impl Added {
+    /// Finishes at once, reading what the window lacks with `read_older`
+    /// (the embedded engine's store reads are synchronous).
+    pub(crate) fn complete(
+        self,
+        read_older: impl FnOnce(u64, u64) -> Option<Vec<Arc<StoredMessage>>>,
+    ) -> Option<Recovered> {
+        match self {
+            Added::Done(recovered) => recovered,
+            Added::Recovering(recovery) => {
+                let older = recovery.older().map(|(from, to)| read_older(from, to));
+                Some(recovery.finish(older.unwrap_or(Some(Vec::new()))))
+            }
+        }
+    }
+}
+
+/// A recovery under way: the session's outbox is held at the position its
+/// live pushes of the channel start from, so the history can be read
+/// without any lock (even from another process) and still go ahead of
+/// them. Releases the outbox when finished or dropped.
+pub(crate) struct Recovery {
+    session: Arc<SessionHandle>,
+    hold: usize,
+    /// The window's messages from `from` on.
+    window: Vec<Arc<StoredMessage>>,
+    from: u64,
+    /// The index after the newest delivered message when it began.
+    to: u64,
+    replay_bytes: usize,
+    released: bool,
+}
+
+impl Recovery {
+    /// The messages `from..to` to read for it (those below the window).
+    pub(crate) fn older(&self) -> Option<(u64, u64)> {
+        let window_start = self.window.first().map_or(self.to, |m| m.index);
+        (self.from < window_start).then_some((self.from, window_start))
+    }
+
+    /// Pushes the missed messages (`older` read, plus the window's) at the
+    /// held position; `false`, pushing nothing, when they are not all there
+    /// (`None`: they could not be read) or would be too much for one
+    /// recovery.
+    pub(crate) fn finish(mut self, older: Option<Vec<Arc<StoredMessage>>>) -> Recovered {
+        let recovered = self.replay(older);
+        self.released = true;
+        self.session.outbox.release();
+        recovered
+    }
+
+    fn replay(&self, older: Option<Vec<Arc<StoredMessage>>>) -> Recovered {
+        let Some(older) = older else { return false };
+        let replay: Vec<&Arc<StoredMessage>> = older.iter().chain(&self.window).collect();
+        // Every index from `from` up to the newest, once each: a gap (a
+        // range the store lost and the operator accepted losing) means
+        // history does not reach back, whatever is on either side of it.
+        let contiguous = replay.len() as u64 == self.to - self.from
+            && replay
+                .iter()
+                .enumerate()
+                .all(|(i, m)| m.index == self.from + i as u64);
+        let bytes: usize = replay.iter().map(|m| m.body.len() + 256).sum();
+        if !contiguous || bytes > self.replay_bytes {
+            return false;
+        }
+        let encoding = self.session.encoding;
+        let frames = replay
+            .into_iter()
+            .map(|m| Push::new("messageAdded", &**m).frame(encoding))
+            .collect();
+        self.session.outbox.insert_replay(self.hold, frames);
+        true
+    }
+}
+
+impl Drop for Recovery {
+    fn drop(&mut self) {
+        if !self.released {
+            self.session.outbox.release();
+        }
+    }
+}
 
 impl Delivery {
     pub(crate) fn new(config: &crate::config::Config, metrics: Arc<Metrics>) -> Self {
@@ -277,41 +366,40 @@ impl Delivery {
         Some((below, to))
     }
 
-    /// Adds the identity's sessions on this node as member recipients of a
-    /// channel it is a member of (a `Connect`), pushing each the messages
-    /// after `recover` first when asked.
+    /// Adds a session of the identity as a member recipient of a channel
+    /// it is a member of (a `Connect`); with `recover`, the messages after
+    /// that index go to it first (see [`Added`]). `None` when the identity
+    /// is not a member as delivered yet (its join waits for its write to be
+    /// durable: the `memberJoined` adds the session then).
     pub(crate) fn attach_member(
         &self,
         session: &Arc<SessionHandle>,
         identity: &Arc<str>,
         sid: &Arc<str>,
         recover: Option<i64>,
-        read_older: ReadOlder<'_>,
-    ) -> Option<Recovered> {
+    ) -> Option<Added> {
         let topic = self.channel(sid)?;
-        // Not a member as delivered yet (its join is waiting for its write
-        // to be durable): the `memberJoined` adds the session then.
         if !topic.state.lock().members.contains_key(identity) {
             return None;
         }
-        self.add_recipient(&topic, sid, session, identity, true, recover, read_older)
+        self.add_recipient(&topic, sid, session, identity, true, recover)
     }
 
-    /// `Subscribe` to a channel: `None` if it is not open here.
+    /// `Subscribe` to a channel (with `after`, the missed messages first):
+    /// `None` if it is not open here.
     pub(crate) fn subscribe_channel(
         &self,
         session: &Arc<SessionHandle>,
         identity: &Arc<str>,
         sid: &Arc<str>,
         after: Option<i64>,
-        read_older: ReadOlder<'_>,
-    ) -> Option<Option<Recovered>> {
+    ) -> Option<Added> {
         let topic = self.channel(sid)?;
         if topic.state.lock().closed {
             return None;
         }
         session.add_subscription(sid.clone());
-        Some(self.add_recipient(&topic, sid, session, identity, false, after, read_older))
+        self.add_recipient(&topic, sid, session, identity, false, after)
     }
 
     pub(crate) fn unsubscribe_channel(&self, session: &SessionHandle, sid: &str) {
@@ -329,12 +417,10 @@ impl Delivery {
     }
 
     /// Makes `session` a recipient (as a member's session, or an observer)
-    /// and, with `after`, pushes it every delivered message after that
-    /// index before anything newer of the channel: the outbox is held at
-    /// the position the session's live pushes start from, and the history
-    /// goes there. Returns whether history reached back (`None` when no
-    /// recovery was asked, or the channel is closed).
-    #[allow(clippy::too_many_arguments)]
+    /// and, with `after`, starts a recovery of every delivered message
+    /// after that index: the outbox is held at the position the session's
+    /// live pushes start from, and the history goes there when the
+    /// recovery finishes. `None` when the channel is closed.
     fn add_recipient(
         &self,
         topic: &ChannelTopic,
@@ -343,93 +429,57 @@ impl Delivery {
         identity: &Arc<str>,
         member: bool,
         after: Option<i64>,
-        read_older: ReadOlder<'_>,
-    ) -> Option<Recovered> {
-        let (hold, window, from, to) = {
-            let mut view = topic.state.lock();
-            if view.closed {
-                return None;
-            }
-            let r = view
-                .recipients
-                .entry(session.key)
-                .or_insert_with(|| Recipient {
-                    session: session.clone(),
-                    identity: identity.clone(),
-                    member: false,
-                    subscribed: false,
-                });
-            if member {
-                r.member = true;
-                session.add_membership(sid.clone());
-            } else {
-                r.subscribed = true;
-            }
-            let after = after?;
-            let from = (after + 1).max(0) as u64;
-            let to = view.next_index;
-            if from >= to {
-                return Some(true);
-            }
-            if to - from > self.limits.max_replay {
-                return Some(false);
-            }
-            let window: Vec<Arc<StoredMessage>> = view
-                .window
-                .iter()
-                .filter(|m| m.index >= from)
-                .cloned()
-                .collect();
-            // Live pushes of the channel from here on go behind the
-            // position held now.
-            let hold = session.outbox.hold()?;
-            (hold, window, from, to)
-        };
-        let recovered = self.replay(session, hold, window, from, to, read_older);
-        session.outbox.release();
-        Some(recovered)
-    }
-
-    /// Pushes messages `from..to` (the window's part, plus what storage
-    /// has below it) at `hold`; `false`, pushing nothing, when they are not
-    /// all there or would be too much for one recovery.
-    fn replay(
-        &self,
-        session: &SessionHandle,
-        hold: usize,
-        window: Vec<Arc<StoredMessage>>,
-        from: u64,
-        to: u64,
-        read_older: ReadOlder<'_>,
-    ) -> bool {
-        let window_start = window.first().map_or(to, |m| m.index);
-        let older = if from < window_start {
-            match read_older(from, window_start) {
-                Some(older) => older,
-                None => return false,
-            }
-        } else {
-            Vec::new()
-        };
-        let replay: Vec<&Arc<StoredMessage>> = older.iter().chain(&window).collect();
-        // Every index from `from` up to the newest, once each: a gap (a
-        // range the store lost and the operator accepted losing) means
-        // history does not reach back, whatever is on either side of it.
-        let contiguous = replay.len() as u64 == to - from
-            && replay
-                .iter()
-                .enumerate()
-                .all(|(i, m)| m.index == from + i as u64);
-        let bytes: usize = replay.iter().map(|m| m.body.len() + 256).sum();
-        if !contiguous || bytes > self.limits.replay_bytes {
-            return false;
+    ) -> Option<Added> {
+        let mut view = topic.state.lock();
+        if view.closed {
+            return None;
         }
-        let frames = replay
-            .into_iter()
-            .map(|m| Push::new("messageAdded", &**m).frame(session.encoding))
+        let r = view
+            .recipients
+            .entry(session.key)
+            .or_insert_with(|| Recipient {
+                session: session.clone(),
+                identity: identity.clone(),
+                member: false,
+                subscribed: false,
+            });
+        if member {
+            r.member = true;
+            session.add_membership(sid.clone());
+        } else {
+            r.subscribed = true;
+        }
+        let Some(after) = after else {
+            return Some(Added::Done(None));
+        };
+        let from = (after + 1).max(0) as u64;
+        let to = view.next_index;
+        if from >= to {
+            return Some(Added::Done(Some(true)));
+        }
+        if to - from > self.limits.max_replay {
+            return Some(Added::Done(Some(false)));
+        }
+        let window: Vec<Arc<StoredMessage>> = view
+            .window
+            .iter()
+            .filter(|m| m.index >= from)
+            .cloned()
             .collect();
-        session.outbox.insert_replay(hold, frames);
-        true
+        // Live pushes of the channel from here on go behind the position
+        // held now.
+        let Some(hold) = session.outbox.hold() else {
+            return Some(Added::Done(Some(false)));
+        };
+        Some(Added::Recovering(Recovery {
+            session: session.clone(),
+            hold,
+            window,
+            from,
+            to,
+            replay_bytes: self.limits.replay_bytes,
+            released: false,
+        }))
     }
 
     // ---- queues ----

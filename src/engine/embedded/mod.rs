@@ -722,10 +722,10 @@ impl Engine for Embedded {
                 recover.keys().map(|sid| (sid.clone(), false)).collect();
             for sid in &state.channels {
                 let wanted = recover.get(&**sid).copied();
-                let read_older = |from, to| self.read_older(sid, from, to);
-                let got =
-                    self.delivery
-                        .attach_member(session, &identity.id, sid, wanted, &read_older);
+                let got = self
+                    .delivery
+                    .attach_member(session, &identity.id, sid, wanted)
+                    .and_then(|added| added.complete(|from, to| self.read_older(sid, from, to)));
                 if let (Some(_), Some(ok)) = (wanted, got) {
                     recovered.insert(sid.to_string(), ok);
                 }
@@ -1174,12 +1174,13 @@ impl Engine for Embedded {
                 cs.observers += 1;
             }
         }
-        let read_older = |from, to| self.read_older(channel_sid, from, to);
         match self
             .delivery
-            .subscribe_channel(session, &actor.id, &channel.sid, after, &read_older)
+            .subscribe_channel(session, &actor.id, &channel.sid, after)
         {
-            Some(recovered) => Pending::ready(recovered),
+            Some(added) => {
+                Pending::ready(added.complete(|from, to| self.read_older(channel_sid, from, to)))
+            }
             None => {
                 channel.lock().observers -= 1;
                 Pending::failed(not_found())
