@@ -6,15 +6,13 @@
 //! `cargo bench --bench broker` (figures and how to read them:
 //! docs/benchmarks.md).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::{json, Value};
-use switchboard::auth::{Principal, Role};
-use switchboard::broker::session::SessionHandle;
+use switchboard::auth::Role;
 use switchboard::codec::{Encoding, Push};
 use switchboard::config::Durability;
 use switchboard::outbox::Outbox;
@@ -32,42 +30,25 @@ fn broker() -> Arc<Broker> {
     Arc::new(Broker::new(config, ActionRegistry::new()).unwrap())
 }
 
-fn session(broker: &Broker, encoding: Encoding) -> Arc<SessionHandle> {
-    let outbox = Arc::new(Outbox::new(broker.outbox_limits(), broker.metrics.clone()));
-    Arc::new(SessionHandle::new(
-        broker.next_session_key(),
-        encoding,
-        outbox,
-        "127.0.0.1:1".parse().unwrap(),
-    ))
-}
+/// A connected session of `identity` with `role`, and its outbox.
+type Session = (ActionContext, Arc<Outbox>);
 
-/// A connected session of `identity` with `role`.
-fn connect(broker: &Arc<Broker>, identity: &str, role: Role, encoding: Encoding) -> ActionContext {
-    let principal = Principal {
-        identity: identity.into(),
-        role,
-        anonymous: false,
-    };
-    let session = session(broker, encoding);
-    broker
-        .attach_session(&principal, &session, &HashMap::new())
+fn connect(broker: &Arc<Broker>, identity: &str, role: Role, encoding: Encoding) -> Session {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap();
-    ActionContext {
-        broker: broker.clone(),
-        identity: broker.identity_for(&principal).unwrap(),
-        session: Some(session),
-        internal: false,
-    }
+    rt.block_on(broker.session_without_socket(identity, role, encoding))
+        .unwrap()
 }
 
-fn run(rt: &tokio::runtime::Runtime, ctx: &ActionContext, action: &str, payload: Value) -> Value {
-    rt.block_on(ctx.invoke(action, payload)).unwrap()
+fn run(rt: &tokio::runtime::Runtime, session: &Session, action: &str, payload: Value) -> Value {
+    rt.block_on(session.0.invoke(action, payload)).unwrap()
 }
 
-fn drain(sessions: &[ActionContext]) {
-    for s in sessions {
-        s.session.as_ref().unwrap().outbox.drain();
+fn drain(sessions: &[Session]) {
+    for (_, outbox) in sessions {
+        outbox.drain();
     }
 }
 
@@ -111,7 +92,7 @@ fn fanout(c: &mut Criterion) {
         let broker = broker();
         let customer = connect(&broker, "customer", Role::Customer, Encoding::Json);
         let sid = run(&rt, &customer, "StartEngagement", json!({}))["channelSid"].clone();
-        let mut sessions: Vec<ActionContext> = (0..n)
+        let mut sessions: Vec<Session> = (0..n)
             .map(|i| {
                 let encoding = if i % 2 == 0 {
                     Encoding::Json
@@ -152,7 +133,7 @@ fn churn(c: &mut Criterion) {
             let broker = broker();
             let customer = connect(&broker, "busy-customer", Role::Customer, Encoding::Json);
             let sid = run(&rt, &customer, "StartEngagement", json!({}))["channelSid"].clone();
-            let observers: Vec<ActionContext> = (0..100)
+            let observers: Vec<Session> = (0..100)
                 .map(|i| {
                     let o = connect(&broker, &format!("obs-{i}"), Role::Agent, Encoding::Json);
                     run(&rt, &o, "Subscribe", json!({"channel": sid}));
@@ -188,8 +169,8 @@ fn churn(c: &mut Criterion) {
                             run(&rt, &agent, "LeaveChannel", json!({"channelSid": sid}));
                             run(&rt, &cust, "StartEngagement", json!({}));
                             run(&rt, &cust, "RestartEngagement", json!({}));
-                            agent.session.as_ref().unwrap().outbox.drain();
-                            cust.session.as_ref().unwrap().outbox.drain();
+                            agent.1.drain();
+                            cust.1.drain();
                             ops += 4;
                         }
                         ops
@@ -201,7 +182,7 @@ fn churn(c: &mut Criterion) {
             for _ in 0..iters {
                 run(&rt, &customer, "SendMessage", payload.clone());
                 drain(&observers);
-                customer.session.as_ref().unwrap().outbox.drain();
+                customer.1.drain();
             }
             let elapsed = start.elapsed();
             stop.store(true, Ordering::Relaxed);

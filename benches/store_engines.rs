@@ -93,10 +93,10 @@ impl Engine for Sqlite {
         for m in batch {
             last = self
                 .store
-                .submit(Op::AppendMessage(Arc::new(m.clone())), None)
+                .submit(vec![Op::AppendMessage(Arc::new(m.clone()))], ())
                 .unwrap();
         }
-        self.rt.block_on(self.store.wait_durable(last));
+        let _ = self.rt.block_on(self.store.wait_durable(last));
     }
 }
 

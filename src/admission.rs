@@ -185,7 +185,7 @@ pub fn origin_allowed(allowed: Option<&[String]>, request: &Request) -> Result<(
 /// channels and queues (re-subscribing to one it has is always fine).
 pub fn check_subscriptions(
     config: &AdmissionConfig,
-    session: &crate::broker::session::SessionHandle,
+    session: &crate::delivery::session::SessionHandle,
     name: &str,
 ) -> Result<(), crate::error::ActionError> {
     let max = config.max_subscriptions_per_session;

@@ -14,7 +14,7 @@ use crate::config::{BusinessHoursConfig, ConfigError};
 const SEARCH_DAYS: i64 = 400;
 
 #[derive(Debug, Clone)]
-pub struct BusinessHours {
+pub(crate) struct BusinessHours {
     tz: Tz,
     windows: Vec<Window>,
     closed: HashSet<NaiveDate>,
@@ -31,7 +31,7 @@ struct Window {
 }
 
 impl BusinessHours {
-    pub fn from_config(config: &BusinessHoursConfig) -> Result<Self, ConfigError> {
+    pub(crate) fn from_config(config: &BusinessHoursConfig) -> Result<Self, ConfigError> {
         let err = ConfigError::BusinessHours;
         let tz: Tz = config
             .timezone
@@ -76,7 +76,7 @@ impl BusinessHours {
 
     /// `Ok(())` when open at `now`, otherwise the next opening instant
     /// (`None` when there is none within a year).
-    pub fn check(&self, now: DateTime<Utc>) -> Result<(), Option<DateTime<Utc>>> {
+    pub(crate) fn check(&self, now: DateTime<Utc>) -> Result<(), Option<DateTime<Utc>>> {
         if self.is_open(now) {
             Ok(())
         } else {
@@ -84,7 +84,7 @@ impl BusinessHours {
         }
     }
 
-    pub fn is_open(&self, now: DateTime<Utc>) -> bool {
+    pub(crate) fn is_open(&self, now: DateTime<Utc>) -> bool {
         let local = now.with_timezone(&self.tz);
         let today = local.date_naive();
         let minute = local.hour() * 60 + local.minute();

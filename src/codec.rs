@@ -237,16 +237,37 @@ struct PushFrame<'a, T> {
 /// A push, encoded lazily and at most once per encoding, then shared.
 pub struct Push<'a, T: Serialize> {
     event: &'static str,
-    data: &'a T,
+    data: PushData<'a, T>,
     frames: [OnceCell<Message>; 2],
+}
+
+enum PushData<'a, T> {
+    Borrowed(&'a T),
+    Owned(T),
 }
 
 impl<'a, T: Serialize> Push<'a, T> {
     pub fn new(event: &'static str, data: &'a T) -> Self {
         Push {
             event,
-            data,
+            data: PushData::Borrowed(data),
             frames: [OnceCell::new(), OnceCell::new()],
+        }
+    }
+
+    /// A push whose data is made for it.
+    pub fn owned(event: &'static str, data: T) -> Self {
+        Push {
+            event,
+            data: PushData::Owned(data),
+            frames: [OnceCell::new(), OnceCell::new()],
+        }
+    }
+
+    fn data(&self) -> &T {
+        match &self.data {
+            PushData::Borrowed(data) => data,
+            PushData::Owned(data) => data,
         }
     }
 
@@ -263,7 +284,7 @@ impl<'a, T: Serialize> Push<'a, T> {
                     encoding,
                     &PushFrame {
                         event: self.event,
-                        data: self.data,
+                        data: self.data(),
                     },
                 )
             })

@@ -19,6 +19,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -33,11 +34,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::actions::ActionContext;
-use crate::broker::session::SessionHandle;
 use crate::broker::Broker;
 use crate::codec::{decode_command, encode_error, encode_result, Command, Encoding};
+use crate::delivery::session::SessionHandle;
+use crate::engine::Pending;
 use crate::error::ActionError;
-use crate::metrics::CommandKey;
+use crate::metrics::CommandTimer;
 use crate::outbox::{CloseReason, Outbox};
 use crate::rate_limit::SessionLimiter;
 
@@ -53,17 +55,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// commit.
 const MAX_HELD_REPLIES: usize = 32;
 
-/// Commands that run while earlier replies are still held, unless an
-/// application replaced their implementation. Their effects are in memory
-/// at once, so a later command sees them whether or not they are durable
-/// yet. Any other command (it may read what only durability makes
-/// visible: `GetMessages` reads the store; a replaced action may do
-/// anything) first waits until every earlier reply has been sent, so that
-/// a session always reads its own writes.
-const PIPELINED: [&str; 3] = ["SendMessage", "SendTyping", "SetInputText"];
-
 /// WebSocket settings for a session, from `[limits]`.
-pub fn websocket_config(broker: &Broker) -> WebSocketConfig {
+pub(crate) fn websocket_config(broker: &Broker) -> WebSocketConfig {
     let limits = &broker.config.limits;
     WebSocketConfig::default()
         .read_buffer_size(limits.read_buffer_bytes)
@@ -81,20 +74,21 @@ pub fn websocket_config(broker: &Broker) -> WebSocketConfig {
 /// Takes the socket already split: an async fn's arguments keep their space
 /// in its future for its whole life, and a whole `WebSocketStream` there
 /// would cost every idle session about a kilobyte.
-pub async fn run_session(
+pub(crate) async fn run_session(
     broker: Arc<Broker>,
     (sink, mut stream): (SplitSink<Socket, Message>, SplitStream<Socket>),
     encoding: Encoding,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let key = broker.next_session_key();
-    let outbox = Arc::new(Outbox::new(broker.outbox_limits(), broker.metrics.clone()));
+    let node = &broker.node;
+    let key = node.next_session_key();
+    let outbox = Arc::new(Outbox::new(node.outbox_limits(), broker.metrics.clone()));
     let session = Arc::new(
         SessionHandle::new(key, encoding, outbox.clone(), peer)
             .with_rate_limiter(SessionLimiter::new(&broker.config.rate_limits)),
     );
-    broker.sessions.insert(key, session.clone());
+    node.delivery.open_session(&session);
     broker.metrics.session_opened();
     info!(session = %session.id, %peer, encoding = encoding.subprotocol(), "session open");
 
@@ -108,14 +102,13 @@ pub async fn run_session(
         session: &session,
         ctx: None,
         token_expires: None,
-        held: HeldReplies::default(),
     };
     let ended = reader.run(&mut stream, &mut writer, &shutdown).await;
     outbox.close(ended);
     let reason = outbox.closing().unwrap_or(ended);
     // Nothing more is pushed to a closing session: stop fanning out to it
     // now, not once its last frames are written.
-    broker.detach_session(&session);
+    node.engine.detach(&session);
     // A slow consumer gets until the idle timeout to read the frames
     // already on their way and its 4008 (the contract's close-frame rule);
     // any other close a short grace. Shutdown cuts either short.
@@ -157,21 +150,20 @@ struct Reader<'a> {
     /// When the session's client token stops verifying (`exp` + leeway):
     /// the session is closed with 4001 then, unless `RefreshToken` moved it.
     token_expires: Option<Instant>,
-    /// Replies waiting for their writes to be durable.
-    held: HeldReplies,
 }
 
-/// Replies waiting for the store ticket they need, in command order (a
-/// reply that needs none still waits behind the ones before it). Allocated
-/// while replies are held and freed when the last one goes: an idle
-/// session carries one pointer, not a queue and its buffer.
+/// Replies waiting for their commands' changes to be durable, in command
+/// order (a reply that is ready still waits behind the ones before it).
+/// Allocated while replies are held and freed when the last one goes: an
+/// idle session carries one pointer, not a queue and its buffer.
 #[derive(Default)]
 struct HeldReplies(Option<Box<HeldQueue>>);
 
 struct HeldQueue {
-    replies: VecDeque<(u64, Message)>,
-    /// The highest ticket a held reply needs.
-    upto: u64,
+    replies: VecDeque<(u64, CommandTimer, Result<Pending<Value>, ActionError>)>,
+    /// Armed for the newest held store ticket: one wake-up for a whole
+    /// group commit, not one per reply.
+    wait: Option<Pending<()>>,
 }
 
 impl HeldReplies {
@@ -183,37 +175,78 @@ impl HeldReplies {
         self.0.is_none()
     }
 
-    /// The ticket after which every held reply may go.
-    fn upto(&self) -> u64 {
-        self.0.as_ref().map_or(0, |q| q.upto)
-    }
-
-    fn push(&mut self, needs: u64, frame: Message) {
+    fn push(&mut self, id: u64, timer: CommandTimer, result: Result<Pending<Value>, ActionError>) {
         let queue = self.0.get_or_insert_with(|| {
             Box::new(HeldQueue {
                 replies: VecDeque::new(),
-                upto: 0,
+                wait: None,
             })
         });
-        queue.upto = queue.upto.max(needs);
-        queue.replies.push_back((needs, frame));
+        queue.replies.push_back((id, timer, result));
     }
 
-    /// The next reply, if the store is durable far enough for it.
-    fn pop_ready(&mut self, durable: u64) -> Option<Message> {
+    /// The front reply, if its result stands now.
+    fn pop_ready(&mut self) -> Option<(u64, CommandTimer, Result<Value, ActionError>)> {
         let queue = self.0.as_mut()?;
-        if queue.replies.front()?.0 > durable {
-            return None;
-        }
-        let (_, frame) = queue.replies.pop_front()?;
+        let (id, timer, front) = queue.replies.front_mut()?;
+        let (id, timer) = (*id, *timer);
+        let result = match front {
+            Err(e) => Err(e.clone()),
+            Ok(pending) => pending.try_take()?.map_err(ActionError::from),
+        };
+        queue.replies.pop_front();
         if queue.replies.is_empty() {
             self.0 = None;
         }
-        Some(frame)
+        Some((id, timer, result))
+    }
+
+    /// Resolves once the front reply may stand (then `pop_ready` has it).
+    fn settled(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            let Some(queue) = self.0.as_mut() else {
+                return Poll::Ready(());
+            };
+            let HeldQueue { replies, wait } = &mut **queue;
+            // The newest store ticket held: waiting for it wakes once for
+            // a whole group commit.
+            let newest = replies
+                .iter()
+                .rev()
+                .find_map(|(_, _, r)| r.as_ref().ok().and_then(Pending::ticket));
+            let Some((_, _, Ok(front))) = replies.front_mut() else {
+                return Poll::Ready(());
+            };
+            if front.is_settled() {
+                *wait = None;
+                return Poll::Ready(());
+            }
+            if let Pending::Remote(future) = front {
+                // Decided elsewhere: this reply's own answer.
+                return match future.as_mut().poll(cx) {
+                    Poll::Ready(outcome) => {
+                        *front = Pending::Ready(outcome);
+                        Poll::Ready(())
+                    }
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            if wait.is_none() {
+                *wait = newest.and_then(|ticket| front.wait_for(ticket));
+            }
+            let Some(waiting) = wait.as_mut() else {
+                return Poll::Ready(());
+            };
+            match Pin::new(waiting).poll(cx) {
+                Poll::Ready(_) => {
+                    *wait = None;
+                    Poll::Ready(())
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
     }
 }
-
-type DurableWait<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 impl Reader<'_> {
     /// Reads and runs commands until the session ends; returns why.
@@ -233,29 +266,19 @@ impl Reader<'_> {
         // for every frame.
         let timer = sleep_until(self.next_deadline(connect_deadline, last_rx, idle_timeout));
         tokio::pin!(timer);
-        let store = self.broker.store.as_ref();
-        // Armed while replies are held (or the store is full): resolves when
-        // the store is durable up to the ticket it was armed for.
-        let mut durable_wait: Option<DurableWait<'_>> = None;
+        let engine = self.broker.node.engine.clone();
+        // Replies waiting for their results to stand.
+        let mut held = HeldReplies::default();
         loop {
-            // Read on while few replies are held and the store has room;
-            // otherwise wait for a commit first (backpressure, not errors).
-            let store_full = store.is_some_and(|s| !s.has_room());
-            let readable = self.held.len() < MAX_HELD_REPLIES && !store_full;
-            if let (None, Some(store)) = (&durable_wait, store) {
-                let target = if !self.held.is_empty() {
-                    Some(self.held.upto())
-                } else if store_full {
-                    Some(store.last_ticket())
-                } else {
-                    None
-                };
-                durable_wait = target.map(|t| Box::pin(store.wait_durable(t)) as DurableWait<'_>);
-            }
+            // Read on while few replies are held and the engine has room;
+            // otherwise wait first (backpressure, not errors).
+            let room = engine.room();
+            let readable = held.len() < MAX_HELD_REPLIES && room.is_none();
+            let waiting = !held.is_empty() || room.is_some();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.flush_held().await;
+                    self.flush_held(&mut held).await;
                     return CloseReason::Shutdown;
                 }
                 // The writer ends only when the outbox is closing (a
@@ -266,9 +289,13 @@ impl Reader<'_> {
                 // Overflowed (4008): stop running commands at once; the
                 // writer finishes the frames in flight and sends the close.
                 _ = self.session.outbox.overflowed() => return CloseReason::SlowConsumer,
-                _ = async { durable_wait.as_mut().expect("armed").await }, if durable_wait.is_some() => {
-                    durable_wait = None;
-                    self.release_held();
+                _ = async {
+                    match room {
+                        Some(room) => { let _ = room.await; }
+                        None => held.settled().await,
+                    }
+                }, if waiting => {
+                    self.release_held(&mut held);
                 }
                 _ = &mut timer => {
                     let now = Instant::now();
@@ -278,11 +305,11 @@ impl Reader<'_> {
                     }
                     if self.token_expires.is_some_and(|t| now >= t) {
                         debug!(session = %self.session.id, "token expired");
-                        self.flush_held().await;
+                        self.flush_held(&mut held).await;
                         return CloseReason::TokenExpired;
                     }
                     if now >= last_rx + idle_timeout {
-                        self.flush_held().await;
+                        self.flush_held(&mut held).await;
                         return CloseReason::Idle;
                     }
                     timer.as_mut().reset(self.next_deadline(connect_deadline, last_rx, idle_timeout));
@@ -305,7 +332,7 @@ impl Reader<'_> {
                             // Boxed: running a command (the whole actions
                             // pipeline) needs far more state than waiting
                             // does, and an idle session should not carry it.
-                            Box::pin(self.handle_frame(&frame)).await;
+                            Box::pin(self.handle_frame(&mut held, &frame)).await;
                             // A Connect or RefreshToken may have brought a
                             // deadline closer than the one armed.
                             let next = self.next_deadline(connect_deadline, last_rx, idle_timeout);
@@ -341,70 +368,116 @@ impl Reader<'_> {
         deadline
     }
 
-    async fn handle_frame(&mut self, frame: &Message) {
-        let encoding = self.session.encoding;
+    async fn handle_frame(&mut self, held: &mut HeldReplies, frame: &Message) {
+        self.run_command(held, frame).await;
+        self.release_held(held);
+        if self.session.rate.is_abusive() {
+            debug!(session = %self.session.id, "persistent rate-limit abuse");
+            self.flush_held(held).await;
+            self.session.outbox.close(CloseReason::RateLimited);
+        }
+    }
+
+    async fn run_command(&mut self, held: &mut HeldReplies, frame: &Message) {
         // Every frame draws on the session's command bucket, garbage too; the
         // frame is still decoded (bounded by the frame limit) so that the
         // `rate_limited` reply can carry the command's id.
-        let arrived = Instant::now();
         let admitted = self.session.rate.check_frame();
-        let decoded = decode_command(encoding, frame);
-        let action = CommandKey::of(decoded.as_ref().ok().map(|c| c.action.as_str()));
-        let store = self.broker.store.as_ref();
-        let written_before = store.map(|s| s.last_ticket());
-        let outcome = match (admitted, decoded) {
+        let decoded = decode_command(self.session.encoding, frame);
+        let timer = CommandTimer::start(decoded.as_ref().ok().map(|c| c.action.as_str()));
+        let command = match (admitted, decoded) {
             (Err(limited), decoded) => {
                 let id = match &decoded {
                     Ok(command) => Some(command.id),
                     Err(e) => e.id,
                 };
-                Err((id, limited))
+                return self.answer(held, timer, id, Err(limited));
             }
             (Ok(()), Err(e)) => {
                 self.broker.metrics.bad_request();
-                Err((e.id, ActionError::BadRequest(e.message)))
+                return self.answer(held, timer, e.id, Err(ActionError::BadRequest(e.message)));
             }
-            (Ok(()), Ok(command)) if store.is_some_and(|s| !s.has_room()) => Err((
-                Some(command.id),
-                ActionError::Internal("storage is overloaded; retry shortly".into()),
-            )),
-            (Ok(()), Ok(command)) => {
-                let pipelined = PIPELINED.contains(&command.action.as_str())
-                    && self.broker.actions.runs_builtin(&command.action);
-                if !self.held.is_empty() && !pipelined {
-                    if let Some(store) = store {
-                        store.wait_durable(self.held.upto()).await;
-                    }
-                    self.release_held();
+            (Ok(()), Ok(command)) => command,
+        };
+        let id = command.id;
+        let is_connect = command.action == "Connect";
+        match &self.ctx {
+            None if is_connect => {
+                let outcome = self.connect(command).await;
+                let failed = matches!(outcome, Err(ActionError::Unauthorized(_)));
+                self.answer(held, timer, Some(id), outcome);
+                // A failed Connect ends the session, after its reply.
+                if failed {
+                    self.flush_held(held).await;
+                    self.session.outbox.close(CloseReason::Unauthorized);
                 }
-                let id = command.id;
-                let is_connect = command.action == "Connect";
-                let outcome = match &self.ctx {
-                    Some(_) if is_connect => Err(ActionError::bad_request("already connected")),
-                    Some(_) if command.action == REFRESH_TOKEN => self.refresh_token(&command),
-                    Some(ctx) => ctx.invoke(&command.action, command.payload).await,
-                    None if is_connect => self.connect(command).await,
-                    None => Err(ActionError::NotConnected),
-                };
-                outcome
-                    .map(|result| (id, result))
-                    .map_err(|e| (Some(id), e))
             }
-        };
-        // A command that wrote anything is answered once it is durable.
-        let needs = match (store, &outcome) {
-            (Some(store), Ok(_)) if Some(store.last_ticket()) != written_before => {
-                store.last_ticket()
+            None => self.answer(held, timer, Some(id), Err(ActionError::NotConnected)),
+            Some(_) if is_connect => self.answer(
+                held,
+                timer,
+                Some(id),
+                Err(ActionError::bad_request("already connected")),
+            ),
+            Some(_) if command.action == REFRESH_TOKEN => {
+                let outcome = self.refresh_token(&command);
+                self.answer(held, timer, Some(id), outcome);
             }
-            _ => 0,
-        };
-        let mut frame = match &outcome {
-            Ok((id, result)) => encode_result(encoding, *id, result),
-            Err((id, error)) => {
+            Some(ctx) => {
+                let ctx = ctx.clone();
+                let actions = self.broker.actions.clone();
+                if actions.pipelinable(&command.action) {
+                    // Run now; its reply waits behind the earlier ones.
+                    held.push(
+                        id,
+                        timer,
+                        actions.start(&ctx, &command.action, command.payload),
+                    );
+                } else {
+                    // Anything else may read what only durability makes
+                    // visible (a replaced action may do anything): it runs
+                    // once every earlier reply has been sent, so a session
+                    // always reads its own writes.
+                    self.drain_held(held).await;
+                    let outcome = ctx.invoke(&command.action, command.payload).await;
+                    self.answer(held, timer, Some(id), outcome);
+                }
+            }
+        }
+    }
+
+    /// Queues an answer behind the replies still held (at once when none
+    /// is).
+    fn answer(
+        &self,
+        held: &mut HeldReplies,
+        timer: CommandTimer,
+        id: Option<u64>,
+        outcome: Result<Value, ActionError>,
+    ) {
+        match (id, held.is_empty()) {
+            (Some(id), false) => held.push(id, timer, outcome.map(Pending::ready)),
+            _ => self.send_reply(timer, id, outcome),
+        }
+    }
+
+    /// Encodes and sends one reply.
+    fn send_reply(
+        &self,
+        timer: CommandTimer,
+        id: Option<u64>,
+        outcome: Result<Value, ActionError>,
+    ) {
+        self.broker.metrics.command(timer, outcome.as_ref().err());
+        let encoding = self.session.encoding;
+        let mut frame = match (&outcome, id) {
+            (Ok(result), Some(id)) => encode_result(encoding, id, result),
+            (Ok(_), None) => unreachable!("a result answers a command with an id"),
+            (Err(error), id) => {
                 if let ActionError::RateLimited(_) = error {
                     self.broker.metrics.rate_limited();
                 }
-                encode_error(encoding, *id, &error.to_wire())
+                encode_error(encoding, id, &error.to_wire())
             }
         };
         let limit = self.broker.config.limits.outbound_frame_bytes();
@@ -412,10 +485,6 @@ impl Reader<'_> {
             // Replies are bounded by construction; one that is not is the
             // broker's fault, and the client gets an answer, not a cut
             // connection.
-            let id = match &outcome {
-                Ok((id, _)) => Some(*id),
-                Err((id, _)) => *id,
-            };
             tracing::error!(
                 session = %self.session.id,
                 bytes = frame.len(),
@@ -428,62 +497,35 @@ impl Reader<'_> {
             ));
             frame = encode_error(encoding, id, &error.to_wire());
         }
-        self.broker.metrics.command(
-            action,
-            outcome.as_ref().err().map(|(_, e)| e),
-            arrived.elapsed(),
-        );
-        self.reply(needs, frame);
-        // A failed Connect ends the session, after its reply.
-        if let Err((_, ActionError::Unauthorized(_))) = &outcome {
-            if self.ctx.is_none() {
-                self.flush_held().await;
-                self.session.outbox.close(CloseReason::Unauthorized);
-            }
-        }
-        if self.session.rate.is_abusive() {
-            debug!(session = %self.session.id, "persistent rate-limit abuse");
-            self.flush_held().await;
-            self.session.outbox.close(CloseReason::RateLimited);
+        self.session.outbox.push(frame);
+    }
+
+    /// Sends the held replies whose results stand, in order.
+    fn release_held(&self, held: &mut HeldReplies) {
+        while let Some((id, timer, outcome)) = held.pop_ready() {
+            self.send_reply(timer, Some(id), outcome);
         }
     }
 
-    /// Sends a reply once the store is durable up to `needs` (0: nothing
-    /// to wait for) and every reply before it has been sent.
-    fn reply(&mut self, needs: u64, frame: Message) {
-        if self.held.is_empty() && needs <= self.durable_upto() {
-            self.session.outbox.push(frame);
-            return;
-        }
-        self.held.push(needs, frame);
-    }
-
-    fn durable_upto(&self) -> u64 {
-        self.broker
-            .store
-            .as_ref()
-            .map_or(u64::MAX, |s| s.durable_upto())
-    }
-
-    /// Sends the held replies the store's progress now covers, in order.
-    fn release_held(&mut self) {
-        let durable = self.durable_upto();
-        while let Some(frame) = self.held.pop_ready(durable) {
-            self.session.outbox.push(frame);
+    /// Waits until every held reply has been sent.
+    async fn drain_held(&self, held: &mut HeldReplies) {
+        while !held.is_empty() {
+            held.settled().await;
+            self.release_held(held);
         }
     }
 
-    /// Waits (a bounded time) for every held reply to be durable and sends
-    /// them: a session that is being closed still acknowledges what it
+    /// Waits (a bounded time) for the held replies and sends those that
+    /// stand: a session that is being closed still acknowledges what it
     /// wrote before its close frame. Boxed: its timer and wait would
     /// otherwise take space in every session's future, idle ones too.
-    fn flush_held(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    fn flush_held<'b>(
+        &'b self,
+        held: &'b mut HeldReplies,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'b>> {
         Box::pin(async move {
-            if let (Some(store), false) = (self.broker.store.as_ref(), self.held.is_empty()) {
-                let _ =
-                    tokio::time::timeout(CLOSE_GRACE, store.wait_durable(self.held.upto())).await;
-            }
-            self.release_held();
+            let _ = tokio::time::timeout(CLOSE_GRACE, self.drain_held(held)).await;
+            self.release_held(held);
         })
     }
 
@@ -502,9 +544,9 @@ impl Reader<'_> {
             Some(_) => return Err(ActionError::bad_request("`token` must be a string")),
             None => return Err(ActionError::bad_request("`token` is required")),
         };
-        crate::validate::payload(&self.broker.config, "Connect", &command.payload)?;
-        let (principal, until) = self.broker.auth.authenticate_until(Some(token), None)?;
-        if *principal.identity != *ctx.identity.id || principal.role != ctx.identity.role {
+        crate::actions::check_tokens(&command.payload)?;
+        let (principal, until) = self.broker.auth().authenticate_until(Some(token), None)?;
+        if *principal.identity != *ctx.identity() || principal.role != ctx.role() {
             return Err(ActionError::Unauthorized(format!(
                 "the token is for {} ({}), not this session's identity",
                 principal.identity, principal.role
@@ -524,19 +566,19 @@ impl Reader<'_> {
             ))),
         };
         let (token, resume) = (field("token")?, field("resumeToken")?);
-        crate::validate::payload(&self.broker.config, "Connect", &command.payload)?;
-        let (principal, until) = self.broker.auth.authenticate_until(token, resume)?;
+        crate::actions::check_tokens(&command.payload)?;
+        let (principal, until) = self.broker.auth().authenticate_until(token, resume)?;
+        let node = &self.broker.node;
+        let actor = node.engine.identify(&principal).await?;
         let ctx = ActionContext {
-            broker: self.broker.clone(),
-            identity: self.broker.identity_for(&principal)?,
+            node: node.clone(),
+            actions: self.broker.actions.clone(),
+            actor,
             session: Some(self.session.clone()),
             internal: false,
         };
         let mut result = ctx.invoke("Connect", command.payload.clone()).await?;
-        // The identity the session was attached to (looked up again in case
-        // the reaper replaced it between lookup and attach).
-        let identity = self.broker.identity_for(&principal)?;
-        self.ctx = Some(ActionContext { identity, ..ctx });
+        self.ctx = Some(ctx);
         self.session.rate.set_role(principal.role);
         self.token_expires = until.and_then(deadline_at);
         if let (Some(until), Some(map)) = (until, result.as_object_mut()) {
@@ -549,7 +591,7 @@ impl Reader<'_> {
 /// The session-layer command that extends a token session (an extension;
 /// see docs/protocol.md). Handled here, not in the actions registry, since
 /// it changes the connection's own deadline.
-pub const REFRESH_TOKEN: &str = "RefreshToken";
+pub(crate) const REFRESH_TOKEN: &str = "RefreshToken";
 
 /// A Unix time as a timer deadline; `None` when it is too far away to be
 /// represented (a token with an absurd `exp` then simply never expires

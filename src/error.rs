@@ -34,6 +34,8 @@ pub enum ActionError {
     #[error("{0}")]
     Rejected(String),
     #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -54,6 +56,7 @@ impl ActionError {
             ActionError::TooLarge(_) => "too_large",
             ActionError::RateLimited(_) => "rate_limited",
             ActionError::Rejected(_) => "rejected",
+            ActionError::Unavailable(_) => "unavailable",
             ActionError::Internal(_) => "internal",
         }
     }
@@ -77,6 +80,23 @@ impl ActionError {
 
     pub fn bad_request(message: impl Into<String>) -> Self {
         ActionError::BadRequest(message.into())
+    }
+}
+
+impl From<crate::engine::EngineError> for ActionError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        use crate::engine::EngineError as E;
+        match e {
+            E::NotAMember(sid) => ActionError::NotAMember(sid),
+            E::NotFound(what) => ActionError::NotFound(what),
+            E::AlreadyEngaged { channel_sid } => ActionError::AlreadyEngaged { channel_sid },
+            E::NoEngagement => ActionError::NoEngagement,
+            // A capacity reached: the client may retry later.
+            E::Full(why) => ActionError::RateLimited(why),
+            E::Unauthorized(why) => ActionError::Unauthorized(why),
+            E::Unavailable(why) => ActionError::Unavailable(why),
+            E::Internal(why) => ActionError::Internal(why),
+        }
     }
 }
 

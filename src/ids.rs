@@ -11,7 +11,7 @@
 //! anyway).
 
 /// A new id as 32 lowercase hex digits.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis())

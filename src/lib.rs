@@ -1,38 +1,46 @@
 //! Switchboard: a realtime chat-channel broker for web-chat widgets, agent
 //! consoles and bots, speaking protocol v1 over WebSocket.
 //!
-//! How the modules fit together, following a connection inwards:
+//! How the modules fit together, following a `SendMessage` inwards and its
+//! `messageAdded` back out:
 //!
-//! - [`server`]: the TCP listener; accepts, hands each connection to the
-//!   HTTP layer, and runs graceful shutdown (stop accepting, close every
-//!   session with 4000, wait for them to drain).
-//! - [`http`]: HTTP/1.1 on hyper; upgrades `/ws` (picking the encoding
-//!   from the subprotocol) and hands the raw socket back, or answers plain
-//!   routes (demo pages, health, readiness, metrics, demo tokens).
-//! - [`connection`]: one session: a reader loop that decodes and runs
-//!   commands in order (holding a reply until its write is durable while it
-//!   reads on), and a writer task that drains the session's [`outbox`] with
-//!   one flush per batch.
+//! - `server`: the TCP listener; accepts, hands each connection to the
+//!   HTTP layer, runs periodic housekeeping and graceful shutdown.
+//! - `http`: HTTP/1.1 on hyper; upgrades `/ws` (picking the encoding from
+//!   the subprotocol) and hands the raw socket back, or answers plain
+//!   routes (pages, health, readiness, metrics, demo tokens).
+//! - `connection`: one session: a reader loop that decodes and runs
+//!   commands in order (a pipelined command's reply waits, in command
+//!   order, for its change to be durable while the reader reads on), and a
+//!   writer task that drains the session's [`outbox`] with one flush per
+//!   batch.
 //! - [`codec`]: JSON and MessagePack frames; a push is encoded once per
 //!   encoding and its bytes shared by every recipient.
-//! - [`outbox`]: the bounded per-session queue; overflow closes the session
-//!   with 4008, typing pushes may be dropped under pressure.
 //! - [`actions`]: the Actions Framework: `before` listeners, replaceable
-//!   implementations, `after` listeners, custom actions; one file per
-//!   built-in action.
-//! - [`broker`]: shared state: identities (and their tabs), channels, queues
-//!   and sessions in sharded concurrent maps, each object behind its own
-//!   small lock.
-//! - [`store`]: durable storage (SQLite, group commit on a writer thread);
-//!   a channel's pushes wait for their writes to be durable.
-//! - [`auth`]: JWTs, anonymous customers, resume tokens; [`ids`]: the
+//!   implementations, `after` listeners, custom actions; `BUILTINS` lists
+//!   the built-in actions, one file each (e.g. `actions/send_message.rs`),
+//!   with their typed payloads (`actions/payload.rs` checks sizes).
+//! - `engine`: the seam: every state change is one engine operation that
+//!   checks, changes and emits its events atomically, and answers once the
+//!   change is durable. `engine/embedded` keeps the state in this process
+//!   and writes through the [`store`].
+//! - [`store`]: durable storage (SQLite under a `Backend` trait, group
+//!   commit on a writer thread, the acknowledged-writes check at start);
+//!   settles each job in ticket order and fails fast when it cannot write.
+//! - `delivery`: this node's sessions and who receives which topic
+//!   (channel, identity, queue); hands each topic's `event`s to them in
+//!   the engine's order, and keeps what was delivered (members, recent
+//!   messages, queues' open engagements).
+//! - `node`: one process's shared parts (config, auth, engine, delivery);
+//!   `broker`: a node plus its actions, what embedding code builds.
+//! - [`auth`]: JWTs, anonymous customers, resume tokens; `ids`: the
 //!   server-made ids (time-ordered, for the store's sake).
-//! - [`business_hours`], [`config`], [`metrics`], [`error`] (the one mapping
+//! - `business_hours`, [`config`], [`metrics`], [`error`] (the one mapping
 //!   from Rust errors to the contract's error codes).
 //! - Hardening against hostile clients (docs/security.md): [`admission`]
-//!   (connection counts, the `Origin` allowlist), [`rate_limit`] (per-session
-//!   token buckets), [`validate`] (MessagePack length/nesting guard, payload
-//!   checks), [`tls`] (optional wss).
+//!   (connection counts, the `Origin` allowlist), `rate_limit` (per-session
+//!   token buckets), [`validate`] (MessagePack length/nesting guard), `tls`
+//!   (optional wss).
 //!
 //! Embedding: build an [`actions::ActionRegistry`], add listeners, replaced
 //! implementations or custom actions to it, then
@@ -70,23 +78,32 @@
 //! }
 //! ```
 
+#![warn(unreachable_pub)]
 pub mod actions;
 pub mod admission;
 pub mod auth;
-pub mod broker;
-pub mod business_hours;
+mod broker;
+mod business_hours;
+#[doc(hidden)]
 pub mod codec;
 pub mod config;
-pub mod connection;
+mod connection;
+mod delivery;
+mod engine;
 pub mod error;
-pub mod http;
-pub mod ids;
+mod event;
+mod http;
+mod ids;
 pub mod metrics;
+mod node;
+#[doc(hidden)]
 pub mod outbox;
-pub mod rate_limit;
-pub mod server;
+mod rate_limit;
+mod server;
+#[doc(hidden)]
 pub mod store;
-pub mod tls;
+mod tls;
+#[doc(hidden)]
 pub mod validate;
 
 pub use actions::{ActionContext, ActionRegistry, CustomAction, Roles};

@@ -125,9 +125,7 @@ async fn serve(config: Config) -> ExitCode {
     tracing::info!(%local, "listening");
     let broker = server.broker().clone();
     server.run(shutdown_signal()).await;
-    if let Some(store) = &broker.store {
-        store.close();
-    }
+    broker.close();
     ExitCode::SUCCESS
 }
 

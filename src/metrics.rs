@@ -8,7 +8,7 @@
 //! and latency histogram are looked up by a `match` on the built-in action
 //! names, so recording allocates nothing.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -71,6 +71,26 @@ impl CommandKey {
     }
 }
 
+/// A command in flight: its label and when it arrived, carried to where
+/// its reply is produced (for a pipelined command, once its change is
+/// durable).
+#[derive(Debug, Clone, Copy)]
+pub struct CommandTimer {
+    key: CommandKey,
+    arrived: Instant,
+}
+
+impl CommandTimer {
+    /// Starts timing the command a client named (`None`: the frame did not
+    /// decode).
+    pub fn start(action: Option<&str>) -> CommandTimer {
+        CommandTimer {
+            key: CommandKey::of(action),
+            arrived: Instant::now(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
     action: &'static str,
@@ -112,6 +132,7 @@ pub struct Metrics {
     upgrades_refused: Counter,
     connections_refused: Counter,
     rate_limited: Counter,
+    store_failures: Counter,
     commands: Family<CommandLabels, Counter>,
     /// One per entry of `ACTIONS`, then `other`.
     command_handles: Box<[CommandHandles]>,
@@ -144,6 +165,7 @@ pub struct MetricsSnapshot {
     pub upgrades_refused: u64,
     pub connections_refused: u64,
     pub rate_limited: u64,
+    pub store_failures: u64,
 }
 
 impl Default for Metrics {
@@ -198,6 +220,10 @@ impl Metrics {
             "Connections turned away at accept by admission control",
         );
         let rate_limited = counter("rate_limited", "Commands answered rate_limited");
+        let store_failures = counter(
+            "store_failures",
+            "Store writes that failed (their commands answered unavailable)",
+        );
         let engine_errors = counter(
             "engine_errors",
             "Errors talking to the shared engine (Redis) when clustered",
@@ -259,6 +285,7 @@ impl Metrics {
             upgrades_refused,
             connections_refused,
             rate_limited,
+            store_failures,
             commands,
             command_handles,
             store_commit,
@@ -304,10 +331,11 @@ impl Metrics {
         self.rate_limited.inc();
     }
 
-    /// A command answered: `action` resolved when it arrived, `error` when
-    /// it failed, and how long it took from arrival to reply.
-    pub fn command(&self, action: CommandKey, error: Option<&ActionError>, took: Duration) {
-        let handles = &self.command_handles[action.0 as usize];
+    /// A command answered (its reply produced): the label and arrival
+    /// time taken when it arrived, and the error when it failed.
+    pub fn command(&self, timer: CommandTimer, error: Option<&ActionError>) {
+        let took = timer.arrived.elapsed();
+        let handles = &self.command_handles[timer.key.0 as usize];
         handles.latency.observe(took.as_secs_f64());
         match error {
             None => handles.ok.inc(),
@@ -316,11 +344,16 @@ impl Metrics {
             Some(error) => self
                 .commands
                 .get_or_create(&CommandLabels {
-                    action: action.label(),
+                    action: timer.key.label(),
                     code: error.code(),
                 })
                 .inc(),
         };
+    }
+
+    /// A store write that failed (its jobs answered `unavailable`).
+    pub fn store_failed(&self) {
+        self.store_failures.inc();
     }
 
     /// One batch of writes applied and committed by the store's writer.
@@ -360,6 +393,7 @@ impl Metrics {
             upgrades_refused: self.upgrades_refused.get(),
             connections_refused: self.connections_refused.get(),
             rate_limited: self.rate_limited.get(),
+            store_failures: self.store_failures.get(),
         }
     }
 
@@ -401,15 +435,10 @@ mod tests {
         let m = Metrics::new();
         m.session_opened();
         m.message_added(3);
+        m.command(CommandTimer::start(Some("SendMessage")), None);
         m.command(
-            CommandKey::of(Some("SendMessage")),
-            None,
-            Duration::from_micros(300),
-        );
-        m.command(
-            CommandKey::of(Some("no-such-action")),
+            CommandTimer::start(Some("no-such-action")),
             Some(&ActionError::UnknownAction("x".into())),
-            Duration::from_micros(50),
         );
         m.store_commit(Duration::from_millis(2));
         m.webhook_failed("https://crm.example/hook");
@@ -423,11 +452,14 @@ mod tests {
         assert!(
             text.contains("switchboard_commands_total{action=\"other\",code=\"unknown_action\"} 1")
         );
-        assert!(text.contains(
-            "switchboard_command_duration_seconds_bucket{le=\"0.0005\",action=\"SendMessage\"} 1"
-        ) || text.contains(
-            "switchboard_command_duration_seconds_bucket{action=\"SendMessage\",le=\"0.0005\"} 1"
-        ), "{text}");
+        assert!(
+            text.contains(
+                "switchboard_command_duration_seconds_bucket{le=\"10\",action=\"SendMessage\"} 1"
+            ) || text.contains(
+                "switchboard_command_duration_seconds_bucket{action=\"SendMessage\",le=\"10\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("# HELP switchboard_webhook_failures_total"));
         assert!(
             text.contains("switchboard_webhook_failures_total{url=\"https://crm.example/hook\"} 1")

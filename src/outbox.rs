@@ -107,6 +107,9 @@ struct State {
     /// so not counted against the outbox bound.
     replayed: usize,
     replayed_bytes: usize,
+    /// Recoveries in progress: while any is, the writer takes nothing, so
+    /// that the positions they will insert history at stay put.
+    holds: usize,
     closing: Option<CloseReason>,
 }
 
@@ -143,6 +146,7 @@ impl Outbox {
             state.droppable = 0;
             state.replayed = 0;
             state.replayed_bytes = 0;
+            state.holds = 0;
             state.closing = Some(CloseReason::SlowConsumer);
             drop(state);
             self.metrics.slow_consumer_closed();
@@ -173,6 +177,47 @@ impl Outbox {
         drop(state);
         self.wake.notify_one();
         true
+    }
+
+    /// Starts a recovery: the writer takes nothing until [`Self::release`],
+    /// and the position returned is where the recovered history goes, ahead
+    /// of everything pushed from now on (live pushes of the channel being
+    /// recovered among them). `None` when the session is closing.
+    pub fn hold(&self) -> Option<usize> {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return None;
+        }
+        state.holds += 1;
+        Some(state.queue.len())
+    }
+
+    /// Inserts recovered history at a position [`Self::hold`] gave (not
+    /// counted against the bounds: the caller bounded the replay). Returns
+    /// the position after it, for a next insert.
+    pub fn insert_replay(&self, at: usize, frames: Vec<Message>) -> usize {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return at;
+        }
+        let at = at.min(state.queue.len());
+        let added = frames.len();
+        let bytes: usize = frames.iter().map(Message::len).sum();
+        state.bytes += bytes;
+        state.replayed_bytes += bytes;
+        state.replayed += added;
+        let mut tail = state.queue.split_off(at);
+        state.queue.extend(frames);
+        state.queue.append(&mut tail);
+        at + added
+    }
+
+    /// Ends a recovery [`Self::hold`] started.
+    pub fn release(&self) {
+        let mut state = self.state.lock();
+        state.holds = state.holds.saturating_sub(1);
+        drop(state);
+        self.wake.notify_one();
     }
 
     /// Queues a frame the broker may drop under pressure (typing). Returns
@@ -223,7 +268,8 @@ impl Outbox {
         loop {
             {
                 let mut state = self.state.lock();
-                if !state.queue.is_empty() || state.closing.is_some() {
+                let ready = !state.queue.is_empty() && state.holds == 0;
+                if ready || state.closing.is_some() {
                     out.extend(state.queue.drain(..));
                     state.bytes = 0;
                     state.droppable = 0;

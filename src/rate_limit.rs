@@ -90,7 +90,7 @@ impl RateLimits {
 /// A token bucket: `capacity` tokens, refilled continuously at `rate` per
 /// second; each admitted event takes one.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     capacity: f64,
     rate: f64,
     tokens: f64,
@@ -99,7 +99,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(rate: f64, capacity: u32, now: Instant) -> Self {
+    pub(crate) fn new(rate: f64, capacity: u32, now: Instant) -> Self {
         TokenBucket {
             capacity: capacity as f64,
             rate,
@@ -109,7 +109,7 @@ impl TokenBucket {
     }
 
     /// Takes a token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
         self.last = now;
@@ -122,7 +122,7 @@ impl TokenBucket {
     }
 
     /// How long until a token is available (for the error message).
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         let missing = (1.0 - self.tokens).max(0.0);
         Duration::from_secs_f64(missing / self.rate)
     }

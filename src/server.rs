@@ -96,7 +96,7 @@ impl Server {
             .unwrap_or(false);
         if loopback
             && self.broker.config.demo_tokens_enabled()
-            && self.broker.auth.can_mint_client_tokens()
+            && self.broker.auth().can_mint_client_tokens()
         {
             warn!(
                 "DEMO TOKENS ARE ON: GET /demo/token hands agent and service tokens to any client \
@@ -149,7 +149,7 @@ impl Server {
         }
         drop(self.listener);
         info!(
-            sessions = self.broker.sessions.len(),
+            sessions = self.broker.session_count(),
             "shutting down: closing sessions with 4000"
         );
         token.cancel();
@@ -264,26 +264,18 @@ const RETENTION_CATCH_UP: Duration = Duration::from_millis(250);
 /// Periodic work off the hot path: forgetting idle identities and
 /// retention (history length and age, ended engagements).
 async fn housekeeping(broker: Arc<Broker>, shutdown: CancellationToken) {
-    let ttl = Duration::from_secs(broker.config.identities.idle_ttl_secs);
+    use crate::engine::Housekeeping;
     let purge_every = Duration::from_secs(broker.config.history.purge_interval_secs);
     let mut reap = tokio::time::interval(REAP_EVERY);
     let mut purge = tokio::time::interval(purge_every);
     let mut catch_up = tokio::time::interval(RETENTION_CATCH_UP);
+    let engine = &broker.node.engine;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = catch_up.tick() => {
-                if broker.store.as_ref().is_some_and(|s| s.retention_behind()) {
-                    broker.purge_store();
-                }
-            }
-            _ = reap.tick() => {
-                let reaped = broker.reap_identities(ttl);
-                if reaped > 0 {
-                    debug!(reaped, "forgot idle identities");
-                }
-            }
-            _ = purge.tick() => broker.purge(),
+            _ = catch_up.tick() => engine.housekeeping(Housekeeping::CatchUp),
+            _ = reap.tick() => engine.housekeeping(Housekeeping::Reap),
+            _ = purge.tick() => engine.housekeeping(Housekeeping::Purge),
         }
     }
 }

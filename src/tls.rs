@@ -60,7 +60,7 @@ impl TlsConfig {
 }
 
 /// A client connection, plain or TLS.
-pub enum Stream {
+pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }

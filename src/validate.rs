@@ -8,14 +8,13 @@
 //!   explicit, and fuzzed, rather than an accident of their internals.)
 //! - [`depth`] bounds the nesting of decoded values (JSON frames, and the
 //!   free-form `formData` / `messageAttributes` maps).
-//! - [`payload`] runs the per-action checks the built-in actions do not do
-//!   themselves, once `before` listeners have had their say.
+//!
+//! The per-action payload checks (field types, lengths, the free-form maps'
+//! size and nesting) are made while each action decodes its typed payload
+//! (`actions::payload`).
 
 use serde::Deserialize;
 use serde_json::Value;
-
-use crate::config::Config;
-use crate::error::ActionError;
 
 /// Deepest nesting of maps and arrays in any command frame, the frame itself
 /// counting as one. Far above what any real command needs (a command is 2
@@ -158,92 +157,6 @@ pub fn depth(value: &Value, limit: usize) -> usize {
     deepest
 }
 
-/// A free-form map field (`formData`, `messageAttributes`): a map when
-/// present, within the byte limit as JSON and the nesting limit.
-pub fn free_form_map(config: &Config, payload: &Value, field: &str) -> Result<(), ActionError> {
-    let value = match payload.get(field) {
-        None | Some(Value::Null) => return Ok(()),
-        Some(value @ Value::Object(_)) => value,
-        Some(_) => return Err(ActionError::bad_request(format!("`{field}` must be a map"))),
-    };
-    let max_depth = config.validation.max_payload_depth;
-    let found = depth(value, max_depth);
-    if found > max_depth {
-        return Err(ActionError::TooLarge(format!(
-            "`{field}` is nested more than {max_depth} levels deep (validation.max_payload_depth)"
-        )));
-    }
-    let limit = config.limits.max_body_bytes;
-    let bytes = serde_json::to_string(value).map_or(usize::MAX, |s| s.len());
-    if bytes > limit {
-        return Err(ActionError::TooLarge(format!(
-            "`{field}` is {bytes} bytes as JSON; the limit is {limit}"
-        )));
-    }
-    Ok(())
-}
-
-/// An optional string field with a length bound.
-fn bounded_str(payload: &Value, field: &str, max: usize) -> Result<(), ActionError> {
-    match payload.get(field) {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(s)) if s.len() <= max => Ok(()),
-        Some(Value::String(s)) => Err(ActionError::TooLarge(format!(
-            "`{field}` is {} bytes; the limit is {max}",
-            s.len()
-        ))),
-        Some(_) => Err(ActionError::bad_request(format!(
-            "`{field}` must be a string"
-        ))),
-    }
-}
-
-/// Checks a built-in action's payload beyond what the action itself checks:
-/// nesting depth of free-form maps, and lengths of fields that are only
-/// looked up (so would otherwise never be measured).
-pub fn payload(config: &Config, action: &str, payload: &Value) -> Result<(), ActionError> {
-    match action {
-        "Connect" => {
-            bounded_str(payload, "token", MAX_TOKEN_BYTES)?;
-            bounded_str(payload, "resumeToken", MAX_TOKEN_BYTES)
-        }
-        "StartEngagement" => free_form_map(config, payload, "formData"),
-        "SendMessage" => free_form_map(config, payload, "messageAttributes"),
-        "TriggerAction" => {
-            bounded_str(payload, "name", 64)?;
-            match payload.get("payload") {
-                Some(p) if depth(p, MAX_FRAME_DEPTH) > MAX_FRAME_DEPTH => {
-                    Err(ActionError::TooLarge("`payload` is nested too deep".into()))
-                }
-                _ => Ok(()),
-            }
-        }
-        "Subscribe" | "Unsubscribe" => channel_name(payload),
-        _ => Ok(()),
-    }
-}
-
-/// `channel` of `Subscribe` / `Unsubscribe`: a channel sid or `queue:<name>`.
-fn channel_name(payload: &Value) -> Result<(), ActionError> {
-    let Some(Value::String(name)) = payload.get("channel") else {
-        return match payload.get("channel") {
-            None => Err(ActionError::bad_request("`channel` is required")),
-            Some(_) => Err(ActionError::bad_request("`channel` must be a string")),
-        };
-    };
-    let is_queue = name
-        .strip_prefix(crate::broker::queue::QUEUE_PREFIX)
-        .is_some_and(|q| crate::broker::queue::queue_channel(q).is_some());
-    if is_queue || crate::broker::channel::is_channel_sid(name) {
-        Ok(())
-    } else {
-        let shown: String = name.chars().take(40).collect();
-        Err(ActionError::bad_request(format!(
-            "`channel` {shown:?} is neither a channel sid (CH + 32 lowercase hex) nor queue:<name> (1-64 of A-Z a-z 0-9 _ - .)"
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,36 +210,5 @@ mod tests {
             v = json!([v]);
         }
         assert!(depth(&v, 8) > 8);
-    }
-
-    #[test]
-    fn free_form_maps_say_what_was_wrong() {
-        let config = Config::default();
-        let deep = json!({"formData": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {}}}}}}}}}});
-        let e = free_form_map(&config, &deep, "formData").unwrap_err();
-        assert_eq!(e.code(), "too_large");
-        assert!(e.to_string().contains("nested"), "{e}");
-        let e = free_form_map(&config, &json!({"formData": [1]}), "formData").unwrap_err();
-        assert_eq!(e.code(), "bad_request");
-        let big = json!({"formData": {"x": "y".repeat(20_000)}});
-        assert_eq!(
-            free_form_map(&config, &big, "formData").unwrap_err().code(),
-            "too_large"
-        );
-        assert!(free_form_map(&config, &json!({"formData": {"a": 1}}), "formData").is_ok());
-    }
-
-    #[test]
-    fn channel_names() {
-        let c = Config::default();
-        assert!(payload(&c, "Unsubscribe", &json!({"channel": "queue:default"})).is_ok());
-        let sid = format!("CH{}", "a".repeat(32));
-        assert!(payload(&c, "Unsubscribe", &json!({ "channel": sid })).is_ok());
-        let e = payload(&c, "Unsubscribe", &json!({"channel": "x".repeat(1000)})).unwrap_err();
-        assert!(
-            e.to_string().len() < 300,
-            "the message does not echo the input"
-        );
-        assert!(payload(&c, "Subscribe", &json!({"channel": 7})).is_err());
     }
 }

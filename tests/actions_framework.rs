@@ -181,7 +181,7 @@ async fn rust_listeners_replacements_and_custom_actions() {
             async move {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let original = ActionRegistry::builtin("MinimizeChat").unwrap();
-                let mut result = original(&ctx, &payload)?;
+                let mut result = original.call(&ctx, payload).await?;
                 result["replaced"] = json!(true);
                 Ok(result)
             }

@@ -738,12 +738,11 @@ async fn a_replaced_send_message_runs_after_earlier_writes_are_durable() {
         .replace("SendMessage", move |ctx, payload| {
             let seen = seen.clone();
             async move {
-                let store = ctx.broker.store.as_ref().expect("a store");
-                if store.durable_upto() < store.last_ticket() {
+                if !ctx.all_writes_durable() {
                     seen.fetch_add(1, Ordering::SeqCst);
                 }
                 let send = ActionRegistry::builtin("SendMessage").expect("built in");
-                send(&ctx, &payload)
+                send.call(&ctx, payload).await
             }
         })
         .unwrap();

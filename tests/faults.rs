@@ -398,3 +398,160 @@ async fn a_store_that_cannot_be_written_stops_the_start() {
         }
     }
 }
+
+/// A `SendMessage`'s answer and how long it took.
+async fn timed_send(
+    customer: &mut Client,
+    sid: &str,
+    body: String,
+) -> (Result<Value, Value>, Duration) {
+    let started = std::time::Instant::now();
+    let reply = customer
+        .call("SendMessage", json!({"channelSid": sid, "body": body}))
+        .await;
+    (reply, started.elapsed())
+}
+
+/// Fills a file system until nothing more fits; returns the filler's path.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = file.sync_all();
+    path
+}
+
+/// A full disk (a real, small tmpfs): every write is answered within 2 s
+/// with `unavailable`, nothing that was not durable is shown to anyone, the
+/// failure is counted in `/metrics`; once there is room again the broker
+/// resumes by itself; SIGTERM exits in time whatever the store is doing; and
+/// what was acknowledged is all there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_fast_resumes_and_loses_nothing() {
+    let Some(mount) = common::Tmpfs::mount("8m") else {
+        return;
+    };
+    let dir = mount.path.join("data");
+    let config = common::config_file("full-disk.toml", "[rate_limits]\nenabled = false\n");
+    let args = ["--config", config.to_str().unwrap()];
+    let mut broker =
+        common::BrokerProcess::start(&args, &[("SWITCHBOARD_JWT_SECRET", common::SECRET)], &dir);
+    let mut customer = Client::open_url(&broker.url, Enc::Json).await.unwrap();
+    customer.connect(json!({})).await.unwrap();
+    let resume = customer.connect_result["resumeToken"].clone();
+    let sid = customer.start_engagement().await;
+    let mut observer = Client::staff_at(&broker.url, "watcher", "agent", Enc::Json).await;
+    observer
+        .call("Subscribe", json!({"channel": sid}))
+        .await
+        .unwrap();
+    let mut acked: Vec<u64> = Vec::new();
+    for i in 0..5 {
+        let (reply, _) = timed_send(&mut customer, &sid, format!("before {i}")).await;
+        acked.push(reply.unwrap()["index"].as_u64().unwrap());
+    }
+
+    let filler = fill(&mount.path);
+    let mut unavailable = 0;
+    for i in 0..20 {
+        let (reply, took) = timed_send(
+            &mut customer,
+            &sid,
+            format!("while full {i} {}", "x".repeat(4000)),
+        )
+        .await;
+        assert!(took < Duration::from_secs(2), "answered in {took:?}");
+        match reply {
+            Ok(result) => acked.push(result["index"].as_u64().unwrap()),
+            Err(e) => {
+                assert_eq!(e["code"], "unavailable", "{e}");
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(unavailable > 0, "a full disk refuses writes");
+    let metrics = common::raw_exchange(
+        broker
+            .url
+            .trim_start_matches("ws://")
+            .trim_end_matches("/ws")
+            .parse()
+            .unwrap(),
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with("switchboard_store_failures_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("a store failure counter");
+    assert!(failures >= 1.0, "{metrics}");
+
+    // Room again: the broker resumes by itself.
+    std::fs::remove_file(&filler).unwrap();
+    let resumed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match timed_send(&mut customer, &sid, "after".into()).await.0 {
+                Ok(result) => return result["index"].as_u64().unwrap(),
+                Err(e) => assert_eq!(e["code"], "unavailable", "{e}"),
+            }
+        }
+    })
+    .await
+    .expect("resumes once there is room");
+    acked.push(resumed);
+
+    // The observer saw exactly the acknowledged messages, in order.
+    let seen: Vec<u64> = read_until(&mut observer, resumed)
+        .await
+        .iter()
+        .map(|m| m["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seen, acked, "nothing that failed was shown");
+
+    // Full again, then SIGTERM: it exits in time.
+    let filler = fill(&mount.path);
+    let _ = timed_send(&mut customer, &sid, "x".repeat(8000)).await;
+    broker.signal("TERM");
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || broker.wait_exit())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    std::fs::remove_file(&filler).unwrap();
+
+    // Everything acknowledged is there after a restart.
+    let broker =
+        common::BrokerProcess::start(&args, &[("SWITCHBOARD_JWT_SECRET", common::SECRET)], &dir);
+    let mut tab = Client::open_url(&broker.url, Enc::Json).await.unwrap();
+    tab.connect(json!({ "resumeToken": resume })).await.unwrap();
+    let page = tab
+        .call("GetMessages", json!({"channelSid": sid, "limit": 100}))
+        .await
+        .unwrap();
+    let stored: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["index"].as_u64().unwrap())
+        .collect();
+    for index in &acked {
+        assert!(
+            stored.contains(index),
+            "acknowledged {index} survived: {stored:?}"
+        );
+    }
+    broker.signal("TERM");
+    drop(broker);
+    drop(mount);
+}

@@ -585,7 +585,7 @@ async fn ten_thousand_commands_without_reading_replies_end_the_flooder_only() {
     assert_eq!(server2.broker.metrics.snapshot().slow_consumer_closes, 1);
     honest2.chat().await;
     eventually("flooders' sessions are gone", || {
-        server.broker.sessions.len() == 2 && server2.broker.sessions.len() == 2
+        server.broker.session_count() == 2 && server2.broker.session_count() == 2
     })
     .await;
     honest.chat().await;
@@ -1024,7 +1024,7 @@ async fn sessions_per_identity_and_subscriptions_per_session_are_capped() {
         .contains("max_sessions_per_identity"));
     // A tab closing makes room.
     tabs.pop();
-    eventually("a tab detached", || server.broker.sessions.len() == 5).await;
+    eventually("a tab detached", || server.broker.session_count() == 5).await;
     extra.connect(json!({ "token": t })).await.unwrap();
 
     let agent = &mut tabs[0];

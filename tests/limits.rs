@@ -95,7 +95,7 @@ async fn a_stalled_reader_is_closed_with_4008_and_costs_nobody_anything() {
     assert_eq!(metrics.slow_consumer_closes, 1, "{metrics:?}");
     // The stalled session is gone from the broker.
     let stalled_gone = async {
-        while server.broker.sessions.len() != 2 {
+        while server.broker.session_count() != 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };

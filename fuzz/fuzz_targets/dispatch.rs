@@ -8,10 +8,8 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use serde_json::json;
 use switchboard::actions::ActionContext;
-use switchboard::auth::{Principal, Role};
-use switchboard::broker::session::SessionHandle;
+use switchboard::auth::Role;
 use switchboard::codec::{decode_command, encode_error, encode_result, Encoding};
 use switchboard::outbox::Outbox;
 use switchboard::{ActionRegistry, Broker, Config};
@@ -19,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 struct World {
     runtime: tokio::runtime::Runtime,
-    sessions: Vec<(ActionContext, Encoding)>,
+    sessions: Vec<(ActionContext, Arc<Outbox>, Encoding)>,
 }
 
 fn world() -> &'static World {
@@ -42,31 +40,11 @@ fn world() -> &'static World {
         ];
         let sessions = people
             .iter()
-            .enumerate()
-            .map(|(i, (name, role, encoding))| {
-                let outbox = Arc::new(Outbox::new(broker.outbox_limits(), broker.metrics.clone()));
-                let session = Arc::new(SessionHandle::new(
-                    i as u64 + 1,
-                    *encoding,
-                    outbox,
-                    "127.0.0.1:1".parse().unwrap(),
-                ));
-                broker.sessions.insert(session.key, session.clone());
-                let principal = Principal {
-                    identity: name.to_string(),
-                    role: *role,
-                    anonymous: *role == Role::Customer,
-                };
-                let ctx = ActionContext {
-                    broker: broker.clone(),
-                    identity: broker.identity_for(&principal).unwrap(),
-                    session: Some(session),
-                    internal: false,
-                };
-                runtime
-                    .block_on(ctx.invoke("Connect", json!({})))
+            .map(|(name, role, encoding)| {
+                let (ctx, outbox) = runtime
+                    .block_on(broker.session_without_socket(name, *role, *encoding))
                     .expect("connect");
-                (ctx, *encoding)
+                (ctx, outbox, *encoding)
             })
             .collect();
         World { runtime, sessions }
@@ -79,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
         let Some((&selector, frame)) = chunk.split_first() else {
             continue;
         };
-        let (ctx, encoding) = &world.sessions[selector as usize % world.sessions.len()];
+        let (ctx, _, encoding) = &world.sessions[selector as usize % world.sessions.len()];
         let message = match encoding {
             Encoding::Json => match std::str::from_utf8(frame) {
                 Ok(text) => Message::Text(text.into()),
@@ -103,13 +81,9 @@ fuzz_target!(|data: &[u8]| {
         };
     }
     // Keep the outboxes from growing for ever (nobody writes them out).
-    for (ctx, _) in &world.sessions {
-        let session = ctx.session.as_ref().unwrap();
-        if session.outbox.len() > 512 {
-            world.runtime.block_on(async {
-                let mut drained = Vec::new();
-                session.outbox.next_batch(&mut drained).await;
-            });
+    for (_, outbox, _) in &world.sessions {
+        if outbox.len() > 512 {
+            outbox.drain();
         }
     }
 });

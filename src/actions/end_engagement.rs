@@ -3,35 +3,38 @@
 //! `POST /api/v1/channels/{sid}/end` does (an extension of the protocol, so
 //! that a console can end a chat).
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{channel_sid, ActionContext, ActionResult};
+use super::payload::{self, Field};
+use super::{ActionContext, ActionError};
 use crate::auth::Role;
-use crate::error::ActionError;
+use crate::engine::Pending;
 
 /// Longest `reason` accepted.
-const MAX_REASON_BYTES: usize = 64;
+pub(crate) const MAX_REASON_BYTES: usize = 64;
 
-pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
-    let sid = channel_sid(payload)?;
-    let reason = match payload.get("reason") {
-        None | Some(Value::Null) => "ended",
-        Some(Value::String(r)) if r.is_empty() => {
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EndEngagement {
+    #[serde(default)]
+    channel_sid: Field<String>,
+    #[serde(default)]
+    reason: Field<String>,
+}
+
+pub(super) fn run(ctx: &ActionContext, payload: Value) -> Result<Pending<Value>, ActionError> {
+    let p: EndEngagement = payload::decode(payload)?;
+    let sid = payload::channel_sid(p.channel_sid)?;
+    let reason = match p.reason.optional("reason")? {
+        None => "ended".to_owned(),
+        Some(r) if r.is_empty() => {
             return Err(ActionError::bad_request("`reason` must not be empty"))
         }
-        Some(Value::String(r)) if r.len() > MAX_REASON_BYTES => {
-            return Err(ActionError::TooLarge(format!(
-                "`reason` is {} bytes; the limit is {MAX_REASON_BYTES}",
-                r.len()
-            )))
-        }
-        Some(Value::String(r)) => r.as_str(),
-        Some(_) => return Err(ActionError::bad_request("`reason` must be a string")),
+        Some(r) => payload::bounded("reason", r, MAX_REASON_BYTES)?,
     };
     // An agent ends only a chat it is in; a service (a backend) any.
-    if ctx.role() == Role::Agent && !ctx.identity.lock().is_member(sid) {
-        return Err(ActionError::NotAMember(sid.to_owned()));
-    }
-    ctx.broker.end_engagement(sid, reason)?;
-    Ok(json!({}))
+    let member = (ctx.role() == Role::Agent).then_some(&ctx.actor);
+    let ended = ctx.node.engine.end_engagement(member, &sid, &reason);
+    Ok(ended.map(|()| json!({})))
 }

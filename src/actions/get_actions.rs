@@ -3,8 +3,11 @@
 
 use serde_json::{json, Value};
 
-use super::{ActionContext, ActionResult};
+use super::{ActionContext, ActionError};
+use crate::engine::Pending;
 
-pub(super) fn run(ctx: &ActionContext, _payload: &Value) -> ActionResult {
-    Ok(json!({ "actions": ctx.broker.actions.describe(ctx.role()) }))
+pub(super) fn run(ctx: &ActionContext, _payload: Value) -> Result<Pending<Value>, ActionError> {
+    Ok(Pending::ready(
+        json!({ "actions": ctx.actions.describe(ctx.role()) }),
+    ))
 }

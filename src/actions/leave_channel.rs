@@ -1,15 +1,24 @@
 //! `LeaveChannel {channelSid}`: removes the identity (every session) from a
 //! channel. A customer leaving its engagement ends it.
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{channel_sid, ActionContext, ActionResult};
-use crate::broker::LeaveReason;
+use super::payload::{self, Field};
+use super::{ActionContext, ActionError};
+use crate::engine::Pending;
+use crate::event::LeaveReason;
 
-pub(super) fn run(ctx: &ActionContext, payload: &Value) -> ActionResult {
-    let sid = channel_sid(payload)?;
-    let mut state = ctx.identity.lock();
-    ctx.broker
-        .remove_member(&ctx.identity, &mut state, sid, LeaveReason::Left, "left")?;
-    Ok(json!({}))
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeaveChannel {
+    #[serde(default)]
+    channel_sid: Field<String>,
+}
+
+pub(super) fn run(ctx: &ActionContext, payload: Value) -> Result<Pending<Value>, ActionError> {
+    let p: LeaveChannel = payload::decode(payload)?;
+    let sid = payload::channel_sid(p.channel_sid)?;
+    let left = ctx.node.engine.leave(&ctx.actor, &sid, LeaveReason::Left);
+    Ok(left.map(|()| json!({})))
 }

@@ -3,16 +3,13 @@
 
 use serde_json::{json, Value};
 
-use super::{ActionContext, ActionResult};
-use crate::codec::Push;
+use super::{ActionContext, ActionError};
+use crate::engine::{Pending, WidgetChange};
 
-pub(super) fn run(ctx: &ActionContext, _payload: &Value) -> ActionResult {
-    let mut state = ctx.identity.lock();
-    let result = json!({ "expanded": false });
-    if state.expanded {
-        state.expanded = false;
-        ctx.broker.save_identity(&ctx.identity, &state);
-        state.push(&Push::new("widgetStateChanged", &result), ctx.session_key());
-    }
-    Ok(result)
+pub(super) fn run(ctx: &ActionContext, _payload: Value) -> Result<Pending<Value>, ActionError> {
+    let minimized =
+        ctx.node
+            .engine
+            .set_widget(&ctx.actor, WidgetChange::Minimize, ctx.session_key());
+    Ok(minimized.map(|expanded| json!({ "expanded": expanded })))
 }

@@ -8,13 +8,14 @@
 //! widget's API actions) or from Rust code embedding the broker.
 //!
 //! The registry is built before the broker starts and is immutable after, so
-//! dispatch reads it with no lock. Built-in implementations are plain
-//! functions: the hot path (`SendMessage` with no listeners) allocates
-//! nothing for dispatch.
-//!
-//! One file per built-in action lives beside this one.
+//! dispatch reads it with no lock. A built-in is a plain function that
+//! decodes its typed payload, asks the engine for the change (which decides
+//! and orders it at once) and returns the result to come once the change is
+//! durable (`Pending`); `BUILTINS` is the one list of them and of their
+//! properties. One file per built-in action lives beside this one.
 
 mod connect;
+pub(crate) use connect::check_tokens;
 mod end_engagement;
 mod get_actions;
 mod get_engagements;
@@ -22,6 +23,7 @@ mod get_messages;
 mod join_channel;
 mod leave_channel;
 mod minimize_chat;
+pub(crate) mod payload;
 mod restart_engagement;
 mod send_message;
 mod send_typing;
@@ -40,17 +42,20 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::auth::Role;
-use crate::broker::identity::Identity;
-use crate::broker::session::SessionHandle;
-use crate::broker::Broker;
 use crate::config::{ActionsConfig, AfterListenerConfig, BeforeListenerConfig};
+use crate::delivery::session::SessionHandle;
+use crate::engine::{Actor, Pending};
 use crate::error::ActionError;
+use crate::node::Node;
 
 pub type ActionResult = Result<Value, ActionError>;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A built-in implementation: synchronous, since built-ins only take locks.
-pub type BuiltinFn = fn(&ActionContext, &Value) -> ActionResult;
+/// A built-in implementation: decodes, asks the engine, and returns the
+/// result to come once the change is durable. Synchronous up to that
+/// point, so a session can pipeline it (the change's place in its channel's
+/// order is decided when this returns).
+pub(crate) type BuiltinFn = fn(&ActionContext, Value) -> Result<Pending<Value>, ActionError>;
 type Handler = Arc<dyn Fn(ActionContext, Value) -> BoxFuture<'static, ActionResult> + Send + Sync>;
 type BeforeListener =
     Arc<dyn Fn(ActionContext, Value) -> BoxFuture<'static, ActionResult> + Send + Sync>;
@@ -60,28 +65,53 @@ type AfterListener =
 /// Who is acting, and on which broker.
 #[derive(Clone)]
 pub struct ActionContext {
-    pub broker: Arc<Broker>,
-    pub identity: Arc<Identity>,
+    pub(crate) node: Arc<Node>,
+    pub(crate) actions: Arc<ActionRegistry>,
+    pub(crate) actor: Actor,
     /// The session that sent the command; `None` when the broker acts on its
     /// own (an `after` listener invoking an action as a service identity).
-    pub session: Option<Arc<SessionHandle>>,
+    pub(crate) session: Option<Arc<SessionHandle>>,
     /// Set for actions the broker runs itself rather than a client: a
     /// configured greeter may post into a channel it is not a member of.
-    pub internal: bool,
+    pub(crate) internal: bool,
 }
 
 impl ActionContext {
     /// Runs an action through the whole pipeline as this context.
     pub async fn invoke(&self, action: &str, payload: Value) -> ActionResult {
-        self.broker.actions.invoke(self, action, payload).await
+        self.actions.clone().invoke(self, action, payload).await
+    }
+
+    /// The acting identity.
+    pub fn identity(&self) -> &str {
+        &self.actor.id
     }
 
     pub fn role(&self) -> Role {
-        self.identity.role
+        self.actor.role
+    }
+
+    /// The `sessionId` of the session that sent the command, if one did.
+    pub fn session_id(&self) -> Option<&str> {
+        self.session.as_ref().map(|s| s.id.as_str())
+    }
+
+    /// Whether every write the broker has accepted so far is durable (a
+    /// replacement that reads what others wrote may want to know).
+    pub fn all_writes_durable(&self) -> bool {
+        self.node.engine.all_durable()
     }
 
     fn session_key(&self) -> Option<u64> {
         self.session.as_ref().map(|s| s.key)
+    }
+
+    /// The same identity acting as the broker (for configured listeners).
+    fn internal(&self) -> ActionContext {
+        ActionContext {
+            internal: true,
+            ..self.clone()
+        }
     }
 }
 
@@ -90,23 +120,6 @@ impl ActionContext {
 pub enum ActionKind {
     Builtin,
     Custom,
-}
-
-impl ActionRegistry {
-    /// Whether `name` is a custom action (what `TriggerAction` may run).
-    pub fn is_custom(&self, name: &str) -> bool {
-        self.entries
-            .get(name)
-            .is_some_and(|e| e.kind == ActionKind::Custom)
-    }
-
-    /// Whether `name` runs the broker's own implementation (it has not been
-    /// replaced).
-    pub fn runs_builtin(&self, name: &str) -> bool {
-        self.entries
-            .get(name)
-            .is_some_and(|e| matches!(e.implementation, Implementation::Builtin(_)))
-    }
 }
 
 /// Which roles may call an action.
@@ -160,7 +173,22 @@ struct ActionEntry {
     description: String,
     preset: Option<Value>,
     roles: Roles,
+    /// See [`Builtin::pipelined`]; always false for custom actions.
+    pipelined: bool,
     implementation: Implementation,
+}
+
+/// A built-in's original implementation (see [`ActionRegistry::builtin`]).
+#[derive(Clone, Copy)]
+pub struct BuiltinAction {
+    run: BuiltinFn,
+}
+
+impl BuiltinAction {
+    /// Runs it (no listeners: the caller is inside the pipeline already).
+    pub async fn call(&self, ctx: &ActionContext, payload: Value) -> ActionResult {
+        Ok((self.run)(ctx, payload)?.await?)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -202,113 +230,159 @@ impl CustomAction {
     }
 }
 
-/// The built-in actions, in the contract's order. `TriggerAction` has no
-/// plain function: it runs other actions, so it is async (see
-/// `trigger_action.rs`).
-const BUILTINS: [(&str, Roles, Option<BuiltinFn>, &str); 17] = [
-    (
+/// A built-in action and its properties: the only list of them. The
+/// session's pipelining, payload checks (each action's `run` decodes its
+/// typed payload) and `GetActions` all come from here.
+pub(crate) struct Builtin {
+    pub name: &'static str,
+    pub roles: Roles,
+    /// May run while the session's earlier replies wait for durability
+    /// (when not replaced and without listeners): its effects are decided
+    /// when it runs, and it reads nothing only durability makes visible.
+    pub pipelined: bool,
+    pub description: &'static str,
+    /// `None` for `TriggerAction`, which runs other actions (async).
+    pub run: Option<BuiltinFn>,
+}
+
+/// The built-in actions, in the contract's order.
+pub(crate) const BUILTINS: [Builtin; 17] = [
+    builtin(
         "Connect",
         Roles::ALL,
-        Some(connect::run),
+        false,
+        connect::run,
         "Start the session.",
     ),
-    (
+    builtin(
         "GetActions",
         Roles::ALL,
-        Some(get_actions::run),
+        false,
+        get_actions::run,
         "List the actions.",
     ),
-    (
-        "TriggerAction",
-        Roles::ALL,
-        None,
-        "Run a custom action by its reference name.",
-    ),
-    (
+    Builtin {
+        name: "TriggerAction",
+        roles: Roles::ALL,
+        pipelined: false,
+        description: "Run a custom action by its reference name.",
+        run: None,
+    },
+    builtin(
         "StartEngagement",
         Roles::CUSTOMER,
-        Some(start_engagement::run),
+        false,
+        start_engagement::run,
         "Start a chat.",
     ),
-    (
+    builtin(
         "RestartEngagement",
         Roles::CUSTOMER,
-        Some(restart_engagement::run),
+        false,
+        restart_engagement::run,
         "Leave the chat and return to the pre-engagement form.",
     ),
-    (
+    builtin(
         "ToggleChatVisibility",
         Roles::CUSTOMER,
-        Some(toggle_chat_visibility::run),
+        false,
+        toggle_chat_visibility::run,
         "Minimize or expand the chat widget.",
     ),
-    (
+    builtin(
         "MinimizeChat",
         Roles::CUSTOMER,
-        Some(minimize_chat::run),
+        false,
+        minimize_chat::run,
         "Minimize the chat widget.",
     ),
-    (
+    builtin(
         "SendMessage",
         Roles::ALL,
-        Some(send_message::run),
+        true,
+        send_message::run,
         "Post a message to a channel.",
     ),
-    (
+    builtin(
         "SetInputText",
         Roles::ALL,
-        Some(set_input_text::run),
+        true,
+        set_input_text::run,
         "Save the draft for a channel.",
     ),
-    (
+    builtin(
         "SendTyping",
         Roles::ALL,
-        Some(send_typing::run),
+        true,
+        send_typing::run,
         "Tell the channel you are typing.",
     ),
-    (
+    builtin(
         "JoinChannel",
         Roles::STAFF,
-        Some(join_channel::run),
+        false,
+        join_channel::run,
         "Join a channel as a member.",
     ),
-    (
+    builtin(
         "LeaveChannel",
         Roles::ALL,
-        Some(leave_channel::run),
+        false,
+        leave_channel::run,
         "Leave a channel.",
     ),
-    (
+    builtin(
         "EndEngagement",
         Roles::STAFF,
-        Some(end_engagement::run),
+        false,
+        end_engagement::run,
         "End a chat for everyone in it.",
     ),
-    (
+    builtin(
         "Subscribe",
         Roles::STAFF,
-        Some(subscribe::run),
+        false,
+        subscribe::run,
         "Observe a channel or queue without joining.",
     ),
-    (
+    builtin(
         "Unsubscribe",
         Roles::STAFF,
-        Some(unsubscribe::run),
+        false,
+        unsubscribe::run,
         "Stop observing a channel or queue.",
     ),
-    (
+    builtin(
         "GetEngagements",
         Roles::STAFF,
-        Some(get_engagements::run),
+        false,
+        get_engagements::run,
         "Read a page of a queue's open engagements.",
     ),
-    (
+    builtin(
         "GetMessages",
         Roles::ALL,
-        Some(get_messages::run),
+        false,
+        get_messages::run,
         "Read a page of a channel's history.",
     ),
 ];
+
+const fn builtin(
+    name: &'static str,
+    roles: Roles,
+    pipelined: bool,
+    run: BuiltinFn,
+    description: &'static str,
+) -> Builtin {
+    Builtin {
+        name,
+        roles,
+        pipelined,
+        description,
+        run: Some(run),
+    }
+}
 
 /// Every action the broker knows, with its listeners.
 pub struct ActionRegistry {
@@ -334,16 +408,17 @@ impl ActionRegistry {
             before: HashMap::new(),
             after: HashMap::new(),
         };
-        for (name, roles, run, description) in BUILTINS {
-            registry.order.push(name.to_owned());
+        for builtin in &BUILTINS {
+            registry.order.push(builtin.name.to_owned());
             registry.entries.insert(
-                name.to_owned(),
+                builtin.name.to_owned(),
                 ActionEntry {
                     kind: ActionKind::Builtin,
-                    description: description.to_owned(),
+                    description: builtin.description.to_owned(),
                     preset: None,
-                    roles,
-                    implementation: match run {
+                    roles: builtin.roles,
+                    pipelined: builtin.pipelined,
+                    implementation: match builtin.run {
                         Some(run) => Implementation::Builtin(run),
                         None => Implementation::Trigger,
                     },
@@ -355,11 +430,19 @@ impl ActionRegistry {
 
     /// The built-in implementation of `name`, so that a replacement can
     /// still call the original.
-    pub fn builtin(name: &str) -> Option<BuiltinFn> {
+    pub fn builtin(name: &str) -> Option<BuiltinAction> {
         BUILTINS
             .iter()
-            .find(|(n, ..)| *n == name)
-            .and_then(|(_, _, run, _)| *run)
+            .find(|b| b.name == name)
+            .and_then(|b| b.run)
+            .map(|run| BuiltinAction { run })
+    }
+
+    /// Whether `name` is a custom action (what `TriggerAction` may run).
+    pub fn is_custom(&self, name: &str) -> bool {
+        self.entries
+            .get(name)
+            .is_some_and(|e| e.kind == ActionKind::Custom)
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -432,6 +515,7 @@ impl ActionRegistry {
                 description: action.description,
                 preset: None,
                 roles: action.roles,
+                pipelined: false,
                 implementation: Implementation::Handler(Arc::new(move |ctx, p| {
                     Box::pin(handler(ctx, p))
                 })),
@@ -458,6 +542,7 @@ impl ActionRegistry {
                 description: description.unwrap_or_else(|| format!("Runs {target}.")),
                 preset: Some(preset.unwrap_or_else(|| Value::Object(Map::new()))),
                 roles: Roles::ALL,
+                pipelined: false,
                 implementation: Implementation::Preset {
                     target: target.to_owned(),
                 },
@@ -533,8 +618,66 @@ impl ActionRegistry {
         })
     }
 
-    /// Runs `action` through its listeners and implementation.
-    pub async fn invoke(&self, ctx: &ActionContext, action: &str, payload: Value) -> ActionResult {
+    /// Runs `action` through its listeners and implementation, and
+    /// answers once its change is durable.
+    pub async fn invoke(
+        self: Arc<Self>,
+        ctx: &ActionContext,
+        action: &str,
+        payload: Value,
+    ) -> ActionResult {
+        self.invoke_boxed(ctx, action, payload).await
+    }
+
+    /// Boxed, so that actions running actions (custom presets, listeners)
+    /// can recurse.
+    pub(crate) fn invoke_boxed<'a>(
+        &'a self,
+        ctx: &'a ActionContext,
+        action: &'a str,
+        payload: Value,
+    ) -> BoxFuture<'a, ActionResult> {
+        Box::pin(self.run_pipeline(ctx, action, payload))
+    }
+
+    async fn run_pipeline(
+        &self,
+        ctx: &ActionContext,
+        action: &str,
+        payload: Value,
+    ) -> ActionResult {
+        let entry = self.admit(ctx, action)?;
+        let mut payload = payload;
+        for listener in self.before.get(action).into_iter().flatten() {
+            payload = listener(ctx.clone(), payload).await?;
+            if !payload.is_object() {
+                return Err(ActionError::Internal(format!(
+                    "a before{action} listener returned a payload that is not a map"
+                )));
+            }
+        }
+        let after = self.after.get(action);
+        let kept = after.map(|_| payload.clone());
+        let result = match &entry.implementation {
+            Implementation::Trigger => trigger_action::run(self, ctx, payload).await?,
+            Implementation::Builtin(run) => run(ctx, payload)?.await?,
+            Implementation::Handler(handler) => handler(ctx.clone(), payload).await?,
+            Implementation::Preset { target } => {
+                let preset = entry.preset.clone().unwrap_or(Value::Null);
+                let merged = merge(preset, payload);
+                self.invoke_boxed(ctx, target, merged).await?
+            }
+        };
+        if let (Some(listeners), Some(payload)) = (after, kept) {
+            for listener in listeners {
+                listener(ctx.clone(), payload.clone(), result.clone()).await;
+            }
+        }
+        Ok(result)
+    }
+
+    /// The role and rate checks every run of an action passes first.
+    fn admit(&self, ctx: &ActionContext, action: &str) -> Result<&ActionEntry, ActionError> {
         let entry = self
             .entries
             .get(action)
@@ -550,53 +693,38 @@ impl ActionRegistry {
         if let Some(session) = ctx.session.as_ref().filter(|_| !ctx.internal) {
             session.rate.check_action(action)?;
         }
-        let mut payload = payload;
-        for listener in self.before.get(action).into_iter().flatten() {
-            payload = listener(ctx.clone(), payload).await?;
-            if !payload.is_object() {
-                return Err(ActionError::Internal(format!(
-                    "a before{action} listener returned a payload that is not a map"
-                )));
-            }
-        }
-        if entry.kind == ActionKind::Builtin {
-            crate::validate::payload(&ctx.broker.config, action, &payload)?;
-        }
-        let after = self.after.get(action);
-        let result = match &entry.implementation {
-            Implementation::Trigger => trigger_action::run(self, ctx, &payload).await?,
-            Implementation::Builtin(run) => run(ctx, &payload)?,
-            Implementation::Handler(handler) => {
-                let payload = if after.is_some() {
-                    payload.clone()
-                } else {
-                    std::mem::take(&mut payload)
-                };
-                handler(ctx.clone(), payload).await?
-            }
-            Implementation::Preset { target } => {
-                let preset = entry.preset.clone().unwrap_or(Value::Null);
-                let merged = merge(preset, payload.clone());
-                self.invoke_boxed(ctx, target, merged).await?
-            }
-        };
-        if let Some(listeners) = after {
-            for listener in listeners {
-                listener(ctx.clone(), payload.clone(), result.clone()).await;
-            }
-        }
-        Ok(result)
+        Ok(entry)
     }
 
-    /// Boxed, so that actions running actions (custom presets, listeners)
-    /// can recurse.
-    pub(crate) fn invoke_boxed<'a>(
-        &'a self,
-        ctx: &'a ActionContext,
-        action: &'a str,
+    /// Whether a session may run `action` while its earlier replies wait
+    /// for durability: a built-in marked so in [`BUILTINS`], not replaced,
+    /// with no listener. Anything else runs through [`Self::invoke`] once
+    /// the session's earlier replies are out.
+    pub(crate) fn pipelinable(&self, action: &str) -> bool {
+        self.entries.get(action).is_some_and(|entry| {
+            entry.pipelined
+                && matches!(entry.implementation, Implementation::Builtin(_))
+                && !self.before.contains_key(action)
+                && !self.after.contains_key(action)
+        })
+    }
+
+    /// Runs a [`Self::pipelinable`] action now and returns its pending
+    /// result: its place in its channel's order is decided when this
+    /// returns.
+    pub(crate) fn start(
+        &self,
+        ctx: &ActionContext,
+        action: &str,
         payload: Value,
-    ) -> BoxFuture<'a, ActionResult> {
-        Box::pin(self.invoke(ctx, action, payload))
+    ) -> Result<Pending<Value>, ActionError> {
+        let entry = self.admit(ctx, action)?;
+        match entry.implementation {
+            Implementation::Builtin(run) => run(ctx, payload),
+            _ => Err(ActionError::Internal(format!(
+                "{action} cannot be pipelined"
+            ))),
+        }
     }
 
     /// Names of the actions a role may call, in listing order.
@@ -671,22 +799,26 @@ async fn run_configured_after(
         }
     }
     let actor = match &config.as_identity {
-        Some(name) => match ctx.broker.service_identity(name) {
-            Ok(identity) => ActionContext {
-                broker: ctx.broker.clone(),
-                identity,
-                session: None,
-                internal: true,
-            },
-            Err(e) => {
-                tracing::warn!(listener = %config.on, identity = %name, error = %e, "after listener cannot act");
-                return;
+        Some(name) => {
+            let principal = crate::auth::Principal {
+                identity: name.clone(),
+                role: Role::Service,
+                anonymous: false,
+            };
+            match ctx.node.engine.identify(&principal).await {
+                Ok(actor) => ActionContext {
+                    actor,
+                    session: None,
+                    internal: true,
+                    ..ctx
+                },
+                Err(e) => {
+                    tracing::warn!(listener = %config.on, identity = %name, error = %e, "after listener cannot act");
+                    return;
+                }
             }
-        },
-        None => ActionContext {
-            internal: true,
-            ..ctx
-        },
+        }
+        None => ctx.internal(),
     };
     if let Err(e) = actor.invoke(&config.invoke, invoke_payload).await {
         tracing::warn!(
@@ -718,42 +850,7 @@ pub fn merge(base: Value, overlay: Value) -> Value {
     }
 }
 
-// ---- payload helpers shared by the action files ----
-
-/// A required string field.
-fn required_str<'a>(payload: &'a Value, key: &str) -> Result<&'a str, ActionError> {
-    match payload.get(key) {
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(ActionError::bad_request(format!(
-            "`{key}` must be a string"
-        ))),
-        None => Err(ActionError::bad_request(format!("`{key}` is required"))),
-    }
-}
-
-/// The `channelSid` field, checked for shape.
-fn channel_sid(payload: &Value) -> Result<&str, ActionError> {
-    let sid = required_str(payload, "channelSid")?;
-    if !crate::broker::channel::is_channel_sid(sid) {
-        return Err(ActionError::bad_request(format!(
-            "`channelSid` {sid:?} is not a channel sid (CH + 32 lowercase hex)"
-        )));
-    }
-    Ok(sid)
-}
-
-/// The channel a member acts on. Customers get `not_a_member` for a channel
-/// that does not exist too, so sids cannot be probed.
-fn member_channel(
-    ctx: &ActionContext,
-    sid: &str,
-) -> Result<Arc<crate::broker::channel::Channel>, ActionError> {
-    ctx.broker.channel(sid).ok_or_else(|| match ctx.role() {
-        Role::Customer => ActionError::NotAMember(sid.to_owned()),
-        _ => ActionError::NotFound(format!("no channel {sid}")),
-    })
-}
-
+/// The session a command came from, for the actions that need one.
 fn session_required(ctx: &ActionContext) -> Result<&Arc<SessionHandle>, ActionError> {
     ctx.session
         .as_ref()
@@ -775,6 +872,27 @@ mod tests {
             merged,
             json!({"formData": {"department": "sales", "name": "Ada", "x": 2}, "keep": true})
         );
+    }
+
+    /// The JavaScript SDK lists the built-ins too (it refuses to register
+    /// a custom action under a built-in's name): its list is this table's.
+    #[test]
+    fn the_sdk_knows_every_builtin() {
+        let sdk = include_str!("../../clients/js/src/actions.js");
+        let list = sdk
+            .split("BUILTIN_ACTIONS = Object.freeze([")
+            .nth(1)
+            .and_then(|rest| rest.split("]);").next())
+            .expect("the SDK's BUILTIN_ACTIONS");
+        let mut sdk_names: Vec<&str> = list
+            .split(',')
+            .map(|item| item.trim().trim_matches('"'))
+            .filter(|item| !item.is_empty())
+            .collect();
+        let mut ours: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
+        sdk_names.sort();
+        ours.sort();
+        assert_eq!(sdk_names, ours);
     }
 
     #[test]

@@ -3,24 +3,10 @@
 
 use serde_json::{json, Value};
 
-use super::{ActionContext, ActionResult};
-use crate::broker::LeaveReason;
-use crate::error::ActionError;
+use super::{ActionContext, ActionError};
+use crate::engine::Pending;
 
-pub(super) fn run(ctx: &ActionContext, _payload: &Value) -> ActionResult {
-    let mut state = ctx.identity.lock();
-    let sid = state
-        .engagement
-        .as_ref()
-        .ok_or(ActionError::NoEngagement)?
-        .channel_sid
-        .clone();
-    ctx.broker.remove_member(
-        &ctx.identity,
-        &mut state,
-        &sid,
-        LeaveReason::Restart,
-        "restart",
-    )?;
-    Ok(json!({ "channelSid": sid }))
+pub(super) fn run(ctx: &ActionContext, _payload: Value) -> Result<Pending<Value>, ActionError> {
+    let restarted = ctx.node.engine.restart_engagement(&ctx.actor);
+    Ok(restarted.map(|sid| json!({ "channelSid": sid })))
 }

@@ -3,14 +3,13 @@
 
 use serde_json::{json, Value};
 
-use super::{ActionContext, ActionResult};
-use crate::codec::Push;
+use super::{ActionContext, ActionError};
+use crate::engine::{Pending, WidgetChange};
 
-pub(super) fn run(ctx: &ActionContext, _payload: &Value) -> ActionResult {
-    let mut state = ctx.identity.lock();
-    state.expanded = !state.expanded;
-    let result = json!({ "expanded": state.expanded });
-    ctx.broker.save_identity(&ctx.identity, &state);
-    state.push(&Push::new("widgetStateChanged", &result), ctx.session_key());
-    Ok(result)
+pub(super) fn run(ctx: &ActionContext, _payload: Value) -> Result<Pending<Value>, ActionError> {
+    let toggled = ctx
+        .node
+        .engine
+        .set_widget(&ctx.actor, WidgetChange::Toggle, ctx.session_key());
+    Ok(toggled.map(|expanded| json!({ "expanded": expanded })))
 }

@@ -10,7 +10,7 @@
 use crate::config::Config;
 
 /// One embedded file.
-pub struct Asset {
+pub(crate) struct Asset {
     pub content_type: &'static str,
     pub body: &'static [u8],
 }
@@ -129,7 +129,7 @@ static FILES: &[(&str, &str, &[u8])] = &[
 /// as the WebSocket upgrade compares it), and `Vary: Origin` tells caches
 /// the answer depends on it. Kept apart from the HTTP layer so any server
 /// front end can call it.
-pub fn cors_headers(config: &Config, origin: Option<&str>) -> Vec<(&'static str, String)> {
+pub(crate) fn cors_headers(config: &Config, origin: Option<&str>) -> Vec<(&'static str, String)> {
     let Some(allowed) = config.allowed_origins.as_deref() else {
         return vec![("Access-Control-Allow-Origin", "*".to_owned())];
     };
@@ -156,7 +156,7 @@ fn canonical(path: &str) -> &str {
 }
 
 /// The embedded file served at `path` (the request path without its query).
-pub fn lookup(path: &str) -> Option<Asset> {
+pub(crate) fn lookup(path: &str) -> Option<Asset> {
     let path = canonical(path);
     FILES
         .iter()

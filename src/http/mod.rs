@@ -9,7 +9,7 @@
 //! Everything hyper allocated for the connection is freed before the
 //! session starts.
 
-pub mod assets;
+pub(crate) mod assets;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -37,11 +37,11 @@ use crate::tls::Stream;
 
 /// Largest request head accepted (request line and headers): hyper's read
 /// buffer is this size, and a head that does not fit is answered 431.
-pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// Most header fields a request may carry (over it: 431).
-pub const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 /// Largest request body accepted (over it: 413).
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// How long a closed or refused connection keeps reading (and discarding)
 /// what the client still sends, so that its request in flight does not turn
 /// our close into a reset that destroys the answer before it is read.
@@ -137,7 +137,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// A complete (non-upgrade) response.
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Bytes,
@@ -145,7 +145,7 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn new(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Self {
+    pub(crate) fn new(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Self {
         Response {
             status,
             content_type,
@@ -154,11 +154,11 @@ impl Response {
         }
     }
 
-    pub fn text(status: u16, body: impl Into<String>) -> Self {
+    pub(crate) fn text(status: u16, body: impl Into<String>) -> Self {
         Response::new(status, "text/plain; charset=utf-8", body.into())
     }
 
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    pub(crate) fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
     }
@@ -166,7 +166,7 @@ impl Response {
     /// Writes the response straight to a socket that hyper is not serving
     /// (refusals at accept, the handshake deadline); the connection closes
     /// after it.
-    pub async fn write_to<S: AsyncWrite + Unpin>(
+    pub(crate) async fn write_to<S: AsyncWrite + Unpin>(
         &self,
         stream: &mut S,
         head_only: bool,
@@ -220,7 +220,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// What to do with a request.
-pub enum Route {
+pub(crate) enum Route {
     /// Upgrade to a WebSocket session in this encoding.
     Upgrade {
         encoding: Encoding,
@@ -235,18 +235,16 @@ pub enum Route {
 }
 
 /// Whether the broker can serve every action now; `Err` says why not. The
-/// one place readiness is decided (`/readyz`): today the store must be able
-/// to take writes; a memory-only broker always can.
-pub fn readiness(broker: &Broker) -> Result<(), String> {
-    match broker.store.as_ref().map(|s| s.health()) {
-        None | Some(Ok(())) => Ok(()),
-        Some(Err(why)) => Err(format!("store: {why}")),
-    }
+/// one place readiness is decided (`/readyz`): the engine's health (the
+/// embedded engine: its store can take writes, and a memory-only broker
+/// always can; a clustered engine adds its shared state's).
+pub(crate) fn readiness(broker: &Broker) -> Result<(), String> {
+    broker.node.engine.health()
 }
 
 /// Decides what a request gets. `loopback` says whether the listener is on
 /// a loopback address (demo tokens are only ever minted there).
-pub fn route(broker: &Broker, request: &Request, loopback: bool) -> Route {
+pub(crate) fn route(broker: &Broker, request: &Request, loopback: bool) -> Route {
     if request.path == "/ws" {
         return websocket_upgrade(broker, request);
     }
@@ -266,7 +264,7 @@ pub fn route(broker: &Broker, request: &Request, loopback: bool) -> Route {
         "/demo/token"
             if broker.config.demo_tokens_enabled()
                 && loopback
-                && broker.auth.can_mint_client_tokens() =>
+                && broker.auth().can_mint_client_tokens() =>
         {
             match demo_token_refusal(request) {
                 Some(why) => Response::text(403, format!("{why}\n")),
@@ -395,7 +393,7 @@ fn demo_token(broker: &Broker, request: &Request) -> Response {
         return Response::text(400, "sub must be 1 to 64 characters\n");
     }
     let ttl = Duration::from_secs(broker.config.identities.demo_token_ttl_secs);
-    let token = broker.auth.client_token(&sub, role, ttl);
+    let token = broker.auth().client_token(&sub, role, ttl);
     Response::new(
         200,
         "application/json",

@@ -1,14 +1,28 @@
 //! Durable storage: messages, engagements, memberships and per-identity
-//! state in an embedded SQLite database under the data directory.
+//! state under the data directory.
 //!
-//! Writes never run on the caller's thread. An action submits an [`Op`]
-//! (under the lock that ordered it, so ops of one channel are submitted in
-//! index order) and gets a ticket; a single writer thread takes every op
-//! waiting, applies the whole batch in one transaction and commits once
-//! (group commit), then publishes how far it is durable. Whatever the op
-//! made visible to clients (a `messageAdded`, a `memberLeft`) is only
-//! delivered once its ticket is durable, and a command's reply waits for the
-//! tickets it produced: an acknowledged message is on disk.
+//! Writes never run on the caller's thread. A caller submits a job (the
+//! [`Op`]s of one operation, and what to do once they are durable) under the
+//! lock that ordered it, so the jobs that concern one channel are submitted
+//! in that channel's order, and gets a ticket. A single writer thread takes
+//! every job waiting, applies the whole batch as one durable step (group
+//! commit), then settles each job in ticket order ([`AfterCommit`]: the
+//! engine delivers the job's events) and publishes how far it is durable
+//! ([`Commits`]). A command's reply waits for its ticket: an acknowledged
+//! message is on disk.
+//!
+//! A failed write (a full disk, an I/O error) is not retried: the batch and
+//! every job queued behind it fail at once (their callers answer
+//! `unavailable`, their events are never shown), the store takes no more
+//! writes, and the [`StoreListener`] (the engine) reloads what is durable.
+//! The writer probes the disk until it can write again, then the listener
+//! reloads once more and resumes the store.
+//!
+//! The store knows nothing of channels or sessions: it stores [`Op`]s and
+//! calls back through the two small traits above. Under it, a
+//! `Backend` does the storing (SQLite today, see `sqlite.rs`); the
+//! store's front (tickets, the writer thread, failure handling, the
+//! acknowledged-writes marker) is the same for any backend.
 //!
 //! Why SQLite in WAL mode: its two sync levels are exactly the two durable
 //! levels offered. `synchronous = FULL` fsyncs the log on every commit
@@ -23,12 +37,12 @@
 
 mod sqlite;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -36,10 +50,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::auth::Role;
-use crate::broker::channel::Channel;
 use crate::metrics::Metrics;
-
-pub use sqlite::{ChannelRow, IdentityRow, Snapshot};
 
 /// How far an acknowledged write is guaranteed to have gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -85,6 +96,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("storage is overloaded: too many writes waiting")]
     Overloaded,
+    /// A write failed (a full disk, an I/O error): nothing more is taken
+    /// until the store can write again.
+    #[error("the store cannot take writes: {0}")]
+    Unavailable(String),
     #[error("storage has stopped")]
     Stopped,
 }
@@ -151,44 +166,191 @@ pub struct Retention {
     pub ended_before_ms: i64,
 }
 
-struct Job {
-    ticket: u64,
-    op: Op,
-    /// A channel with events waiting for this ticket to be durable.
-    deliver: Option<Arc<Channel>>,
+/// An identity's persistent state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentityRow {
+    pub id: Arc<str>,
+    pub role: Role,
+    pub anonymous: bool,
+    pub expanded: bool,
+    /// `(channel sid, startedAt)` of the current engagement.
+    pub engagement: Option<(Arc<str>, String)>,
 }
 
-/// The handle actions write through.
-pub struct Store {
-    /// Ticket assignment and submission under one lock, so tickets reach the
-    /// writer in ticket order and "durable up to N" covers every op <= N.
-    submit: Mutex<Submitter>,
-    /// The newest ticket handed out; written under `submit`, read without
-    /// it (every session checks it around every command).
-    issued: AtomicU64,
-    durable: Arc<Durable>,
-    /// Read connections. WAL readers block neither each other nor the
-    /// writer, so several let concurrent history reads run side by side.
-    readers: Vec<Mutex<rusqlite::Connection>>,
-    next_reader: AtomicUsize,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    path: PathBuf,
+/// A live (not ended) channel as stored.
+#[derive(Debug, Clone)]
+pub struct ChannelRow {
+    pub sid: Arc<str>,
+    pub queue: Arc<str>,
+    pub customer: Option<Arc<str>>,
+    pub form_data: Value,
+    pub started_at: String,
+    pub next_index: u64,
+    pub members: Vec<(Arc<str>, Role)>,
+    /// The newest messages, ascending.
+    pub recent: Vec<Arc<StoredMessage>>,
 }
 
-/// How far the store is durable, and who waits for what. Why not a `watch`:
-/// every commit would wake every waiting session; here a commit wakes only
-/// the waiters its tickets cover.
+/// Everything that is durable, as start-up (or a reload after a failed
+/// write) restores it.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub identities: Vec<IdentityRow>,
+    pub drafts: Vec<(Arc<str>, Arc<str>, String)>,
+    pub channels: Vec<ChannelRow>,
+    /// Signs resume tokens, so anonymous customers survive a restart.
+    pub resume_secret: Vec<u8>,
+}
+
+/// What to do once a job's fate is known. Called on the writer thread, in
+/// ticket order: `durable` is false when its write failed and nothing of it
+/// was stored.
+pub trait AfterCommit: Send + 'static {
+    fn settled(self, durable: bool);
+}
+
+impl AfterCommit for () {
+    fn settled(self, _durable: bool) {}
+}
+
+/// Told when the store fails a write and when it can write again (the
+/// engine, whose in-memory state must match what is durable).
+pub trait StoreListener: Send + Sync {
+    /// A write failed: the store takes none until it can write again.
+    fn failed(&self, reason: &str);
+    /// The store can write again. The listener makes its state match
+    /// [`Store::snapshot`], then calls [`Store::resume`].
+    fn recovered(&self);
+}
+
+/// A storage backend under the writer thread.
+pub(crate) trait Backend: Send {
+    /// Applies `ops` in order as one durable step (one fsync at most,
+    /// per the durability level), recording `commit_seq` with them.
+    /// Returns whether retention work is left for another slice.
+    fn apply(
+        &mut self,
+        ops: &mut dyn Iterator<Item = &Op>,
+        commit_seq: u64,
+    ) -> Result<bool, StoreError>;
+    /// A small durable write, proving the store can write again.
+    fn probe(&mut self, commit_seq: u64) -> Result<(), StoreError>;
+}
+
+/// Reads, from any thread.
+pub(crate) trait HistoryReader: Send + Sync {
+    fn messages(
+        &self,
+        sid: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+    fn oldest_index(&self, sid: &str) -> Result<Option<u64>, StoreError>;
+    /// A channel not in memory (ended): whether it exists, and its next index.
+    fn ended_channel(&self, sid: &str) -> Result<Option<u64>, StoreError>;
+    fn snapshot(&self, recent_messages: usize) -> Result<Snapshot, StoreError>;
+}
+
+/// What a backend gives the store when it opens.
+pub(crate) struct Opened {
+    pub backend: Box<dyn Backend>,
+    pub reader: Box<dyn HistoryReader>,
+    pub snapshot: Snapshot,
+    pub commit_seq: u64,
+}
+
+/// The acknowledged-writes check at start: `Ok(lost)` when the store may
+/// start (`lost` > 0 only when the operator accepted the loss).
+pub(crate) fn check_loss(
+    path: &Path,
+    found: u64,
+    acknowledged: u64,
+    accept_loss: bool,
+) -> Result<u64, StoreError> {
+    if found >= acknowledged {
+        return Ok(0);
+    }
+    let lost = acknowledged - found;
+    if !accept_loss {
+        return Err(StoreError::LostWrites {
+            path: path.to_owned(),
+            lost,
+            found,
+            acknowledged,
+        });
+    }
+    tracing::warn!(
+        path = %path.display(),
+        lost,
+        "starting with acknowledged writes lost (--accept-data-loss): open channels continue above every index handed out before"
+    );
+    Ok(lost)
+}
+
+/// How far the store is durable, which writes failed, and who waits for
+/// what. Why not a `watch`: every commit would wake every waiting session;
+/// here a commit wakes only the waiters its tickets cover.
 #[derive(Default)]
-struct Durable {
+pub struct Commits {
     upto: AtomicU64,
+    /// Ticket ranges that failed (nothing of them was stored), with why;
+    /// the newest few hundred, which is all a held reply can be waiting
+    /// for.
+    failed: Mutex<VecDeque<(u64, u64, Arc<str>)>>,
+    /// Why the store takes no writes now (`None`: it does).
+    unhealthy: Mutex<Option<Arc<str>>>,
     /// The last purge stopped at one of its bounds: more retention work is
     /// waiting for another slice.
-    retention_behind: std::sync::atomic::AtomicBool,
+    retention_behind: AtomicBool,
     waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
 }
 
-impl Durable {
-    /// Called by the writer after a commit.
+/// Failed ranges remembered.
+const FAILED_RANGES: usize = 256;
+
+impl Commits {
+    /// Every ticket up to this one is settled (durable or failed).
+    pub fn upto(&self) -> u64 {
+        self.upto.load(Ordering::Acquire)
+    }
+
+    /// A ticket's fate: `None` while unsettled, `Err(why)` if its write
+    /// failed.
+    pub fn outcome(&self, ticket: u64) -> Option<Result<(), String>> {
+        if self.upto() < ticket {
+            return None;
+        }
+        let failed = self.failed.lock();
+        match failed
+            .iter()
+            .find(|(from, to, _)| (*from..=*to).contains(&ticket))
+        {
+            Some((_, _, why)) => Some(Err(why.to_string())),
+            None => Some(Ok(())),
+        }
+    }
+
+    /// Resolves once `ticket` is settled.
+    pub async fn wait(&self, ticket: u64) {
+        if self.upto() >= ticket {
+            return;
+        }
+        let (sender, receiver) = oneshot::channel();
+        {
+            let mut waiters = self.waiters.lock();
+            // Checked again under the lock `advance` takes, so a commit
+            // between the first check and here cannot be missed.
+            if self.upto() >= ticket {
+                return;
+            }
+            waiters.entry(ticket).or_default().push(sender);
+        }
+        // The writer never drops a waiter without sending; if the store
+        // stops, the sender is dropped and this returns too.
+        let _ = receiver.await;
+    }
+
     fn advance(&self, upto: u64) {
         self.upto.store(upto, Ordering::Release);
         let ready = {
@@ -201,38 +363,68 @@ impl Durable {
         }
     }
 
-    async fn wait(&self, ticket: u64) {
-        if self.upto.load(Ordering::Acquire) >= ticket {
-            return;
-        }
-        let (sender, receiver) = oneshot::channel();
+    fn fail(&self, from: u64, to: u64, why: &str) {
+        let why: Arc<str> = Arc::from(why);
         {
-            let mut waiters = self.waiters.lock();
-            // Checked again under the lock `advance` takes, so a commit
-            // between the first check and here cannot be missed.
-            if self.upto.load(Ordering::Acquire) >= ticket {
-                return;
+            let mut failed = self.failed.lock();
+            failed.push_back((from, to, why.clone()));
+            while failed.len() > FAILED_RANGES {
+                failed.pop_front();
             }
-            waiters.entry(ticket).or_default().push(sender);
         }
-        // The writer never drops a waiter without sending; if the store
-        // stops, the sender is dropped and this returns too.
-        let _ = receiver.await;
+        *self.unhealthy.lock() = Some(why);
+        self.advance(to);
+    }
+
+    /// `Err(why)` while the store takes no writes.
+    pub fn health(&self) -> Result<(), String> {
+        match &*self.unhealthy.lock() {
+            None => Ok(()),
+            Some(why) => Err(why.to_string()),
+        }
     }
 }
 
-struct Submitter {
-    last_ticket: u64,
-    sender: Option<SyncSender<Job>>,
+struct Job<A> {
+    ticket: u64,
+    ops: Vec<Op>,
+    after: A,
 }
 
-/// Ops waiting for the writer, at most.
+struct Submitter<A> {
+    last_ticket: u64,
+    sender: Option<SyncSender<Job<A>>>,
+    /// False from a failed write until the listener resumed the store.
+    accepting: bool,
+}
+
+/// The handle writes go through.
+pub struct Store<A: AfterCommit = ()> {
+    /// Ticket assignment and submission under one lock, so tickets reach the
+    /// writer in ticket order and "durable up to N" covers every job <= N.
+    submit: Arc<Mutex<Submitter<A>>>,
+    /// The newest ticket handed out; written under `submit`, read without
+    /// it (every session checks it around every command).
+    issued: Arc<AtomicU64>,
+    commits: Arc<Commits>,
+    reader: Box<dyn HistoryReader>,
+    listener: Arc<OnceLock<Arc<dyn StoreListener>>>,
+    stop: Arc<AtomicBool>,
+    /// Says the writer thread has ended (`close` waits a bounded time).
+    writer_done: Mutex<Option<Receiver<()>>>,
+    path: PathBuf,
+}
+
+/// Jobs waiting for the writer, at most.
 const QUEUE_BOUND: usize = 65_536;
 
-/// Read connections (history pages, recovery from disk, transcripts).
-const READERS: usize = 4;
+/// How often a failed store tries to write again.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
 
-impl Store {
+/// How long `close` waits for the writer to commit what it has.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+impl<A: AfterCommit> Store<A> {
     /// Opens (or creates) the store in `dir` and reads back what it holds.
     /// A database that cannot be read is refused, never replaced.
     ///
@@ -248,7 +440,7 @@ impl Store {
         recent_messages: usize,
         metrics: Arc<Metrics>,
         accept_loss: bool,
-    ) -> Result<(Store, Snapshot), StoreError> {
+    ) -> Result<(Store<A>, Snapshot), StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.to_owned(),
             source,
@@ -256,60 +448,40 @@ impl Store {
         let path = dir.join("switchboard.db");
         let marker = AckMarker::open(&dir.join(ACK_MARKER_FILE))?;
         let acknowledged = marker.read()?;
-        let db_exists = path.exists();
-        if !db_exists && acknowledged > 0 && !accept_loss {
-            return Err(StoreError::LostWrites {
-                path,
-                lost: acknowledged,
-                found: 0,
-                acknowledged,
-            });
-        }
-        let (writer_conn, found) = sqlite::open_writer(&path, durability)?;
-        if found < acknowledged {
-            if !accept_loss {
-                return Err(StoreError::LostWrites {
-                    path,
-                    lost: acknowledged - found,
-                    found,
-                    acknowledged,
-                });
-            }
-            tracing::warn!(
-                path = %path.display(),
-                lost = acknowledged - found,
-                "starting with acknowledged writes lost (--accept-data-loss): open channels continue above every index handed out before"
-            );
-        }
-        sqlite::prepare(&writer_conn, &path)?;
-        if found < acknowledged {
-            sqlite::accept_loss(&writer_conn, acknowledged - found, acknowledged)?;
-        }
-        let commit_seq = found.max(acknowledged);
-        let snapshot = sqlite::load(&writer_conn, recent_messages)?;
-        let readers = (0..READERS)
-            .map(|_| sqlite::open_reader(&path).map(Mutex::new))
-            .collect::<Result<_, _>>()?;
-        let (sender, receiver) = sync_channel::<Job>(QUEUE_BOUND);
-        let durable = Arc::new(Durable::default());
-        let durable_tx = durable.clone();
-        let grown = sqlite::Grown::new(
-            snapshot
-                .channels
-                .iter()
-                .map(|c| (c.sid.clone(), c.next_index)),
-        );
-        let writer = std::thread::Builder::new()
+        let opened = sqlite::open(
+            &path,
+            durability,
+            recent_messages,
+            acknowledged,
+            accept_loss,
+        )?;
+        let (sender, receiver) = sync_channel::<Job<A>>(QUEUE_BOUND);
+        let submit = Arc::new(Mutex::new(Submitter {
+            last_ticket: 0,
+            sender: Some(sender),
+            accepting: true,
+        }));
+        let commits = Arc::new(Commits::default());
+        let listener: Arc<OnceLock<Arc<dyn StoreListener>>> = Arc::new(OnceLock::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let issued = Arc::new(AtomicU64::new(0));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let writer = Writer {
+            backend: opened.backend,
+            jobs: receiver,
+            commit_seq: opened.commit_seq,
+            marker,
+            submit: submit.clone(),
+            commits: commits.clone(),
+            listener: listener.clone(),
+            stop: stop.clone(),
+            metrics,
+        };
+        std::thread::Builder::new()
             .name("switchboard-store".into())
             .spawn(move || {
-                write_loop(
-                    writer_conn,
-                    receiver,
-                    Progress { commit_seq, marker },
-                    grown,
-                    durable_tx,
-                    metrics,
-                )
+                writer.run();
+                let _ = done_tx.send(());
             })
             .map_err(|source| StoreError::Dir {
                 path: dir.to_owned(),
@@ -317,18 +489,16 @@ impl Store {
             })?;
         Ok((
             Store {
-                submit: Mutex::new(Submitter {
-                    last_ticket: 0,
-                    sender: Some(sender),
-                }),
-                issued: AtomicU64::new(0),
-                durable,
-                readers,
-                next_reader: AtomicUsize::new(0),
-                writer: Mutex::new(Some(writer)),
+                submit,
+                issued,
+                commits,
+                reader: opened.reader,
+                listener,
+                stop,
+                writer_done: Mutex::new(Some(done_rx)),
                 path,
             },
-            snapshot,
+            opened.snapshot,
         ))
     }
 
@@ -336,23 +506,26 @@ impl Store {
         &self.path
     }
 
-    /// Whether the store can take writes now: `Err` says why not (for
-    /// `/readyz` and logs).
-    pub fn health(&self) -> Result<(), String> {
-        Ok(())
+    /// Who to tell when a write fails and when the store can write again.
+    pub fn set_listener(&self, listener: Arc<dyn StoreListener>) {
+        let _ = self.listener.set(listener);
     }
 
-    /// Queues a write; returns its ticket. Never blocks: a full queue is an
-    /// error the caller reports, and nothing has been changed for it.
-    pub fn submit(&self, op: Op, deliver: Option<Arc<Channel>>) -> Result<u64, StoreError> {
+    /// Queues one operation's writes; returns their ticket. Never blocks:
+    /// a full queue or a failed store is an error the caller reports.
+    pub fn submit(&self, ops: Vec<Op>, after: A) -> Result<u64, StoreError> {
         let mut submitter = self.submit.lock();
+        if !submitter.accepting {
+            return Err(StoreError::Unavailable(
+                self.commits
+                    .health()
+                    .err()
+                    .unwrap_or_else(|| "recovering from a failed write".into()),
+            ));
+        }
         let ticket = submitter.last_ticket + 1;
         let sender = submitter.sender.as_ref().ok_or(StoreError::Stopped)?;
-        match sender.try_send(Job {
-            ticket,
-            op,
-            deliver,
-        }) {
+        match sender.try_send(Job { ticket, ops, after }) {
             Ok(()) => {
                 submitter.last_ticket = ticket;
                 self.issued.store(ticket, Ordering::Release);
@@ -363,8 +536,18 @@ impl Store {
         }
     }
 
-    /// Whether there is room for `n` more ops (checked before an action
-    /// changes anything, so it never half-applies).
+    /// Whether a write would be taken now (checked before an operation
+    /// changes anything, so that it never half-applies): the store is
+    /// healthy and has room.
+    pub fn accepting(&self) -> Result<(), StoreError> {
+        self.commits.health().map_err(StoreError::Unavailable)?;
+        if self.last_ticket().saturating_sub(self.durable_upto()) >= (QUEUE_BOUND as u64 - 64) {
+            return Err(StoreError::Overloaded);
+        }
+        Ok(())
+    }
+
+    /// Whether there is room for more writes (a full queue pauses reading).
     pub fn has_room(&self) -> bool {
         self.last_ticket().saturating_sub(self.durable_upto()) < (QUEUE_BOUND as u64 - 64)
     }
@@ -374,13 +557,32 @@ impl Store {
         self.issued.load(Ordering::Acquire)
     }
 
+    /// Every ticket up to this one is settled.
     pub fn durable_upto(&self) -> u64 {
-        self.durable.upto.load(Ordering::Acquire)
+        self.commits.upto()
     }
 
-    /// Resolves once every op up to `ticket` is committed.
-    pub async fn wait_durable(&self, ticket: u64) {
-        self.durable.wait(ticket).await;
+    pub fn commits(&self) -> &Arc<Commits> {
+        &self.commits
+    }
+
+    /// Resolves once `ticket` is settled: `Err(why)` if its write failed.
+    pub async fn wait_durable(&self, ticket: u64) -> Result<(), String> {
+        self.commits.wait(ticket).await;
+        self.commits.outcome(ticket).unwrap_or(Ok(()))
+    }
+
+    /// After a failed write: the listener's state matches what is durable,
+    /// so writes may be taken again.
+    pub fn resume(&self) {
+        self.submit.lock().accepting = true;
+        *self.commits.unhealthy.lock() = None;
+        tracing::info!(path = %self.path.display(), "the store takes writes again");
+    }
+
+    /// `Err(why)` while the store takes no writes.
+    pub fn health(&self) -> Result<(), String> {
+        self.commits.health()
     }
 
     /// Messages of a channel with `from <= index < to`, ascending, at most
@@ -392,69 +594,64 @@ impl Store {
         to: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        self.read(|conn| sqlite::messages(conn, sid, from, to, limit))
+        blocking(|| self.reader.messages(sid, from, to, limit))
     }
 
     /// The oldest index still stored for a channel.
     pub fn oldest_index(&self, sid: &str) -> Result<Option<u64>, StoreError> {
-        self.read(|conn| sqlite::oldest_index(conn, sid))
+        blocking(|| self.reader.oldest_index(sid))
     }
 
     /// A channel that is no longer in memory (ended): whether it exists, and
     /// its next index.
     pub fn ended_channel(&self, sid: &str) -> Result<Option<u64>, StoreError> {
-        self.read(|conn| sqlite::channel_next_index(conn, sid))
+        blocking(|| self.reader.ended_channel(sid))
     }
 
-    /// Runs a read on a free reader connection. A read that misses the page
-    /// cache waits for the disk: on the multi-threaded runtime the worker
-    /// first hands its other sessions to another thread
-    /// (`block_in_place`), so one slow read stalls only its own caller.
-    fn read<T>(
-        &self,
-        read: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let run = || {
-            let conn = self
-                .readers
-                .iter()
-                .find_map(|r| r.try_lock())
-                .unwrap_or_else(|| {
-                    let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-                    self.readers[i].lock()
-                });
-            read(&conn)
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(run)
-            }
-            _ => run(),
-        }
+    /// Everything durable (a reload after a failed write).
+    pub fn snapshot(&self, recent_messages: usize) -> Result<Snapshot, StoreError> {
+        blocking(|| self.reader.snapshot(recent_messages))
     }
 
     /// Whether the last retention slice left work behind (then the next
     /// one should not wait a whole purge interval).
     pub fn retention_behind(&self) -> bool {
-        self.durable.retention_behind.load(Ordering::Acquire)
+        self.commits.retention_behind.load(Ordering::Acquire)
     }
 
-    /// Stops taking writes, lets the writer commit what it has, and waits.
+    /// Stops taking writes and lets the writer commit what it has: waits
+    /// for it a bounded time, so a stuck disk cannot stop the process from
+    /// exiting.
     pub fn close(&self) {
         self.submit.lock().sender = None;
-        if let Some(writer) = self.writer.lock().take() {
-            let _ = writer.join();
+        self.stop.store(true, Ordering::Release);
+        if let Some(done) = self.writer_done.lock().take() {
+            if done.recv_timeout(CLOSE_WAIT).is_err() {
+                tracing::error!(path = %self.path.display(), "the store's writer did not finish in time; exiting without it");
+            }
         }
     }
 }
 
-impl Drop for Store {
+impl<A: AfterCommit> Drop for Store<A> {
     fn drop(&mut self) {
         self.close();
     }
 }
 
-/// Ops applied per transaction at most.
+/// A read that may wait for the disk: on the multi-threaded runtime the
+/// worker first hands its other sessions to another thread
+/// (`block_in_place`), so one slow read stalls only its own caller.
+fn blocking<T>(read: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(read)
+        }
+        _ => read(),
+    }
+}
+
+/// Jobs applied per batch at most.
 const MAX_BATCH: usize = 8192;
 
 /// The file beside the database that records how many writes were
@@ -523,71 +720,114 @@ impl AckMarker {
     }
 }
 
-/// How many writes the store has taken, and where that is recorded once
-/// acknowledged.
-struct Progress {
+struct Writer<A> {
+    backend: Box<dyn Backend>,
+    jobs: Receiver<Job<A>>,
+    /// How many writes the store has taken in all.
     commit_seq: u64,
     marker: AckMarker,
+    submit: Arc<Mutex<Submitter<A>>>,
+    commits: Arc<Commits>,
+    listener: Arc<OnceLock<Arc<dyn StoreListener>>>,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 }
 
-fn write_loop(
-    mut conn: rusqlite::Connection,
-    jobs: std::sync::mpsc::Receiver<Job>,
-    mut progress: Progress,
-    mut grown: sqlite::Grown,
-    durable: Arc<Durable>,
-    metrics: Arc<Metrics>,
-) {
-    let mut batch: Vec<Job> = Vec::new();
-    while let Ok(first) = jobs.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+impl<A: AfterCommit> Writer<A> {
+    fn run(mut self) {
+        let mut batch: Vec<Job<A>> = Vec::new();
+        while let Ok(first) = self.jobs.recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
-        }
-        let mut backoff = std::time::Duration::from_millis(10);
-        // A failed commit (disk full, I/O error) is retried, never skipped:
-        // nothing in the batch has been acknowledged or delivered yet.
-        let commit_seq = progress.commit_seq + batch.len() as u64;
-        let behind = loop {
-            let started = std::time::Instant::now();
-            match sqlite::apply(
-                &mut conn,
-                batch.iter().map(|j| &j.op),
-                commit_seq,
-                &mut grown,
-            ) {
+            let commit_seq =
+                self.commit_seq + batch.iter().map(|j| j.ops.len() as u64).sum::<u64>();
+            let started = Instant::now();
+            let applied = self
+                .backend
+                .apply(&mut batch.iter().flat_map(|j| j.ops.iter()), commit_seq);
+            match applied {
                 Ok(behind) => {
-                    metrics.store_commit(started.elapsed());
-                    break behind;
+                    self.metrics.store_commit(started.elapsed());
+                    self.commit_seq = commit_seq;
+                    // Recorded before anything of the batch is acknowledged
+                    // or shown.
+                    if let Err(e) = self.marker.write(commit_seq) {
+                        tracing::error!(error = %e, path = %self.marker.path.display(), "cannot record acknowledged writes");
+                    }
+                    if batch
+                        .iter()
+                        .any(|j| j.ops.iter().any(|op| matches!(op, Op::Purge(_))))
+                    {
+                        self.commits
+                            .retention_behind
+                            .store(behind, Ordering::Release);
+                    }
+                    let upto = batch.last().map_or(0, |j| j.ticket);
+                    for job in batch.drain(..) {
+                        job.after.settled(true);
+                    }
+                    self.commits.advance(upto);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, ops = batch.len(), "store commit failed; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                    self.fail(&mut batch, &e.to_string());
+                    if !self.recover() {
+                        return;
+                    }
                 }
             }
+        }
+    }
+
+    /// A write failed: this batch and every job queued behind it fail now
+    /// (nothing of them is stored or shown), and the store takes no more.
+    fn fail(&mut self, batch: &mut Vec<Job<A>>, why: &str) {
+        tracing::error!(error = %why, jobs = batch.len(), "a store write failed; answering unavailable until it can write again");
+        self.metrics.store_failed();
+        let last = {
+            let mut submitter = self.submit.lock();
+            submitter.accepting = false;
+            submitter.last_ticket
         };
-        progress.commit_seq = commit_seq;
-        // Recorded before anything of the batch is acknowledged or shown.
-        if let Err(e) = progress.marker.write(commit_seq) {
-            tracing::error!(error = %e, path = %progress.marker.path.display(), "cannot record acknowledged writes");
+        // Everything submitted before `accepting` went false is queued by
+        // now: take it all.
+        while let Ok(job) = self.jobs.try_recv() {
+            batch.push(job);
         }
-        if batch.iter().any(|j| matches!(j.op, Op::Purge(_))) {
-            durable.retention_behind.store(behind, Ordering::Release);
+        let first = batch.first().map_or(last, |j| j.ticket);
+        for job in batch.drain(..) {
+            job.after.settled(false);
         }
-        let upto = batch.last().map(|j| j.ticket).unwrap_or(0);
-        let mut delivered = HashSet::new();
-        for job in &batch {
-            if let Some(channel) = &job.deliver {
-                if delivered.insert(Arc::as_ptr(channel)) {
-                    channel.lock().deliver_ready(&channel.sid, upto, &metrics);
-                }
+        self.commits.fail(first, last, why);
+        if let Some(listener) = self.listener.get() {
+            listener.failed(why);
+        }
+    }
+
+    /// Probes until the store can write again (or it is closed: `false`),
+    /// then lets the listener reload and resume.
+    fn recover(&mut self) -> bool {
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return false;
+            }
+            std::thread::sleep(PROBE_EVERY);
+            match self.backend.probe(self.commit_seq) {
+                Ok(()) => break,
+                Err(e) => tracing::debug!(error = %e, "the store still cannot write"),
             }
         }
-        durable.advance(upto);
-        batch.clear();
+        match self.listener.get() {
+            Some(listener) => listener.recovered(),
+            None => {
+                self.submit.lock().accepting = true;
+                *self.commits.unhealthy.lock() = None;
+            }
+        }
+        true
     }
 }

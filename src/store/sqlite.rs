@@ -2,13 +2,19 @@
 //! batches, and reads.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 
-use super::{Durability, Op, StoreError, StoredMessage};
+use super::{
+    check_loss, Backend, ChannelRow, Durability, HistoryReader, IdentityRow, Op, Opened, Snapshot,
+    StoreError, StoredMessage,
+};
 use crate::auth::Role;
 
 /// Bumped when the schema changes; a newer file is refused, not rewritten.
@@ -70,41 +76,6 @@ CREATE TABLE IF NOT EXISTS drafts (
 ) WITHOUT ROWID;
 ";
 
-/// An identity's persistent state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IdentityRow {
-    pub id: Arc<str>,
-    pub role: Role,
-    pub anonymous: bool,
-    pub expanded: bool,
-    /// `(channel sid, startedAt)` of the current engagement.
-    pub engagement: Option<(Arc<str>, String)>,
-}
-
-/// A live (not ended) channel as stored.
-#[derive(Debug, Clone)]
-pub struct ChannelRow {
-    pub sid: Arc<str>,
-    pub queue: Arc<str>,
-    pub customer: Option<Arc<str>>,
-    pub form_data: Value,
-    pub started_at: String,
-    pub next_index: u64,
-    pub members: Vec<(Arc<str>, Role)>,
-    /// The newest messages, ascending.
-    pub recent: Vec<Arc<StoredMessage>>,
-}
-
-/// Everything start-up restores.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    pub identities: Vec<IdentityRow>,
-    pub drafts: Vec<(Arc<str>, Arc<str>, String)>,
-    pub channels: Vec<ChannelRow>,
-    /// Signs resume tokens, so anonymous customers survive a restart.
-    pub resume_secret: Vec<u8>,
-}
-
 fn unusable(path: &Path, reason: impl Into<String>) -> StoreError {
     StoreError::Unusable {
         path: path.to_owned(),
@@ -117,7 +88,7 @@ fn unusable(path: &Path, reason: impl Into<String>) -> StoreError {
 /// that exists must already be one: an empty or schema-less file is refused,
 /// not taken for a fresh start. Nothing is written here: a file refused by
 /// a later check is left exactly as it was (no checkpoint on close).
-pub fn open_writer(path: &Path, durability: Durability) -> Result<(Connection, u64), StoreError> {
+fn open_writer(path: &Path, durability: Durability) -> Result<(Connection, u64), StoreError> {
     let existed = match std::fs::metadata(path) {
         Ok(meta) if meta.len() == 0 => {
             return Err(unusable(path, "the database file is empty (0 bytes)"))
@@ -215,7 +186,7 @@ pub fn open_writer(path: &Path, durability: Durability) -> Result<(Connection, u
 /// the file can be written: a store that cannot take a write (read-only
 /// file or directory, full disk) stops the broker at start, not at the
 /// first message.
-pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let write = |e: rusqlite::Error| StoreError::Unwritable {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -229,6 +200,11 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     conn.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('commit_seq', 0)",
         [],
+    )
+    .map_err(write)?;
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('resume_secret', ?1)",
+        params![rand::random::<[u8; 32]>().to_vec()],
     )
     .map_err(write)?;
     // A write that changes nothing but must reach the file.
@@ -246,7 +222,7 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 /// still has, so no index a client may have seen is handed out again (a
 /// channel cannot have taken more messages than writes were lost), and
 /// the store's sequence catches up with the acknowledged one.
-pub fn accept_loss(conn: &Connection, lost: u64, acknowledged: u64) -> Result<(), StoreError> {
+fn renumber_after_loss(conn: &Connection, lost: u64, acknowledged: u64) -> Result<(), StoreError> {
     let tx = conn.unchecked_transaction()?;
     tx.execute(
         "UPDATE channels SET next_index =
@@ -262,7 +238,7 @@ pub fn accept_loss(conn: &Connection, lost: u64, acknowledged: u64) -> Result<()
     Ok(())
 }
 
-pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -291,7 +267,7 @@ fn message_from_row(sid: &Arc<str>, row: &rusqlite::Row<'_>) -> rusqlite::Result
 }
 
 /// Reads everything start-up restores.
-pub fn load(conn: &Connection, recent_messages: usize) -> Result<Snapshot, StoreError> {
+fn load(conn: &Connection, recent_messages: usize) -> Result<Snapshot, StoreError> {
     let mut snapshot = Snapshot::default();
 
     let secret: Option<Vec<u8>> = conn
@@ -301,17 +277,8 @@ pub fn load(conn: &Connection, recent_messages: usize) -> Result<Snapshot, Store
             |r| r.get(0),
         )
         .optional()?;
-    snapshot.resume_secret = match secret {
-        Some(secret) => secret,
-        None => {
-            let secret = rand::random::<[u8; 32]>().to_vec();
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('resume_secret', ?1)",
-                params![secret],
-            )?;
-            secret
-        }
-    };
+    // `prepare` made it when the store was new.
+    snapshot.resume_secret = secret.unwrap_or_default();
 
     let mut stmt = conn.prepare(
         "SELECT id, role, anonymous, expanded, engagement, engagement_started_at FROM identities",
@@ -409,7 +376,7 @@ fn cached(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqli
 /// (with tens of thousands of open channels, a pass over all of them held
 /// every commit up for the better part of a second).
 #[derive(Default)]
-pub struct Grown {
+struct Grown {
     next: HashMap<Arc<str>, u64>,
     /// Checked by the batch being applied; forgotten once it commits.
     checked: Vec<(Arc<str>, u64)>,
@@ -420,7 +387,7 @@ pub struct Grown {
 impl Grown {
     /// Every open channel at start-up (the last run's may not have been
     /// checked before it stopped).
-    pub fn new(channels: impl IntoIterator<Item = (Arc<str>, u64)>) -> Self {
+    fn new(channels: impl IntoIterator<Item = (Arc<str>, u64)>) -> Self {
         Grown {
             next: channels.into_iter().collect(),
             checked: Vec::new(),
@@ -451,7 +418,7 @@ impl Grown {
 
 /// Applies a batch in one transaction (one commit, one fsync at most).
 /// Returns whether a purge in it left retention work for another slice.
-pub fn apply<'a>(
+fn apply<'a>(
     conn: &mut Connection,
     ops: impl Iterator<Item = &'a Op>,
     commit_seq: u64,
@@ -652,7 +619,7 @@ fn purge(
 }
 
 /// Messages with `from <= idx < to`, the newest `limit` of them, ascending.
-pub fn messages(
+fn messages(
     conn: &Connection,
     sid: &str,
     from: u64,
@@ -680,14 +647,14 @@ pub fn messages(
     Ok(out)
 }
 
-pub fn oldest_index(conn: &Connection, sid: &str) -> Result<Option<u64>, StoreError> {
+fn oldest_index(conn: &Connection, sid: &str) -> Result<Option<u64>, StoreError> {
     let oldest: Option<i64> = conn
         .prepare_cached("SELECT MIN(idx) FROM messages WHERE sid = ?1")?
         .query_row(params![sid], |r| r.get(0))?;
     Ok(oldest.map(|i| i as u64))
 }
 
-pub fn channel_next_index(conn: &Connection, sid: &str) -> Result<Option<u64>, StoreError> {
+fn channel_next_index(conn: &Connection, sid: &str) -> Result<Option<u64>, StoreError> {
     let row: Option<(i64, Option<i64>)> = conn
         .prepare_cached(
             "SELECT next_index, (SELECT MAX(idx) FROM messages WHERE sid = ?1) FROM channels WHERE sid = ?1",
@@ -695,4 +662,126 @@ pub fn channel_next_index(conn: &Connection, sid: &str) -> Result<Option<u64>, S
         .query_row(params![sid], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     Ok(row.map(|(next, max)| next.max(max.map_or(0, |m| m + 1)) as u64))
+}
+
+/// Opens the store at `path`: checks it is ours and holds every write that
+/// was acknowledged (`acknowledged`, from the marker), prepares it, and
+/// reads back what it holds.
+pub(super) fn open(
+    path: &Path,
+    durability: Durability,
+    recent_messages: usize,
+    acknowledged: u64,
+    accept_loss: bool,
+) -> Result<Opened, StoreError> {
+    if !path.exists() && acknowledged > 0 {
+        check_loss(path, 0, acknowledged, accept_loss)?;
+    }
+    let (conn, found) = open_writer(path, durability)?;
+    let lost = check_loss(path, found, acknowledged, accept_loss)?;
+    prepare(&conn, path)?;
+    if lost > 0 {
+        renumber_after_loss(&conn, lost, acknowledged)?;
+    }
+    let snapshot = load(&conn, recent_messages)?;
+    let readers = (0..READERS)
+        .map(|_| open_reader(path).map(Mutex::new))
+        .collect::<Result<_, _>>()?;
+    let grown = Grown::new(
+        snapshot
+            .channels
+            .iter()
+            .map(|c| (c.sid.clone(), c.next_index)),
+    );
+    Ok(Opened {
+        backend: Box::new(SqliteBackend { conn, grown }),
+        reader: Box::new(SqliteReader {
+            readers,
+            next: AtomicUsize::new(0),
+            path: path.to_owned(),
+        }),
+        snapshot,
+        commit_seq: found.max(acknowledged),
+    })
+}
+
+/// Read connections (history pages, recovery from disk, transcripts).
+const READERS: usize = 4;
+
+struct SqliteBackend {
+    conn: Connection,
+    grown: Grown,
+}
+
+impl Backend for SqliteBackend {
+    fn apply(
+        &mut self,
+        ops: &mut dyn Iterator<Item = &Op>,
+        commit_seq: u64,
+    ) -> Result<bool, StoreError> {
+        apply(&mut self.conn, ops, commit_seq, &mut self.grown)
+    }
+
+    fn probe(&mut self, commit_seq: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'commit_seq'",
+            params![commit_seq as i64],
+        )?;
+        Ok(())
+    }
+}
+
+/// Read connections. WAL readers block neither each other nor the writer,
+/// so several let concurrent history reads run side by side.
+struct SqliteReader {
+    readers: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+    path: PathBuf,
+}
+
+impl SqliteReader {
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self
+            .readers
+            .iter()
+            .find_map(|r| r.try_lock())
+            .unwrap_or_else(|| {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+                self.readers[i].lock()
+            });
+        read(&conn)
+    }
+}
+
+impl HistoryReader for SqliteReader {
+    fn messages(
+        &self,
+        sid: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.read(|conn| messages(conn, sid, from, to, limit))
+    }
+
+    fn oldest_index(&self, sid: &str) -> Result<Option<u64>, StoreError> {
+        self.read(|conn| oldest_index(conn, sid))
+    }
+
+    fn ended_channel(&self, sid: &str) -> Result<Option<u64>, StoreError> {
+        self.read(|conn| channel_next_index(conn, sid))
+    }
+
+    fn snapshot(&self, recent_messages: usize) -> Result<Snapshot, StoreError> {
+        // A fresh connection: one consistent read of everything, however
+        // long it takes, without holding a history reader.
+        let conn = open_reader(&self.path)?;
+        let tx = conn.unchecked_transaction()?;
+        let snapshot = load(&tx, recent_messages)?;
+        tx.finish()?;
+        Ok(snapshot)
+    }
 }

@@ -95,9 +95,7 @@ impl TestServer {
                 .expect("server drains")
                 .unwrap();
         }
-        if let Some(store) = &self.broker.store {
-            store.close();
-        }
+        self.broker.close();
         self.data_dir.clone()
     }
 

@@ -1,6 +1,8 @@
 import { SwitchboardError } from "./errors.js";
 
-/** The contract's built-in action names (version 1, including history). */
+/** The broker's built-in action names: the contract's (version 1, with
+ * history) and its extensions. Checked against the broker's own table by
+ * its tests. */
 export const BUILTIN_ACTIONS = Object.freeze([
   "Connect",
   "GetActions",
@@ -16,8 +18,9 @@ export const BUILTIN_ACTIONS = Object.freeze([
   "LeaveChannel",
   "Subscribe",
   "Unsubscribe",
-  "GetMessages",
   "EndEngagement",
+  "GetEngagements",
+  "GetMessages",
 ]);
 
 const BUILTIN = new Set(BUILTIN_ACTIONS);

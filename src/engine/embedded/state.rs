@@ -1,0 +1,148 @@
+//! The embedded engine's state objects: identities and channels, each
+//! behind its own small lock.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Mutex, MutexGuard};
+use serde_json::Value;
+
+use crate::auth::Role;
+
+pub(super) struct Identity {
+    pub id: Arc<str>,
+    pub role: Role,
+    pub anonymous: bool,
+    /// Why one lock per identity: every per-identity change (engagement,
+    /// widget, drafts, memberships) must be seen in the same order by all
+    /// of the identity's tabs. Lock order: identities (several in sorted
+    /// order), then a channel.
+    state: Mutex<IdentityState>,
+}
+
+pub(super) struct IdentityState {
+    /// Set when the reaper forgot this identity (or a reload replaced it):
+    /// whoever finds it set looks the identity up again.
+    pub removed: bool,
+    pub engagement: Option<Engagement>,
+    pub expanded: bool,
+    /// Draft per channel sid (`SetInputText`).
+    pub drafts: HashMap<Arc<str>, String>,
+    /// Channels the identity is a member of.
+    pub channels: HashSet<Arc<str>>,
+    /// Its sessions on this node.
+    pub sessions: usize,
+    /// When the last session went away (for the reaper).
+    pub idle_since: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Engagement {
+    pub channel_sid: Arc<str>,
+    pub started_at: Arc<str>,
+}
+
+impl Identity {
+    pub(super) fn new(id: Arc<str>, role: Role, anonymous: bool) -> Self {
+        Identity {
+            id,
+            role,
+            anonymous,
+            state: Mutex::new(IdentityState {
+                removed: false,
+                engagement: None,
+                expanded: false,
+                drafts: HashMap::new(),
+                channels: HashSet::new(),
+                sessions: 0,
+                idle_since: Some(Instant::now()),
+            }),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, IdentityState> {
+        self.state.lock()
+    }
+
+    pub(super) fn try_lock(&self) -> Option<MutexGuard<'_, IdentityState>> {
+        self.state.try_lock()
+    }
+}
+
+pub(super) struct Channel {
+    pub sid: Arc<str>,
+    /// The queue (`queue:<name>`) an engagement was announced on.
+    pub queue: Arc<str>,
+    pub form_data: Value,
+    pub started_at: Arc<str>,
+    /// Why one lock per channel: membership checks, index assignment and
+    /// the submission of the channel's writes and events happen under it,
+    /// so the channel's events have one order and membership changes
+    /// (restart, leave) are atomic with respect to messages. Nothing awaits
+    /// while holding it.
+    state: Mutex<ChannelState>,
+}
+
+pub(super) struct ChannelState {
+    /// Set once the channel has ended: it takes no more members,
+    /// observers or messages.
+    pub closed: bool,
+    /// When it ended (kept in memory for transcripts only without a store).
+    pub ended_at: Option<Instant>,
+    /// Who is a member now. Checked by every action, changed at once.
+    pub members: HashMap<Arc<str>, Role>,
+    /// Sessions observing it (`Subscribe`): a channel with neither member
+    /// nor observer has ended.
+    pub observers: usize,
+    /// The next index to assign.
+    pub next_index: u64,
+    pub typing: HashMap<Arc<str>, Typing>,
+    pub typing_generation: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Typing {
+    pub until: Instant,
+    pub generation: u64,
+}
+
+impl Channel {
+    pub(super) fn new(
+        sid: Arc<str>,
+        queue: Arc<str>,
+        form_data: Value,
+        started_at: Arc<str>,
+    ) -> Self {
+        Channel {
+            sid,
+            queue,
+            form_data,
+            started_at,
+            state: Mutex::new(ChannelState {
+                closed: false,
+                ended_at: None,
+                members: HashMap::new(),
+                observers: 0,
+                next_index: 0,
+                typing: HashMap::new(),
+                typing_generation: 0,
+            }),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, ChannelState> {
+        self.state.lock()
+    }
+}
+
+impl ChannelState {
+    /// No member and no observer left: the channel has ended.
+    pub(super) fn is_abandoned(&self) -> bool {
+        self.members.is_empty() && self.observers == 0
+    }
+
+    pub(super) fn last_index(&self) -> i64 {
+        self.next_index as i64 - 1
+    }
+}
