@@ -59,8 +59,11 @@ pub struct Config {
     /// Customers may connect with no token and get a fresh identity.
     pub anonymous_customers: bool,
     /// Serve `GET /demo/token` (mints short-lived agent/service tokens for the
-    /// demo console). Only ever honoured on a loopback listen address.
-    pub demo_tokens: bool,
+    /// demo console). Unset: on only when no JWT secret and no public key is
+    /// configured (see [`Config::demo_tokens_enabled`]). Only ever honoured
+    /// on a loopback listen address, to requests that name a loopback host
+    /// and carry no forwarding header (docs/security.md).
+    pub demo_tokens: Option<bool>,
     /// `fsync` (default), `os` or `memory`: see `Durability`.
     pub durability: Durability,
     /// Where the store lives (`--data-dir`); unused with `memory`.
@@ -93,7 +96,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.to_string(),
             jwt_secret: None,
             anonymous_customers: true,
-            demo_tokens: true,
+            demo_tokens: None,
             durability: Durability::default(),
             data_dir: PathBuf::from("data"),
             history: History::default(),
@@ -437,6 +440,17 @@ impl Config {
         self.listen
             .parse()
             .map_err(|_| ConfigError::Listen(self.listen.clone()))
+    }
+
+    /// Whether `/demo/token` is on: as configured, else only while the
+    /// broker has no real key (no `jwt_secret`, no `[jwt]` public key), so
+    /// a production broker never mints staff tokens unless told to.
+    pub fn demo_tokens_enabled(&self) -> bool {
+        self.demo_tokens.unwrap_or(
+            self.jwt_secret.is_none()
+                && self.jwt.public_key_file.is_none()
+                && self.jwt.public_key.is_none(),
+        )
     }
 
     pub fn typing_window(&self) -> Duration {

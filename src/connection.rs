@@ -39,6 +39,7 @@ use crate::codec::{decode_command, encode_error, encode_result, Command, Encodin
 use crate::delivery::session::SessionHandle;
 use crate::engine::Pending;
 use crate::error::ActionError;
+use crate::metrics::CommandTimer;
 use crate::outbox::{CloseReason, Outbox};
 use crate::rate_limit::SessionLimiter;
 
@@ -159,7 +160,7 @@ struct Reader<'a> {
 struct HeldReplies(Option<Box<HeldQueue>>);
 
 struct HeldQueue {
-    replies: VecDeque<(u64, Result<Pending<Value>, ActionError>)>,
+    replies: VecDeque<(u64, CommandTimer, Result<Pending<Value>, ActionError>)>,
     /// Armed for the newest held store ticket: one wake-up for a whole
     /// group commit, not one per reply.
     wait: Option<Pending<()>>,
@@ -174,21 +175,21 @@ impl HeldReplies {
         self.0.is_none()
     }
 
-    fn push(&mut self, id: u64, result: Result<Pending<Value>, ActionError>) {
+    fn push(&mut self, id: u64, timer: CommandTimer, result: Result<Pending<Value>, ActionError>) {
         let queue = self.0.get_or_insert_with(|| {
             Box::new(HeldQueue {
                 replies: VecDeque::new(),
                 wait: None,
             })
         });
-        queue.replies.push_back((id, result));
+        queue.replies.push_back((id, timer, result));
     }
 
     /// The front reply, if its result stands now.
-    fn pop_ready(&mut self) -> Option<(u64, Result<Value, ActionError>)> {
+    fn pop_ready(&mut self) -> Option<(u64, CommandTimer, Result<Value, ActionError>)> {
         let queue = self.0.as_mut()?;
-        let (id, front) = queue.replies.front_mut()?;
-        let id = *id;
+        let (id, timer, front) = queue.replies.front_mut()?;
+        let (id, timer) = (*id, *timer);
         let result = match front {
             Err(e) => Err(e.clone()),
             Ok(pending) => pending.try_take()?.map_err(ActionError::from),
@@ -197,7 +198,7 @@ impl HeldReplies {
         if queue.replies.is_empty() {
             self.0 = None;
         }
-        Some((id, result))
+        Some((id, timer, result))
     }
 
     /// Resolves once the front reply may stand (then `pop_ready` has it).
@@ -212,8 +213,8 @@ impl HeldReplies {
             let newest = replies
                 .iter()
                 .rev()
-                .find_map(|(_, r)| r.as_ref().ok().and_then(Pending::ticket));
-            let Some((_, Ok(front))) = replies.front_mut() else {
+                .find_map(|(_, _, r)| r.as_ref().ok().and_then(Pending::ticket));
+            let Some((_, _, Ok(front))) = replies.front_mut() else {
                 return Poll::Ready(());
             };
             if front.is_settled() {
@@ -383,17 +384,18 @@ impl Reader<'_> {
         // `rate_limited` reply can carry the command's id.
         let admitted = self.session.rate.check_frame();
         let decoded = decode_command(self.session.encoding, frame);
+        let timer = CommandTimer::start(decoded.as_ref().ok().map(|c| c.action.as_str()));
         let command = match (admitted, decoded) {
             (Err(limited), decoded) => {
                 let id = match &decoded {
                     Ok(command) => Some(command.id),
                     Err(e) => e.id,
                 };
-                return self.answer(held, id, Err(limited));
+                return self.answer(held, timer, id, Err(limited));
             }
             (Ok(()), Err(e)) => {
                 self.broker.metrics.bad_request();
-                return self.answer(held, e.id, Err(ActionError::BadRequest(e.message)));
+                return self.answer(held, timer, e.id, Err(ActionError::BadRequest(e.message)));
             }
             (Ok(()), Ok(command)) => command,
         };
@@ -403,29 +405,34 @@ impl Reader<'_> {
             None if is_connect => {
                 let outcome = self.connect(command).await;
                 let failed = matches!(outcome, Err(ActionError::Unauthorized(_)));
-                self.answer(held, Some(id), outcome);
+                self.answer(held, timer, Some(id), outcome);
                 // A failed Connect ends the session, after its reply.
                 if failed {
                     self.flush_held(held).await;
                     self.session.outbox.close(CloseReason::Unauthorized);
                 }
             }
-            None => self.answer(held, Some(id), Err(ActionError::NotConnected)),
+            None => self.answer(held, timer, Some(id), Err(ActionError::NotConnected)),
             Some(_) if is_connect => self.answer(
                 held,
+                timer,
                 Some(id),
                 Err(ActionError::bad_request("already connected")),
             ),
             Some(_) if command.action == REFRESH_TOKEN => {
                 let outcome = self.refresh_token(&command);
-                self.answer(held, Some(id), outcome);
+                self.answer(held, timer, Some(id), outcome);
             }
             Some(ctx) => {
                 let ctx = ctx.clone();
                 let actions = self.broker.actions.clone();
                 if actions.pipelinable(&command.action) {
                     // Run now; its reply waits behind the earlier ones.
-                    held.push(id, actions.start(&ctx, &command.action, command.payload));
+                    held.push(
+                        id,
+                        timer,
+                        actions.start(&ctx, &command.action, command.payload),
+                    );
                 } else {
                     // Anything else may read what only durability makes
                     // visible (a replaced action may do anything): it runs
@@ -433,7 +440,7 @@ impl Reader<'_> {
                     // always reads its own writes.
                     self.drain_held(held).await;
                     let outcome = ctx.invoke(&command.action, command.payload).await;
-                    self.answer(held, Some(id), outcome);
+                    self.answer(held, timer, Some(id), outcome);
                 }
             }
         }
@@ -441,15 +448,27 @@ impl Reader<'_> {
 
     /// Queues an answer behind the replies still held (at once when none
     /// is).
-    fn answer(&self, held: &mut HeldReplies, id: Option<u64>, outcome: Result<Value, ActionError>) {
+    fn answer(
+        &self,
+        held: &mut HeldReplies,
+        timer: CommandTimer,
+        id: Option<u64>,
+        outcome: Result<Value, ActionError>,
+    ) {
         match (id, held.is_empty()) {
-            (Some(id), false) => held.push(id, outcome.map(Pending::ready)),
-            _ => self.send_reply(id, outcome),
+            (Some(id), false) => held.push(id, timer, outcome.map(Pending::ready)),
+            _ => self.send_reply(timer, id, outcome),
         }
     }
 
     /// Encodes and sends one reply.
-    fn send_reply(&self, id: Option<u64>, outcome: Result<Value, ActionError>) {
+    fn send_reply(
+        &self,
+        timer: CommandTimer,
+        id: Option<u64>,
+        outcome: Result<Value, ActionError>,
+    ) {
+        self.broker.metrics.command(timer, outcome.as_ref().err());
         let encoding = self.session.encoding;
         let mut frame = match (&outcome, id) {
             (Ok(result), Some(id)) => encode_result(encoding, id, result),
@@ -483,8 +502,8 @@ impl Reader<'_> {
 
     /// Sends the held replies whose results stand, in order.
     fn release_held(&self, held: &mut HeldReplies) {
-        while let Some((id, outcome)) = held.pop_ready() {
-            self.send_reply(Some(id), outcome);
+        while let Some((id, timer, outcome)) = held.pop_ready() {
+            self.send_reply(timer, Some(id), outcome);
         }
     }
 

@@ -6,9 +6,9 @@
 //!
 //! - `server`: the TCP listener; accepts, hands each connection to the
 //!   HTTP layer, runs periodic housekeeping and graceful shutdown.
-//! - `http`: the request head; upgrades `/ws` (picking the encoding from
-//!   the subprotocol) or answers plain routes (pages, health, readiness,
-//!   metrics, demo tokens).
+//! - `http`: HTTP/1.1 on hyper; upgrades `/ws` (picking the encoding from
+//!   the subprotocol) and hands the raw socket back, or answers plain
+//!   routes (pages, health, readiness, metrics, demo tokens).
 //! - `connection`: one session: a reader loop that decodes and runs
 //!   commands in order (a pipelined command's reply waits, in command
 //!   order, for its change to be durable while the reader reads on), and a

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
@@ -27,7 +26,7 @@ use crate::admission::{Admission, Refusal};
 use crate::broker::Broker;
 use crate::codec::Encoding;
 use crate::connection::{run_session, websocket_config};
-use crate::http::{read_request, route, HttpError, Response, Route};
+use crate::http::{self, close_lingering, Response};
 use crate::tls::Stream;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::StreamExt;
@@ -46,8 +45,6 @@ const REAP_EVERY: Duration = Duration::from_secs(60);
 /// a moment to read it). Past this, refused sockets are simply closed: a
 /// flood must not cost more to refuse than to accept.
 const MAX_REFUSING: usize = 64;
-/// How long a refused connection is kept so the client can read the answer.
-const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 pub struct Server {
     listener: TcpListener,
@@ -97,6 +94,16 @@ impl Server {
             .local_addr()
             .map(|a| a.ip().is_loopback())
             .unwrap_or(false);
+        if loopback
+            && self.broker.config.demo_tokens_enabled()
+            && self.broker.auth().can_mint_client_tokens()
+        {
+            warn!(
+                "DEMO TOKENS ARE ON: GET /demo/token hands agent and service tokens to any client \
+                 on this machine (loopback Host, no proxy headers); set demo_tokens = false \
+                 unless this is a demo"
+            );
+        }
         tracker.spawn(housekeeping(self.broker.clone(), token.clone()));
         let refusing = Arc::new(AtomicUsize::new(0));
         tokio::pin!(shutdown);
@@ -160,24 +167,10 @@ impl Server {
 /// Answers a connection that admission control turned away: a short HTTP
 /// answer, then read (and discard) for a moment so that the client's
 /// request in flight does not turn our close into a reset that loses it.
-async fn refuse(mut stream: TcpStream, refusal: Refusal) {
+async fn refuse(stream: TcpStream, refusal: Refusal) {
     let response =
         Response::text(refusal.status(), format!("{refusal}\n")).with_header("Retry-After", "5");
-    if response.write_to(&mut stream, false).await.is_err() {
-        return;
-    }
-    let _ = stream.shutdown().await;
-    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-        let mut sink = [0u8; 1024];
-        let mut total = 0;
-        while let Ok(n) = stream.read(&mut sink).await {
-            total += n;
-            if n == 0 || total > 64 * 1024 {
-                break;
-            }
-        }
-    })
-    .await;
+    close_lingering(stream, Some(response)).await;
 }
 
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -215,8 +208,8 @@ type SessionHalves = (
     SplitStream<WebSocketStream<Stream>>,
 );
 
-/// TLS (when configured), the request head, and the answer: either a plain
-/// response (then `None`) or the 101 and the upgraded socket.
+/// TLS (when configured), then HTTP until the connection closes or
+/// upgrades; for an upgrade, the WebSocket on the raw socket.
 async fn handshake(
     broker: &Arc<Broker>,
     tcp: TcpStream,
@@ -226,15 +219,15 @@ async fn handshake(
     shutdown: &CancellationToken,
 ) -> Option<(SessionHalves, Encoding)> {
     let _ = tcp.set_nodelay(true);
-    // One deadline for the TLS handshake and the request head together.
+    // One deadline for the TLS handshake and the first request head.
     let deadline = Instant::now() + broker.config.limits.handshake_timeout();
-    let mut stream = match tls {
+    let stream = match tls {
         None => Stream::Plain(tcp),
         Some(acceptor) => {
             let accepted = tokio::select! {
-                // Boxed, like the head read below: the handshake's state
-                // then lives on the heap only while it runs, instead of
-                // widening every idle connection's task.
+                // Boxed: the handshake's state then lives on the heap only
+                // while it runs, instead of widening every idle
+                // connection's task.
                 accepted = timeout_at(deadline, Box::pin(acceptor.accept(tcp))) => accepted,
                 _ = shutdown.cancelled() => return None,
             };
@@ -253,69 +246,15 @@ async fn handshake(
             }
         }
     };
-    let head = tokio::select! {
-        head = timeout_at(deadline, Box::pin(read_request(&mut stream))) => head,
-        _ = shutdown.cancelled() => return None,
-    };
-    let (request, leftover) = match head {
-        Ok(Ok(head)) => head,
-        Ok(Err(HttpError::Eof)) => return None,
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "bad HTTP request");
-            broker.metrics.upgrade_refused();
-            let status = if matches!(e, HttpError::TooLarge) {
-                431
-            } else {
-                400
-            };
-            let _ = Response::text(status, format!("{e}\n"))
-                .write_to(&mut stream, false)
-                .await;
-            return None;
-        }
-        Err(_) => {
-            debug!(%peer, "HTTP request not complete in time");
-            broker.metrics.upgrade_refused();
-            let _ = Response::text(408, "request timeout\n")
-                .write_to(&mut stream, false)
-                .await;
-            return None;
-        }
-    };
-    match route(broker, &request, loopback) {
-        Route::Respond(response) => {
-            if request.path == "/ws" {
-                broker.metrics.upgrade_refused();
-            }
-            // Bounded too: a client that never reads a page must not hold
-            // its connection slot forever (slow-read slowloris).
-            let write = async {
-                let _ = response
-                    .write_to(&mut stream, request.method == "HEAD")
-                    .await;
-                let _ = stream.shutdown().await;
-            };
-            let _ = tokio::time::timeout(broker.config.limits.handshake_timeout(), write).await;
-            None
-        }
-        Route::Upgrade { encoding, response } => {
-            let write = tokio::time::timeout(
-                broker.config.limits.handshake_timeout(),
-                stream.write_all(&response),
-            );
-            if !matches!(write.await, Ok(Ok(()))) {
-                return None;
-            }
-            let socket = WebSocketStream::from_partially_read(
-                stream,
-                leftover,
-                WsRole::Server,
-                Some(websocket_config(broker)),
-            )
-            .await;
-            Some((socket.split(), encoding))
-        }
-    }
+    let upgraded = http::serve(broker, stream, peer, loopback, deadline, shutdown).await?;
+    let socket = WebSocketStream::from_partially_read(
+        upgraded.stream,
+        upgraded.leftover,
+        WsRole::Server,
+        Some(websocket_config(broker)),
+    )
+    .await;
+    Some((socket.split(), upgraded.encoding))
 }
 
 /// How soon another disk retention slice follows one that stopped at its

@@ -553,16 +553,20 @@ async fn payload_validation_and_sizes() {
 
 #[tokio::test]
 async fn plain_http_routes() {
-    let server = TestServer::start("").await;
+    // The test broker has a JWT secret, so demo tokens are off unless asked for.
+    let server = TestServer::start("demo_tokens = true").await;
     let get = |path: &str| {
         let addr = server.addr;
         let path = path.to_owned();
         async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).await.unwrap();
             out
@@ -591,7 +595,7 @@ async fn plain_http_routes() {
     let out = {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /demo/token HTTP/1.1\r\n\r\n")
+        s.write_all(b"GET /demo/token HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
         let mut out = String::new();

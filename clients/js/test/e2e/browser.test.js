@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
 import { SwitchboardClient } from "@switchboard/client";
-import { DEFAULT_CONFIG, GREETING, startBroker } from "../helpers/broker.js";
+import { DEMO_CONFIG, GREETING, startBroker } from "../helpers/broker.js";
 import { launchBrowser, screenshot, watchErrors } from "../helpers/browser.js";
 import { nextEvent } from "../helpers/wait.js";
 
@@ -50,7 +50,7 @@ describe("demo pages in headless Chromium", () => {
   const pages = [];
 
   before(async () => {
-    broker = await startBroker({ config: DEFAULT_CONFIG });
+    broker = await startBroker({ config: DEMO_CONFIG });
     browser = await launchBrowser();
   });
 

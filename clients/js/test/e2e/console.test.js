@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
 import { SwitchboardClient } from "@switchboard/client";
-import { DEFAULT_CONFIG, startBroker } from "../helpers/broker.js";
+import { DEMO_CONFIG, startBroker } from "../helpers/broker.js";
 import { axeViolations, docShot, launchBrowser, watchErrors } from "../helpers/browser.js";
 import { nextEvent } from "../helpers/wait.js";
 
@@ -22,7 +22,7 @@ describe("agent console in headless Chromium", () => {
   const errors = [];
 
   before(async () => {
-    broker = await startBroker({ config: DEFAULT_CONFIG });
+    broker = await startBroker({ config: DEMO_CONFIG });
     browser = await launchBrowser();
   });
 

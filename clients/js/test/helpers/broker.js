@@ -29,6 +29,12 @@ as = "greeter"
 payload = { body = "Thanks for reaching out! An agent will be with you shortly." }
 `;
 
+/**
+ * DEFAULT_CONFIG plus demo tokens, for tests that sign agents in through the
+ * demo console: a broker with a JWT secret serves them only when asked to.
+ */
+export const DEMO_CONFIG = `demo_tokens = true\n${DEFAULT_CONFIG}`;
+
 export const GREETING = "Thanks for reaching out! An agent will be with you shortly.";
 
 function base64url(input) {
