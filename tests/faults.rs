@@ -477,17 +477,21 @@ async fn a_full_disk_fails_fast_resumes_and_loses_nothing() {
         }
     }
     assert!(unavailable > 0, "a full disk refuses writes");
-    let metrics = common::raw_exchange(
-        broker
-            .url
-            .trim_start_matches("ws://")
-            .trim_end_matches("/ws")
-            .parse()
-            .unwrap(),
-        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
-    )
-    .await;
+    let addr: std::net::SocketAddr = broker
+        .url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .parse()
+        .unwrap();
+    let get = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").into_bytes()
+    };
+    let ready = common::raw_exchange(addr, &get("/readyz"), Duration::from_secs(5)).await;
+    assert!(
+        ready.starts_with("HTTP/1.1 503"),
+        "not ready while full: {ready}"
+    );
+    let metrics = common::raw_exchange(addr, &get("/metrics"), Duration::from_secs(5)).await;
     let failures = metrics
         .lines()
         .find(|l| l.starts_with("switchboard_store_failures_total"))
@@ -509,6 +513,8 @@ async fn a_full_disk_fails_fast_resumes_and_loses_nothing() {
     .await
     .expect("resumes once there is room");
     acked.push(resumed);
+    let ready = common::raw_exchange(addr, &get("/readyz"), Duration::from_secs(5)).await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "ready again: {ready}");
 
     // The observer saw exactly the acknowledged messages, in order.
     let seen: Vec<u64> = read_until(&mut observer, resumed)

@@ -421,7 +421,7 @@ impl BrokerProcess {
             .env("RUST_LOG", "warn")
             .env_remove("SWITCHBOARD_LISTEN")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null());
+            .stderr(std::process::Stdio::piped());
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -430,11 +430,19 @@ impl BrokerProcess {
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("switchboard listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let Some(addr) = line.trim().strip_prefix("switchboard listening on ") else {
+            // It did not start: say why (its stderr), not just that.
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+            panic!("switchboard did not start (first line {line:?}); stderr:\n{stderr}");
+        };
+        let addr = addr.to_owned();
+        // Drained in the background so the broker never blocks on a full
+        // pipe.
+        let mut stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+        });
         BrokerProcess {
             child,
             url: format!("ws://{addr}/ws"),
