@@ -39,7 +39,7 @@ trap stop_server EXIT INT TERM
 # The scenarios, one shape for both servers.
 scenario_args() {
     case $1 in
-    fanout) echo "--duration 60 fanout --observers 1000 --messages 10000 --body-bytes 200 --window 32" ;;
+    fanout) echo "--duration 90 --drain 30 fanout --observers 1000 --messages 10000 --body-bytes 200 --window 32" ;;
     chat40k) echo "--duration 60 chat --engagements 500 --rate 20000 --typing-share 0.1 --run 10" ;;
     chat10k) echo "--duration 60 chat --engagements 500 --rate 5000 --typing-share 0.1 --run 10" ;;
     idle) echo "--duration 60 idle --connections 10000 --hold 5" ;;
@@ -73,7 +73,8 @@ run() {
     taskset -c 1 "$LOAD" --target "$kind" --url "$URL" --server-pid "$SPID" --quiet \
         --json-out "$base.json" "$@" >"$base.txt" || echo "(exit status $?)"
     stop_server
-    jq -r '"   cpu/delivery \(.server.cpu_us_per_delivery // "-") µs (user \(.server.cpu_user_us_per_delivery // "-"), kernel \(.server.cpu_system_us_per_delivery // "-")), deliveries/s \(.deliveries.per_s | round), p50/p99 \(.latency_us.p50 // "-")/\(.latency_us.p99 // "-") µs, rss/conn \(.server.rss_per_connection_bytes // "-") B, errors \(.errors_total), missing \(.deliveries.missing // 0), other CPU \(.harness.other_cpu_s // "-") s"' \
+    jq -r 'def r(n): if . == null then "-" else . * pow(10; n) | round / pow(10; n) end;
+        "   CPU/delivery \(.server.cpu_us_per_delivery | r(3)) µs (user \(.server.cpu_user_us_per_delivery | r(3)) + kernel \(.server.cpu_system_us_per_delivery | r(3))), deliveries/s \(.deliveries.per_s | r(0)), p50/p99 \(.latency_us.p50 | r(0))/\(.latency_us.p99 | r(0)) µs, RSS/conn \(.server.rss_per_connection_bytes | r(0)) B, errors \(.errors_total), missing \(.deliveries.missing // 0), other CPU \(.harness.other_cpu_s | r(2)) s"' \
         "$base.json" || true
 }
 
