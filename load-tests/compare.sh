@@ -39,7 +39,7 @@ trap stop_server EXIT INT TERM
 # The scenarios, one shape for both servers.
 scenario_args() {
     case $1 in
-    fanout) echo "--duration 90 --drain 30 fanout --observers 1000 --messages 10000 --body-bytes 200 --window 32" ;;
+    fanout) echo "--duration 90 --drain 30 fanout --observers 1000 --messages 5000 --body-bytes 200 --window 32" ;;
     chat40k) echo "--duration 60 chat --engagements 500 --rate 20000 --typing-share 0.1 --run 10" ;;
     chat10k) echo "--duration 60 chat --engagements 500 --rate 5000 --typing-share 0.1 --run 10" ;;
     idle) echo "--duration 60 idle --connections 10000 --hold 5" ;;
