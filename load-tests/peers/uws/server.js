@@ -14,7 +14,7 @@
 // "data": {...}}`, with protocol v1's field names, so the harness reads both
 // servers' frames with one decoder. Actions:
 //
-//   hello     {identity?}                     -> {identity}   (a name is made up when none is given)
+//   hello     {identity?}                     -> {identity}   (anon-<32 hex digits> when none is given)
 //   subscribe {channelSid}                    -> {channelSid, lastIndex}
 //   publish   {channelSid, body, messageAttributes?}
 //                                             -> {channelSid, index, dateCreated}
@@ -119,7 +119,9 @@ function onCommand(ws, user, cmd) {
     if (given !== undefined && (typeof given !== "string" || given.length === 0 || given.length > 256)) {
       return fail(ws, id, "bad_request", "payload.identity must be a non-empty string");
     }
-    user.identity = given || `anon-${++anonymous}`;
+    // As long as the broker's anonymous identities ("anon-" + 32 hex digits),
+    // so that both servers' pushes carry the same bytes.
+    user.identity = given || `anon-${(++anonymous).toString(16).padStart(32, "0")}`;
     // A named client stands for an agent, an anonymous one for a customer.
     user.role = given ? "agent" : "customer";
     return reply(ws, id, { identity: user.identity });

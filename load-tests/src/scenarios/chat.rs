@@ -200,7 +200,7 @@ async fn engagement(
         let mut cust = Session::open(&ctx.cfg, route.0, &Login::Anonymous, &stats)
             .await
             .ok()?;
-        let topic = format!("load-{}-eng-{i}", ctx.run_id);
+        let topic = super::channel_name(&ctx.run_id, i);
         let sid = match cust.start_channel(&topic).await {
             Ok(sid) => sid,
             Err(k) => {

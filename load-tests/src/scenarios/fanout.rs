@@ -49,7 +49,8 @@ pub async fn run(ctx: Rc<Ctx>, a: FanoutArgs) -> Report {
         Ok(s) => s,
         Err(e) => return ctx.failed(NAME, format!("publisher: {e}")),
     };
-    let topic = format!("load-{}-fanout", ctx.run_id);
+    // Past any chat engagement's number.
+    let topic = super::channel_name(&ctx.run_id, u64::MAX);
     let sid = match publ.start_channel(&topic).await {
         Ok(sid) => sid,
         Err(k) => return ctx.failed(NAME, k),
