@@ -9,10 +9,12 @@
 #      ENCODING (json|msgpack), DURABILITY (fsync|os|memory; default fsync, the
 #      broker's default), SWITCHBOARD_JWT_SECRET, RUST_LOG (broker; default warn).
 #
-# The broker runs with $OUT/bench.toml: the chosen durability, per-session
-# rate limits off (a load test sends faster than one person) and admission
-# limits raised above the run's connection count (all of them come from a
-# few loopback addresses). Each run gets a fresh data directory, removed after.
+# The broker runs with $OUT/bench.toml (servers.sh): the chosen durability,
+# per-session rate limits off (a load test sends faster than one person) and
+# admission limits raised above the run's connection count (all of them come
+# from a few loopback addresses). Each run gets a fresh data directory,
+# removed after. The same scenarios against the uWebSockets.js comparison
+# peer, alternated with the broker: compare.sh.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,63 +27,24 @@ DURABILITY=${DURABILITY:-fsync}
 export SWITCHBOARD_JWT_SECRET=${SWITCHBOARD_JWT_SECRET:-bench-secret-$$}
 export RUST_LOG=${RUST_LOG:-warn}
 mkdir -p "$OUT"
-cat >"$OUT/bench.toml" <<TOML
-durability = "$DURABILITY"
-
-[rate_limits]
-enabled = false
-
-[admission]
-max_connections = 200000
-max_connections_per_ip = 200000
-TOML
+# shellcheck source=servers.sh
+. "$ROOT/load-tests/servers.sh"
 
 # Both processes need one descriptor per connection (and the harness raises
 # its own soft limit); raise ours as far as allowed so the broker inherits it.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-BPID=""
-stop_broker() {
-    if [ -n "$BPID" ] && kill -0 "$BPID" 2>/dev/null; then
-        kill "$BPID" 2>/dev/null || true
-        wait "$BPID" 2>/dev/null || true
-    fi
-    BPID=""
-    [ -n "${DATA:-}" ] && rm -rf "$DATA"
-    DATA=""
-}
-trap stop_broker EXIT INT TERM
-
-start_broker() {
-    : >"$OUT/broker.out"
-    DATA="$OUT/data.$$"
-    rm -rf "$DATA"
-    taskset -c 0 "$BROKER" --config "$OUT/bench.toml" --listen 127.0.0.1:0 --data-dir "$DATA" \
-        >"$OUT/broker.out" 2>"$OUT/broker.err" &
-    BPID=$!
-    for _ in $(seq 100); do
-        grep -q 'switchboard listening on' "$OUT/broker.out" && break
-        sleep 0.1
-    done
-    ADDR=$(awk '/switchboard listening on/{print $4}' "$OUT/broker.out")
-    if [ -z "$ADDR" ]; then
-        echo "broker did not start:" >&2
-        cat "$OUT/broker.err" >&2
-        exit 1
-    fi
-    URL="ws://$ADDR/ws"
-}
+trap stop_server EXIT INT TERM
 
 # run NAME ARGS...: fresh broker, one scenario, human table on stdout and
 # JSON in $OUT/NAME.json.
 run() {
     local name=$1
     shift
-    start_broker
-    echo "== $name: switchboard-load $* (broker pid $BPID, $URL; load average $(cut -d' ' -f1-3 /proc/loadavg))"
-    taskset -c 1 "$LOAD" --url "$URL" --server-pid "$BPID" --encoding "$ENCODING" \
+    start_server switchboard "$DURABILITY"
+    echo "== $name: switchboard-load $* (broker pid $SPID, $URL; load average $(cut -d' ' -f1-3 /proc/loadavg))"
+    taskset -c 1 "$LOAD" --url "$URL" --server-pid "$SPID" --encoding "$ENCODING" \
         --json-out "$OUT/$name.json" "$@" || echo "(exit status $?)"
-    stop_broker
+    stop_server
     echo
 }
 

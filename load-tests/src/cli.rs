@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::proto::Encoding;
+use crate::proto::{Encoding, ServerKind};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -10,8 +10,10 @@ use crate::proto::Encoding;
     version,
     about = "Load-test harness for the Switchboard broker (protocol v1, loopback only).",
     long_about = "Load-test harness for the Switchboard broker. Speaks protocol v1 (JSON or \
-MessagePack) as web-chat widgets, agent consoles and bots do. Every scenario is bounded in \
-count and in time (--duration) and only ever connects to a loopback address."
+MessagePack) as web-chat widgets, agent consoles and bots do; with --target uws it runs the \
+same scenarios against the uWebSockets.js comparison peer (load-tests/peers/uws). Every \
+scenario is bounded in count and in time (--duration) and only ever connects to a loopback \
+address."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -22,18 +24,31 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Broker WebSocket URL; only loopback hosts (127.0.0.0/8, localhost, ::1) are accepted.
-    #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
+    /// Server WebSocket URL; only loopback hosts (127.0.0.0/8, localhost, ::1) are accepted.
+    /// Repeat it (or give a comma-separated list) for several nodes: connections are spread
+    /// over them round-robin, and a chat's customer and agent land on different ones.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8080/ws"
+    )]
+    pub url: Vec<String>,
+    /// Which server speaks at --url: the broker, or the uWebSockets.js comparison peer
+    /// (JSON only; fanout, chat and idle).
+    #[arg(long, global = true, value_enum, default_value_t = ServerKind::Switchboard)]
+    pub target: ServerKind,
     /// Wire encoding (WebSocket subprotocol switchboard.v1.json or switchboard.v1.msgpack).
     #[arg(long, global = true, value_enum, default_value_t = Encoding::Json)]
     pub encoding: Encoding,
     /// Hard cap on the whole run, in seconds (setup included).
     #[arg(long, global = true, default_value_t = 60)]
     pub duration: u64,
-    /// PID of the broker, for its CPU seconds per delivery and RSS per connection (/proc).
-    #[arg(long, global = true)]
-    pub server_pid: Option<u32>,
+    /// PID of the server, for its CPU seconds per delivery (user and kernel) and RSS per
+    /// connection (/proc). Repeat it (or give a comma-separated list) for several server
+    /// processes: figures are summed, and each process is reported too.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Print the report as JSON on stdout (the progress bar stays on stderr).
     #[arg(long, global = true)]
     pub json: bool,
@@ -183,4 +198,68 @@ pub struct ChurnArgs {
     /// Message body size in bytes.
     #[arg(long, default_value_t = 50)]
     pub body_bytes: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("switchboard-load").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["idle"]);
+        assert_eq!(c.common.url, ["ws://127.0.0.1:8080/ws"]);
+        assert_eq!(c.common.target, ServerKind::Switchboard);
+        assert!(c.common.server_pid.is_empty());
+    }
+
+    #[test]
+    fn several_urls_and_pids_repeated_or_comma_separated() {
+        let c = parse(&[
+            "--url",
+            "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws",
+            "--server-pid",
+            "10",
+            "--url",
+            "ws://127.0.0.1:3/ws",
+            "--server-pid",
+            "11,12",
+            "chat",
+        ]);
+        assert_eq!(
+            c.common.url,
+            [
+                "ws://127.0.0.1:1/ws",
+                "ws://127.0.0.1:2/ws",
+                "ws://127.0.0.1:3/ws"
+            ]
+        );
+        assert_eq!(c.common.server_pid, [10, 11, 12]);
+        assert!(matches!(c.cmd, Cmd::Chat(_)));
+        // After the subcommand works too (all of them on one side of it).
+        let c = parse(&[
+            "chat",
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--url",
+            "ws://127.0.0.1:2/ws",
+        ]);
+        assert_eq!(c.common.url.len(), 2);
+    }
+
+    #[test]
+    fn target_kind() {
+        let c = parse(&["--target", "uws", "fanout", "--observers", "3"]);
+        assert_eq!(c.common.target, ServerKind::Uws);
+        let Cmd::Fanout(f) = c.cmd else { panic!() };
+        assert_eq!(f.observers, 3);
+        let c = parse(&["idle", "--target", "switchboard"]);
+        assert_eq!(c.common.target, ServerKind::Switchboard);
+        assert!(Cli::try_parse_from(["switchboard-load", "--target", "nginx", "idle"]).is_err());
+        assert!(Cli::try_parse_from(["switchboard-load", "--server-pid", "x", "idle"]).is_err());
+    }
 }

@@ -1,7 +1,6 @@
 //! One client session: a WebSocket speaking protocol v1, with the generic
 //! handling of replies and pushes every scenario shares.
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -10,17 +9,46 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::proto::{self, ConnectP, Decoded, Encoding, Incoming};
+use crate::proto::{self, Decoded, Encoding, Incoming, Op, ServerKind};
 use crate::stats::{now_ns, ChannelTrackers, Shared};
-use crate::target::{self, Target, Ws};
+use crate::target::{self, Route, Target, Ws};
 
 /// Settings every session of a run shares.
 #[derive(Clone)]
 pub struct SessionCfg {
-    pub target: Target,
+    /// The `--url`s; a `Route` picks one.
+    pub targets: Vec<Target>,
+    pub kind: ServerKind,
     pub enc: Encoding,
     pub buf: usize,
     pub timeout: Duration,
+}
+
+/// Who a session is.
+#[derive(Debug, Clone)]
+pub enum Login {
+    /// An anonymous customer (widget).
+    Anonymous,
+    /// An agent: a minted token for the broker, the bare name for the peer.
+    Agent {
+        identity: String,
+        token: Option<String>,
+    },
+}
+
+impl Login {
+    fn op(&self) -> Op<'_> {
+        match self {
+            Login::Anonymous => Op::Connect {
+                token: None,
+                identity: None,
+            },
+            Login::Agent { identity, token } => Op::Connect {
+                token: token.as_deref(),
+                identity: Some(identity),
+            },
+        }
+    }
 }
 
 /// A push, classified.
@@ -83,6 +111,7 @@ impl CallErr {
 
 pub struct Session {
     pub ws: Ws,
+    pub kind: ServerKind,
     pub enc: Encoding,
     next_id: u64,
     pub identity: String,
@@ -117,16 +146,18 @@ pub fn short(e: &str) -> String {
 }
 
 impl Session {
-    /// Open a WebSocket and `Connect` (anonymous customer when `token` is
-    /// `None`). Connection failures are counted here.
+    /// Open a WebSocket along `route` and identify as `login`.
+    /// Connection failures are counted here.
     pub async fn open(
         cfg: &SessionCfg,
-        src: Option<Ipv4Addr>,
-        token: Option<&str>,
+        route: Route,
+        login: &Login,
         stats: &Shared,
     ) -> Result<Session, String> {
         let t0 = now_ns();
-        let ws = match target::open(&cfg.target, src, cfg.enc, cfg.buf, cfg.timeout).await {
+        let subprotocol = cfg.kind.subprotocol(cfg.enc);
+        let target = &cfg.targets[route.target];
+        let ws = match target::open(target, route.src, subprotocol, cfg.buf, cfg.timeout).await {
             Ok(ws) => ws,
             Err(e) => {
                 let mut s = stats.borrow_mut();
@@ -137,6 +168,7 @@ impl Session {
         };
         let mut sess = Session {
             ws,
+            kind: cfg.kind,
             enc: cfg.enc,
             next_id: 0,
             identity: String::new(),
@@ -145,16 +177,17 @@ impl Session {
             timeout: cfg.timeout,
             seen: 0,
         };
-        match sess.call("Connect", Some(ConnectP { token })).await {
+        let op = login.op();
+        match sess.call_op(op).await {
             Ok(r) => {
                 sess.identity = r.identity.unwrap_or_default();
                 let mut s = stats.borrow_mut();
-                s.conn_ok += 1;
+                s.connected(route.target);
                 s.timing("connect time", now_ns() - t0);
                 Ok(sess)
             }
             Err(e) => {
-                let k = e.key("Connect");
+                let k = e.key(op.action(cfg.kind));
                 let mut s = stats.borrow_mut();
                 s.conn_failed += 1;
                 s.error(k.clone());
@@ -186,6 +219,69 @@ impl Session {
         Ok(id)
     }
 
+    /// The action name of `op` on this session's server (for error keys).
+    pub fn action(&self, op: Op) -> &'static str {
+        op.action(self.kind)
+    }
+
+    /// Send one command of the scenario vocabulary (see [`Op`]) and return
+    /// its id, without flushing when `feed`.
+    pub async fn send_op(&mut self, op: Op<'_>, feed: bool) -> Result<u64, CallErr> {
+        let id = self.next_id();
+        let msg = op.encode(self.kind, self.enc, id);
+        let r = if feed {
+            self.ws.feed(msg).await
+        } else {
+            self.ws.send(msg).await
+        };
+        r.map_err(|e| CallErr::Io(short(&e.to_string())))?;
+        Ok(id)
+    }
+
+    /// [`Session::send_op`] and wait for its reply.
+    pub async fn call_op(&mut self, op: Op<'_>) -> Result<Reply, CallErr> {
+        let id = self.send_op(op, false).await?;
+        self.await_reply(id).await
+    }
+
+    /// Open a channel of this session's own (`StartEngagement` on the
+    /// broker, a subscription to the fresh topic `name` on the peer) and
+    /// return its sid; the error is the key it is counted under.
+    pub async fn start_channel(&mut self, name: &str) -> Result<String, String> {
+        let op = Op::StartChannel { name };
+        let action = self.action(op);
+        match self.call_op(op).await {
+            Ok(Reply {
+                channel_sid: Some(sid),
+                ..
+            }) => {
+                self.trackers.expect(&sid, Some(0));
+                Ok(sid)
+            }
+            Ok(_) => Err(format!("{action}: result without channelSid")),
+            Err(e) => Err(e.key(action)),
+        }
+    }
+
+    /// Attach to channel `sid` as a member (`join`) or as an observer, and
+    /// set up its order tracking from the reply; the error is the key it is
+    /// counted under.
+    pub async fn attach(&mut self, sid: &str, join: bool) -> Result<(), String> {
+        let op = if join {
+            Op::Join { sid }
+        } else {
+            Op::Observe { sid }
+        };
+        let action = self.action(op);
+        let r = self.call_op(op).await.map_err(|e| e.key(action))?;
+        // The broker's `Subscribe` starts an observer at the next message
+        // (its reply has no lastIndex: the channel here is fresh, so 0);
+        // `JoinChannel` and the peer's `subscribe` say where they start.
+        let next = (r.last_index.unwrap_or(-1) + 1).max(0) as u64;
+        self.trackers.expect(sid, Some(next));
+        Ok(())
+    }
+
     pub async fn flush(&mut self) -> Result<(), CallErr> {
         self.ws
             .flush()
@@ -200,6 +296,11 @@ impl Session {
         payload: Option<P>,
     ) -> Result<Reply, CallErr> {
         let id = self.send(action, payload, false).await?;
+        self.await_reply(id).await
+    }
+
+    /// Wait for the reply to command `id`, handling pushes meanwhile.
+    async fn await_reply(&mut self, id: u64) -> Result<Reply, CallErr> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
@@ -211,6 +312,7 @@ impl Session {
             if !proto::frame_matches(self.enc, &msg) {
                 self.stats.borrow_mut().encoding_mismatch += 1;
             }
+            let size = msg.len();
             let inc = match proto::decode(&msg) {
                 Ok(Decoded::Frame(f)) => f,
                 Ok(Decoded::Control) => continue,
@@ -236,7 +338,7 @@ impl Session {
                 }
                 self.count_stray_reply(&inc);
             } else {
-                self.on_push(&inc);
+                self.on_push(&inc, size);
             }
         }
     }
@@ -249,14 +351,15 @@ impl Session {
         }
     }
 
-    /// Account a push: deliveries, latency and order for `messageAdded`.
-    pub fn on_push(&mut self, inc: &Incoming) -> Push {
-        let p = self.classify_push(inc);
+    /// Account a push of `size` bytes: deliveries, latency and order for
+    /// `messageAdded`.
+    pub fn on_push(&mut self, inc: &Incoming, size: usize) -> Push {
+        let p = self.classify_push(inc, size);
         self.seen |= p.bit();
         p
     }
 
-    fn classify_push(&mut self, inc: &Incoming) -> Push {
+    fn classify_push(&mut self, inc: &Incoming, size: usize) -> Push {
         let Some(ev) = inc.event.as_ref() else {
             self.stats
                 .borrow_mut()
@@ -285,6 +388,7 @@ impl Session {
                     }
                 };
                 s.delivery(t, own, order, now);
+                s.delivered_bytes += size as u64;
                 Push::MessageAdded {
                     own,
                     tagged: t.is_some(),
@@ -325,7 +429,7 @@ impl Session {
                         error: inc.error_code().map(str::to_string),
                     }
                 } else {
-                    Ev::Push(self.on_push(&inc))
+                    Ev::Push(self.on_push(&inc, msg.len()))
                 }
             }
             Ok(Decoded::Control) => Ev::Control,

@@ -1,8 +1,9 @@
 //! `switchboard-load`: the load-test harness of the Switchboard broker.
 //!
 //! One binary, one scenario per subcommand (`fanout`, `chat`, `idle`,
-//! `churn`). Runs on a single-threaded tokio runtime (pin it to one core with
-//! `taskset`); every session is a local task.
+//! `churn`), against the broker or (`--target uws`) the uWebSockets.js
+//! comparison peer. Runs on a single-threaded tokio runtime (pin it to one
+//! core with `taskset`); every session is a local task.
 
 mod cli;
 mod conn;
@@ -23,10 +24,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::watch;
 
 use crate::cli::{Cli, Cmd, Common};
-use crate::conn::SessionCfg;
+use crate::conn::{Login, SessionCfg};
+use crate::proto::{Encoding, ServerKind};
 use crate::report::Report;
 use crate::stats::Shared;
-use crate::target::Target;
+use crate::target::{Spread, Target};
 
 /// What every scenario gets.
 pub struct Ctx {
@@ -74,13 +76,13 @@ impl Ctx {
     ) -> Report {
         let mut report = Report::build(
             scenario,
-            &self.cfg.target.url,
+            self.cfg.kind,
+            &self.common.url,
             self.cfg.enc,
             stats,
             start,
             end,
             0.0,
-            self.common.server_pid,
         );
         if let Some(why) = stop_reason {
             report.completed = false;
@@ -100,6 +102,31 @@ impl Ctx {
         })
     }
 
+    /// Whether the server is the broker (its budget checks apply).
+    pub fn is_broker(&self) -> bool {
+        self.cfg.kind == ServerKind::Switchboard
+    }
+
+    /// How `conns` connections spread over the `--url`s and source addresses.
+    pub fn spread(&self, conns: usize) -> Result<Spread, String> {
+        Spread::new(&self.cfg.targets, conns, self.common.per_source_ip)
+    }
+
+    /// The login of agent `identity`: a minted HS256 token for the broker,
+    /// the bare name for the peer (which has no authentication).
+    pub fn agent(&self, identity: &str) -> Result<Login, String> {
+        let token = match self.cfg.kind {
+            ServerKind::Switchboard => {
+                Some(crate::jwt::mint(self.secret()?, identity, "agent", 86_400))
+            }
+            ServerKind::Uws => None,
+        };
+        Ok(Login::Agent {
+            identity: identity.to_string(),
+            token,
+        })
+    }
+
     pub fn set_phase(&self, msg: &str, len: u64) {
         self.progress.set_length(len);
         self.progress.set_position(0);
@@ -109,16 +136,16 @@ impl Ctx {
 
     /// An empty report for a run that could not go on.
     pub fn failed(&self, scenario: &'static str, why: String) -> Report {
-        let s = procfs::sample(None);
+        let s = procfs::sample(&[]);
         let mut r = Report::build(
             scenario,
-            &self.cfg.target.url,
+            self.cfg.kind,
+            &self.common.url,
             self.cfg.enc,
             &self.stats.borrow(),
             &s,
             &s,
             self.started.elapsed().as_secs_f64(),
-            None,
         );
         r.completed = false;
         r.stop_reason = format!("setup failed: {why}");
@@ -153,13 +180,17 @@ fn connections_needed(cmd: &Cmd) -> u64 {
 fn main() -> ExitCode {
     stats::init_clock();
     let cli = Cli::parse();
-    let target = match target::parse_loopback_url(&cli.common.url) {
+    let targets = match target::parse_loopback_urls(&cli.common.url) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("switchboard-load: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = check_target(&cli) {
+        eprintln!("switchboard-load: {e}");
+        return ExitCode::from(2);
+    }
     let need = connections_needed(&cli.cmd) + 256;
     match raise_fd_limit(need) {
         Ok(n) if n < need => {
@@ -177,7 +208,7 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let local = tokio::task::LocalSet::new();
-    let report = local.block_on(&rt, run(cli.clone_for_run(), target));
+    let report = local.block_on(&rt, run(cli.clone_for_run(), targets));
     let common = &cli.common;
     if let Some(path) = &common.json_out {
         if let Err(e) = std::fs::write(path, report.to_json() + "\n") {
@@ -205,7 +236,25 @@ impl Cli {
     }
 }
 
-async fn run((common, cmd): (Common, Cmd), target: Target) -> Report {
+/// What the peer cannot do: MessagePack, and `churn` (it has no engagements
+/// to restart).
+fn check_target(cli: &Cli) -> Result<(), String> {
+    if cli.common.target != ServerKind::Uws {
+        return Ok(());
+    }
+    if cli.common.encoding != Encoding::Json {
+        return Err("--target uws speaks JSON only: drop --encoding msgpack".into());
+    }
+    if let Cmd::Churn(_) = cli.cmd {
+        return Err(
+            "churn restarts engagements, which the uws peer does not have: use fanout, chat or idle"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+async fn run((common, cmd): (Common, Cmd), targets: Vec<Target>) -> Report {
     let (cancel_tx, cancel_rx) = watch::channel(false);
     tokio::task::spawn_local(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -236,7 +285,8 @@ async fn run((common, cmd): (Common, Cmd), target: Target) -> Report {
     );
     let ctx = Rc::new(Ctx {
         cfg: SessionCfg {
-            target,
+            targets,
+            kind: common.target,
             enc: common.encoding,
             buf: common.ws_buffer,
             timeout: Duration::from_secs(common.op_timeout.max(1)),
@@ -249,7 +299,7 @@ async fn run((common, cmd): (Common, Cmd), target: Target) -> Report {
         run_id,
         common,
     });
-    if let Some(pid) = ctx.common.server_pid {
+    for &pid in &ctx.common.server_pid {
         if let Err(e) = procfs::cpu_seconds(Some(pid)) {
             return ctx.failed(scenario_name(&cmd), format!("--server-pid {pid}: {e}"));
         }

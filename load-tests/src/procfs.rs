@@ -13,15 +13,15 @@ pub fn clk_tck() -> u64 {
     }
 }
 
-/// utime + stime (clock ticks) out of the text of /proc/PID/stat.
-pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
+/// (utime, stime) in clock ticks out of the text of /proc/PID/stat.
+pub fn parse_stat_ticks(stat: &str) -> Option<(u64, u64)> {
     // The command name (field 2) may hold spaces and parentheses: fields are
     // counted from the last ')'. After it: 3 state, ..., 14 utime, 15 stime.
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// VmRSS in KiB out of the text of /proc/PID/status.
@@ -64,12 +64,42 @@ fn stat_path(pid: Option<u32>) -> String {
     }
 }
 
+/// CPU seconds used so far by a process, user and kernel apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTimes {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuTimes {
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+
+    /// `self - earlier`.
+    pub fn since(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+/// CPU seconds used so far by `pid` (`None`: this process).
+pub fn cpu_times(pid: Option<u32>) -> io::Result<CpuTimes> {
+    let s = std::fs::read_to_string(stat_path(pid))?;
+    let (u, k) = parse_stat_ticks(&s)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable stat"))?;
+    let hz = clk_tck() as f64;
+    Ok(CpuTimes {
+        user: u as f64 / hz,
+        system: k as f64 / hz,
+    })
+}
+
 /// CPU seconds (user + system) used so far by `pid` (`None`: this process).
 pub fn cpu_seconds(pid: Option<u32>) -> io::Result<f64> {
-    let s = std::fs::read_to_string(stat_path(pid))?;
-    let ticks = parse_stat_ticks(&s)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable stat"))?;
-    Ok(ticks as f64 / clk_tck() as f64)
+    cpu_times(pid).map(CpuTimes::total)
 }
 
 /// Resident set size of `pid` in KiB.
@@ -78,21 +108,63 @@ pub fn rss_kib(pid: u32) -> io::Result<u64> {
     parse_status_rss_kib(&s).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS"))
 }
 
-/// A point-in-time sample of the broker (when a pid was given) and of the
-/// harness itself.
+/// One server process at one point in time; `None` where /proc could not
+/// be read (the process has gone).
 #[derive(Debug, Clone, Copy)]
+pub struct ProcSample {
+    pub pid: u32,
+    pub cpu: Option<CpuTimes>,
+    pub rss_kib: Option<u64>,
+}
+
+/// A point-in-time sample of the server processes (the `--server-pid`s) and
+/// of the harness itself.
+#[derive(Debug, Clone)]
 pub struct Sample {
-    pub server_cpu: Option<f64>,
-    pub server_rss_kib: Option<u64>,
+    pub servers: Vec<ProcSample>,
     pub self_cpu: f64,
     pub machine_busy: Option<(f64, f64)>,
     pub at: std::time::Instant,
 }
 
-pub fn sample(pid: Option<u32>) -> Sample {
+impl Sample {
+    /// CPU of all server processes together; `None` unless every one was read.
+    pub fn server_cpu(&self) -> Option<CpuTimes> {
+        sum_all(self.servers.iter().map(|s| s.cpu), |a, b| CpuTimes {
+            user: a.user + b.user,
+            system: a.system + b.system,
+        })
+    }
+
+    /// RSS of all server processes together; `None` unless every one was read.
+    pub fn server_rss_kib(&self) -> Option<u64> {
+        sum_all(self.servers.iter().map(|s| s.rss_kib), |a, b| a + b)
+    }
+}
+
+/// The sum of all items, or `None` when there are none or any is `None`.
+fn sum_all<T: Copy>(items: impl Iterator<Item = Option<T>>, add: impl Fn(T, T) -> T) -> Option<T> {
+    let mut acc: Option<T> = None;
+    for it in items {
+        let v = it?;
+        acc = Some(match acc {
+            None => v,
+            Some(a) => add(a, v),
+        });
+    }
+    acc
+}
+
+pub fn sample(pids: &[u32]) -> Sample {
     Sample {
-        server_cpu: pid.and_then(|p| cpu_seconds(Some(p)).ok()),
-        server_rss_kib: pid.and_then(|p| rss_kib(p).ok()),
+        servers: pids
+            .iter()
+            .map(|&pid| ProcSample {
+                pid,
+                cpu: cpu_times(Some(pid)).ok(),
+                rss_kib: rss_kib(pid).ok(),
+            })
+            .collect(),
         self_cpu: cpu_seconds(None).unwrap_or(0.0),
         machine_busy: machine_busy_seconds(),
         at: std::time::Instant::now(),
@@ -106,7 +178,7 @@ mod tests {
     #[test]
     fn parses_stat_with_odd_comm() {
         let s = "1234 (sw (itch) board) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 4 0 100 1000000 500 18446744073709551615";
-        assert_eq!(parse_stat_ticks(s), Some(325));
+        assert_eq!(parse_stat_ticks(s), Some((250, 75)));
         assert_eq!(parse_stat_ticks("garbage"), None);
     }
 
@@ -126,8 +198,40 @@ mod tests {
     }
 
     #[test]
+    fn sums_servers_only_when_all_were_read() {
+        let p = |pid, cpu: Option<(f64, f64)>, rss| ProcSample {
+            pid,
+            cpu: cpu.map(|(user, system)| CpuTimes { user, system }),
+            rss_kib: rss,
+        };
+        let mut s = Sample {
+            servers: vec![
+                p(1, Some((1.0, 2.0)), Some(100)),
+                p(2, Some((0.5, 0.25)), Some(50)),
+            ],
+            self_cpu: 0.0,
+            machine_busy: None,
+            at: std::time::Instant::now(),
+        };
+        assert_eq!(
+            s.server_cpu(),
+            Some(CpuTimes {
+                user: 1.5,
+                system: 2.25
+            })
+        );
+        assert_eq!(s.server_rss_kib(), Some(150));
+        s.servers[1].rss_kib = None;
+        assert_eq!(s.server_rss_kib(), None);
+        s.servers.clear();
+        assert_eq!(s.server_cpu(), None);
+    }
+
+    #[test]
     fn reads_own_process() {
         assert!(cpu_seconds(None).unwrap() >= 0.0);
+        let t = cpu_times(Some(std::process::id())).unwrap();
+        assert!(t.user >= 0.0 && t.system >= 0.0);
         assert!(rss_kib(std::process::id()).unwrap() > 0);
         assert!(clk_tck() > 0);
     }

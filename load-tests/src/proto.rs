@@ -61,12 +61,128 @@ pub fn encode<P: Serialize>(enc: Encoding, id: u64, action: &str, payload: Optio
     }
 }
 
+// ---- the two servers -----------------------------------------------------
+
+/// The server the harness talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerKind {
+    /// The Switchboard broker (protocol v1).
+    Switchboard,
+    /// The uWebSockets.js comparison peer (`load-tests/peers/uws`): a tiny JSON
+    /// pub/sub protocol in protocol v1's envelope, JSON only.
+    Uws,
+}
+
+impl fmt::Display for ServerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServerKind::Switchboard => "switchboard",
+            ServerKind::Uws => "uws",
+        })
+    }
+}
+
+impl ServerKind {
+    /// The WebSocket subprotocol to offer (the peer negotiates none).
+    pub fn subprotocol(self, enc: Encoding) -> Option<&'static str> {
+        match self {
+            ServerKind::Switchboard => Some(enc.subprotocol()),
+            ServerKind::Uws => None,
+        }
+    }
+}
+
+/// What a scenario asks of a server. Each server kind has its own command
+/// for it; the scenarios are written once against these.
+#[derive(Debug, Clone, Copy)]
+pub enum Op<'a> {
+    /// Identify: a token for a Switchboard agent, a name for a peer agent;
+    /// neither for an anonymous customer.
+    Connect {
+        token: Option<&'a str>,
+        identity: Option<&'a str>,
+    },
+    /// Open a new channel for this session: `StartEngagement` (the broker
+    /// picks the sid), or a subscription to the topic `name` on the peer.
+    StartChannel { name: &'a str },
+    /// Become a member of a channel: `JoinChannel` / `subscribe`.
+    Join { sid: &'a str },
+    /// Watch a channel without being a member: `Subscribe` / `subscribe`.
+    Observe { sid: &'a str },
+    /// Send a message carrying the harness's send time `t`.
+    SendMessage { sid: &'a str, body: &'a str, t: u64 },
+    /// Tell the channel this session is typing.
+    SendTyping { sid: &'a str },
+}
+
+impl Op<'_> {
+    /// The command's action name on `kind`'s wire (also how errors are counted).
+    pub fn action(&self, kind: ServerKind) -> &'static str {
+        use ServerKind::*;
+        match (kind, self) {
+            (Switchboard, Op::Connect { .. }) => "Connect",
+            (Switchboard, Op::StartChannel { .. }) => "StartEngagement",
+            (Switchboard, Op::Join { .. }) => "JoinChannel",
+            (Switchboard, Op::Observe { .. }) => "Subscribe",
+            (Switchboard, Op::SendMessage { .. }) => "SendMessage",
+            (Switchboard, Op::SendTyping { .. }) => "SendTyping",
+            (Uws, Op::Connect { .. }) => "hello",
+            (Uws, Op::StartChannel { .. } | Op::Join { .. } | Op::Observe { .. }) => "subscribe",
+            (Uws, Op::SendMessage { .. }) => "publish",
+            (Uws, Op::SendTyping { .. }) => "typing",
+        }
+    }
+
+    /// The command frame for `kind`.
+    pub fn encode(&self, kind: ServerKind, enc: Encoding, id: u64) -> Message {
+        let action = self.action(kind);
+        match (kind, *self) {
+            (ServerKind::Switchboard, Op::Connect { token, .. }) => {
+                encode(enc, id, action, Some(ConnectP { token }))
+            }
+            (ServerKind::Uws, Op::Connect { identity, .. }) => {
+                encode(enc, id, action, Some(HelloP { identity }))
+            }
+            (ServerKind::Switchboard, Op::StartChannel { .. }) => {
+                encode::<()>(enc, id, action, None)
+            }
+            (ServerKind::Switchboard, Op::Observe { sid }) => {
+                encode(enc, id, action, Some(SubscribeP { channel: sid }))
+            }
+            (ServerKind::Uws, Op::StartChannel { name: sid })
+            | (ServerKind::Uws, Op::Observe { sid })
+            | (_, Op::Join { sid })
+            | (_, Op::SendTyping { sid }) => {
+                encode(enc, id, action, Some(ChannelSidP { channel_sid: sid }))
+            }
+            (_, Op::SendMessage { sid, body, t }) => encode(
+                enc,
+                id,
+                action,
+                Some(SendMessageP {
+                    channel_sid: sid,
+                    body,
+                    message_attributes: TimeAttr { t },
+                }),
+            ),
+        }
+    }
+}
+
 // ---- payloads -------------------------------------------------------------
 
 #[derive(Serialize)]
 pub struct ConnectP<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<&'a str>,
+}
+
+/// The peer's `hello`.
+#[derive(Serialize)]
+pub struct HelloP<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -386,6 +502,169 @@ mod tests {
         let m = encode::<()>(Encoding::Json, 8, "RestartEngagement", None);
         let Message::Text(t) = m else { panic!() };
         assert_eq!(t.as_str(), r#"{"id":8,"action":"RestartEngagement"}"#);
+    }
+
+    fn text(m: Message) -> String {
+        match m {
+            Message::Text(t) => t.as_str().to_string(),
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn switchboard_commands_are_protocol_v1() {
+        let sb = ServerKind::Switchboard;
+        let e = |op: Op, id| text(op.encode(sb, Encoding::Json, id));
+        assert_eq!(
+            e(
+                Op::Connect {
+                    token: None,
+                    identity: Some("ignored")
+                },
+                1
+            ),
+            r#"{"id":1,"action":"Connect","payload":{}}"#
+        );
+        assert_eq!(
+            e(
+                Op::Connect {
+                    token: Some("jwt"),
+                    identity: None
+                },
+                2
+            ),
+            r#"{"id":2,"action":"Connect","payload":{"token":"jwt"}}"#
+        );
+        assert_eq!(
+            e(Op::StartChannel { name: "ignored" }, 3),
+            r#"{"id":3,"action":"StartEngagement"}"#
+        );
+        assert_eq!(
+            e(Op::Join { sid: "CH1" }, 4),
+            r#"{"id":4,"action":"JoinChannel","payload":{"channelSid":"CH1"}}"#
+        );
+        assert_eq!(
+            e(Op::Observe { sid: "CH1" }, 5),
+            r#"{"id":5,"action":"Subscribe","payload":{"channel":"CH1"}}"#
+        );
+        assert_eq!(
+            e(
+                Op::SendMessage {
+                    sid: "CH1",
+                    body: "hi",
+                    t: 42
+                },
+                6
+            ),
+            r#"{"id":6,"action":"SendMessage","payload":{"channelSid":"CH1","body":"hi","messageAttributes":{"t":42}}}"#
+        );
+        assert_eq!(
+            e(Op::SendTyping { sid: "CH1" }, 7),
+            r#"{"id":7,"action":"SendTyping","payload":{"channelSid":"CH1"}}"#
+        );
+        assert_eq!(
+            ServerKind::Switchboard.subprotocol(Encoding::Msgpack),
+            Some("switchboard.v1.msgpack")
+        );
+        // MessagePack carries the same map.
+        let Message::Binary(b) = Op::Join { sid: "CH1" }.encode(sb, Encoding::Msgpack, 4) else {
+            panic!()
+        };
+        let v: serde_json::Value = rmp_serde::from_slice(&b).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": 4, "action": "JoinChannel", "payload": {"channelSid": "CH1"}})
+        );
+    }
+
+    #[test]
+    fn uws_peer_commands() {
+        let u = ServerKind::Uws;
+        let e = |op: Op, id| text(op.encode(u, Encoding::Json, id));
+        assert_eq!(
+            e(
+                Op::Connect {
+                    token: Some("ignored"),
+                    identity: None
+                },
+                1
+            ),
+            r#"{"id":1,"action":"hello","payload":{}}"#
+        );
+        assert_eq!(
+            e(
+                Op::Connect {
+                    token: None,
+                    identity: Some("load-1-agent-0")
+                },
+                2
+            ),
+            r#"{"id":2,"action":"hello","payload":{"identity":"load-1-agent-0"}}"#
+        );
+        for op in [
+            Op::StartChannel {
+                name: "load-1-eng-0",
+            },
+            Op::Join {
+                sid: "load-1-eng-0",
+            },
+            Op::Observe {
+                sid: "load-1-eng-0",
+            },
+        ] {
+            assert_eq!(
+                e(op, 3),
+                r#"{"id":3,"action":"subscribe","payload":{"channelSid":"load-1-eng-0"}}"#
+            );
+        }
+        assert_eq!(
+            e(
+                Op::SendMessage {
+                    sid: "T",
+                    body: "x\"y",
+                    t: 9
+                },
+                4
+            ),
+            r#"{"id":4,"action":"publish","payload":{"channelSid":"T","body":"x\"y","messageAttributes":{"t":9}}}"#
+        );
+        assert_eq!(
+            e(Op::SendTyping { sid: "T" }, 5),
+            r#"{"id":5,"action":"typing","payload":{"channelSid":"T"}}"#
+        );
+        assert_eq!(u.subprotocol(Encoding::Json), None);
+    }
+
+    #[test]
+    fn decodes_uws_peer_frames() {
+        // Frames exactly as load-tests/peers/uws/server.js writes them.
+        let push = r#"{"event":"messageAdded","data":{"channelSid":"T","index":0,"author":"anon-1","authorRole":"customer","body":"hi","attributes":{"t":5},"dateCreated":"2026-11-25T22:46:21.180Z"}}"#;
+        let msg = Message::Text(push.into());
+        let Ok(Decoded::Frame(f)) = decode(&msg) else {
+            panic!()
+        };
+        assert!(!f.is_reply());
+        let d = f.data.as_ref().unwrap();
+        assert_eq!(d.author.as_ref().unwrap().as_str(), "anon-1");
+        assert_eq!(d.attributes.unwrap().t, Some(5));
+        let msg = Message::Text(r#"{"id":2,"result":{"channelSid":"T","lastIndex":-1}}"#.into());
+        let Ok(Decoded::Frame(f)) = decode(&msg) else {
+            panic!()
+        };
+        assert!(f.is_reply());
+        assert_eq!(f.result.as_ref().unwrap().last_index, Some(Num(-1.0)));
+        let msg = Message::Text(r#"{"id":1,"result":{"identity":"anon-7"}}"#.into());
+        let Ok(Decoded::Frame(f)) = decode(&msg) else {
+            panic!()
+        };
+        assert_eq!(f.result.unwrap().identity.unwrap().as_str(), "anon-7");
+        let msg = Message::Text(
+            r#"{"id":3,"error":{"code":"not_a_member","message":"publish needs a subscription to the topic"}}"#.into(),
+        );
+        let Ok(Decoded::Frame(f)) = decode(&msg) else {
+            panic!()
+        };
+        assert_eq!(f.error_code(), Some("not_a_member"));
     }
 
     #[test]

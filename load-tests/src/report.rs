@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::procfs::Sample;
-use crate::proto::Encoding;
+use crate::procfs::{CpuTimes, Sample};
+use crate::proto::{Encoding, ServerKind};
 use crate::stats::{OrderCounts, Stats};
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -42,6 +42,8 @@ impl Latency {
 pub struct Connections {
     pub ok: u64,
     pub failed: u64,
+    /// Of `ok`, how many went to each `--url` (in the order given).
+    pub ok_per_url: Vec<u64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -59,16 +61,89 @@ pub struct Deliveries {
     pub expected: Option<u64>,
     pub missing: Option<u64>,
     pub per_s: f64,
+    /// Mean size of a delivered `messageAdded` frame (WebSocket payload), so
+    /// that runs against different servers can be seen to move the same bytes.
+    pub mean_frame_bytes: Option<f64>,
 }
 
+/// CPU and memory of the server processes over the measured phase: all of
+/// them together here, each one in `processes`.
 #[derive(Debug, Default, Serialize)]
 pub struct Server {
-    pub pid: u32,
+    pub pids: Vec<u32>,
+    /// utime + stime.
     pub cpu_s: Option<f64>,
+    pub cpu_user_s: Option<f64>,
+    pub cpu_system_s: Option<f64>,
     pub cpu_us_per_delivery: Option<f64>,
+    pub cpu_user_us_per_delivery: Option<f64>,
+    pub cpu_system_us_per_delivery: Option<f64>,
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
     pub rss_per_connection_bytes: Option<f64>,
+    pub processes: Vec<ServerProcess>,
+}
+
+/// One `--server-pid` over the measured phase.
+#[derive(Debug, Default, Serialize)]
+pub struct ServerProcess {
+    pub pid: u32,
+    pub cpu_s: Option<f64>,
+    pub cpu_user_s: Option<f64>,
+    pub cpu_system_s: Option<f64>,
+    pub rss_before_kib: Option<u64>,
+    pub rss_after_kib: Option<u64>,
+}
+
+impl Server {
+    fn build(start: &Sample, end: &Sample, deliveries: u64) -> Option<Server> {
+        if start.servers.is_empty() {
+            return None;
+        }
+        let diff = |a: Option<CpuTimes>, b: Option<CpuTimes>| match (a, b) {
+            (Some(a), Some(b)) => Some(b.since(a)),
+            _ => None,
+        };
+        let cpu = diff(start.server_cpu(), end.server_cpu());
+        let per = |secs: f64| secs * 1e6 / deliveries as f64;
+        let per_delivery = cpu.filter(|_| deliveries > 0);
+        let processes = start
+            .servers
+            .iter()
+            .zip(&end.servers)
+            .map(|(a, b)| {
+                let c = diff(a.cpu, b.cpu);
+                ServerProcess {
+                    pid: a.pid,
+                    cpu_s: c.map(CpuTimes::total),
+                    cpu_user_s: c.map(|c| c.user),
+                    cpu_system_s: c.map(|c| c.system),
+                    rss_before_kib: a.rss_kib,
+                    rss_after_kib: b.rss_kib,
+                }
+            })
+            .collect();
+        Some(Server {
+            pids: start.servers.iter().map(|s| s.pid).collect(),
+            cpu_s: cpu.map(CpuTimes::total),
+            cpu_user_s: cpu.map(|c| c.user),
+            cpu_system_s: cpu.map(|c| c.system),
+            cpu_us_per_delivery: per_delivery.map(|c| per(c.total())),
+            cpu_user_us_per_delivery: per_delivery.map(|c| per(c.user)),
+            cpu_system_us_per_delivery: per_delivery.map(|c| per(c.system)),
+            rss_before_kib: start.server_rss_kib(),
+            rss_after_kib: end.server_rss_kib(),
+            rss_per_connection_bytes: None,
+            processes,
+        })
+    }
+
+    /// For scenarios whose unit is not a delivery.
+    pub fn clear_per_delivery(&mut self) {
+        self.cpu_us_per_delivery = None;
+        self.cpu_user_us_per_delivery = None;
+        self.cpu_system_us_per_delivery = None;
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -97,7 +172,9 @@ pub struct Check {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
-    pub url: String,
+    /// Which server was measured.
+    pub target: ServerKind,
+    pub urls: Vec<String>,
     pub encoding: Encoding,
     pub params: BTreeMap<&'static str, serde_json::Value>,
     pub completed: bool,
@@ -127,13 +204,13 @@ impl Report {
     #[allow(clippy::too_many_arguments)]
     pub fn build(
         scenario: &'static str,
-        url: &str,
+        target: ServerKind,
+        urls: &[String],
         encoding: Encoding,
         stats: &Stats,
         start: &Sample,
         end: &Sample,
         elapsed_s: f64,
-        server_pid: Option<u32>,
     ) -> Report {
         let measured_s = end.at.duration_since(start.at).as_secs_f64();
         let per_s = if measured_s > 0.0 {
@@ -141,32 +218,18 @@ impl Report {
         } else {
             0.0
         };
-        let server = server_pid.map(|pid| {
-            let cpu = match (start.server_cpu, end.server_cpu) {
-                (Some(a), Some(b)) => Some(b - a),
-                _ => None,
-            };
-            Server {
-                pid,
-                cpu_s: cpu,
-                cpu_us_per_delivery: cpu
-                    .filter(|_| stats.deliveries > 0)
-                    .map(|c| c * 1e6 / stats.deliveries as f64),
-                rss_before_kib: start.server_rss_kib,
-                rss_after_kib: end.server_rss_kib,
-                rss_per_connection_bytes: None,
-            }
-        });
+        let server = Server::build(start, end, stats.deliveries);
         let self_cpu = end.self_cpu - start.self_cpu;
         let other_cpu_s = match (
             start.machine_busy,
             end.machine_busy,
-            start.server_cpu,
-            end.server_cpu,
+            start.server_cpu(),
+            end.server_cpu(),
         ) {
-            (Some(m0), Some(m1), Some(s0), Some(s1)) => {
-                Some((((m1.0 - m0.0) - (s1 - s0) - self_cpu).max(0.0) * 100.0).round() / 100.0)
-            }
+            (Some(m0), Some(m1), Some(s0), Some(s1)) => Some(
+                (((m1.0 - m0.0) - s1.since(s0).total() - self_cpu).max(0.0) * 100.0).round()
+                    / 100.0,
+            ),
             _ => None,
         };
         let irq_cpu_s = match (start.machine_busy, end.machine_busy) {
@@ -175,7 +238,8 @@ impl Report {
         };
         Report {
             scenario,
-            url: url.to_string(),
+            target,
+            urls: urls.to_vec(),
             encoding,
             params: BTreeMap::new(),
             completed: true,
@@ -185,6 +249,9 @@ impl Report {
             connections: Connections {
                 ok: stats.conn_ok,
                 failed: stats.conn_failed,
+                ok_per_url: (0..urls.len())
+                    .map(|i| stats.conn_ok_by_target.get(i).copied().unwrap_or(0))
+                    .collect(),
             },
             messages: Messages {
                 sent: stats.sent,
@@ -198,6 +265,8 @@ impl Report {
                 expected: None,
                 missing: None,
                 per_s,
+                mean_frame_bytes: (stats.deliveries > 0)
+                    .then(|| (stats.delivered_bytes as f64 / stats.deliveries as f64).round()),
             },
             typing_received: stats.typing_received,
             latency_us: Latency::from_ns(&stats.latency),
@@ -341,7 +410,13 @@ pub fn format_human(r: &Report) -> String {
     let mut row = |k: &str, v: String| rows.push((k.to_string(), v));
     row(
         "scenario",
-        format!("{} ({}, {})", r.scenario, r.encoding, r.url),
+        format!(
+            "{} against {} ({}, {})",
+            r.scenario,
+            r.target,
+            r.encoding,
+            r.urls.join(" ")
+        ),
     );
     let params: Vec<String> = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !params.is_empty() {
@@ -359,14 +434,21 @@ pub fn format_human(r: &Report) -> String {
         "time",
         format!("{:.2} s total, {:.2} s measured", r.elapsed_s, r.measured_s),
     );
-    row(
-        "connections",
-        format!(
-            "{} ok, {} failed",
-            group(r.connections.ok as f64),
-            group(r.connections.failed as f64)
-        ),
+    let mut conns = format!(
+        "{} ok, {} failed",
+        group(r.connections.ok as f64),
+        group(r.connections.failed as f64)
     );
+    if r.urls.len() > 1 {
+        let per: Vec<String> = r
+            .connections
+            .ok_per_url
+            .iter()
+            .map(|n| group(*n as f64))
+            .collect();
+        let _ = write!(conns, " ({} per URL)", per.join(" / "));
+    }
+    row("connections", conns);
     if r.messages.sent > 0 || r.messages.typing_sent > 0 {
         let mut s = format!(
             "{} sent, {} acknowledged",
@@ -397,6 +479,9 @@ pub fn format_human(r: &Report) -> String {
         }
         row("deliveries", s);
         row("deliveries/s", group(r.deliveries.per_s));
+        if let Some(b) = r.deliveries.mean_frame_bytes {
+            row("delivered frame", format!("{} bytes (mean)", group(b)));
+        }
     }
     if r.typing_received > 0 {
         row("typing pushes", group(r.typing_received as f64));
@@ -441,23 +526,49 @@ pub fn format_human(r: &Report) -> String {
         row("  error", format!("{} × {k}", group(*v as f64)));
     }
     if let Some(s) = &r.server {
-        if let Some(c) = s.cpu_s {
-            row("broker CPU", format!("{c:.2} s (pid {})", s.pid));
+        let pids: Vec<String> = s.pids.iter().map(|p| p.to_string()).collect();
+        if let (Some(c), Some(u), Some(k)) = (s.cpu_s, s.cpu_user_s, s.cpu_system_s) {
+            row(
+                "server CPU",
+                format!(
+                    "{c:.2} s: user {u:.2} + kernel {k:.2} (pid {})",
+                    pids.join(" + ")
+                ),
+            );
         }
-        if let Some(c) = s.cpu_us_per_delivery {
-            row("broker CPU/delivery", format!("{c:.3} µs"));
+        if let (Some(c), Some(u), Some(k)) = (
+            s.cpu_us_per_delivery,
+            s.cpu_user_us_per_delivery,
+            s.cpu_system_us_per_delivery,
+        ) {
+            row(
+                "server CPU/delivery",
+                format!("{c:.3} µs: user {u:.3} + kernel {k:.3}"),
+            );
         }
         if let (Some(a), Some(b)) = (s.rss_before_kib, s.rss_after_kib) {
             row(
-                "broker RSS",
+                "server RSS",
                 format!("{} KiB -> {} KiB", group(a as f64), group(b as f64)),
             );
         }
         if let Some(b) = s.rss_per_connection_bytes {
             row(
-                "broker RSS/conn",
+                "server RSS/conn",
                 format!("{} bytes ({:.2} KiB)", group(b), b / 1024.0),
             );
+        }
+        if s.processes.len() > 1 {
+            for p in &s.processes {
+                let mut v = format!("pid {}:", p.pid);
+                if let (Some(u), Some(k)) = (p.cpu_user_s, p.cpu_system_s) {
+                    let _ = write!(v, " CPU {:.2} s (user {u:.2} + kernel {k:.2})", u + k);
+                }
+                if let (Some(a), Some(b)) = (p.rss_before_kib, p.rss_after_kib) {
+                    let _ = write!(v, ", RSS {} -> {} KiB", group(a as f64), group(b as f64));
+                }
+                row("  process", v);
+            }
         }
     }
     for (k, v) in &r.metrics {
@@ -520,13 +631,19 @@ pub fn format_human(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::procfs::Sample;
+    use crate::procfs::{ProcSample, Sample};
     use std::time::{Duration, Instant};
 
     fn sample(at: Instant, cpu: f64) -> Sample {
         Sample {
-            server_cpu: Some(cpu),
-            server_rss_kib: Some(1000),
+            servers: vec![ProcSample {
+                pid: 42,
+                cpu: Some(CpuTimes {
+                    user: cpu * 0.25,
+                    system: cpu * 0.75,
+                }),
+                rss_kib: Some(1000),
+            }],
             self_cpu: 0.5,
             machine_busy: Some((cpu + 1.0, 0.1)),
             at,
@@ -571,29 +688,37 @@ mod tests {
         st.error("closed by server: 4008");
         let t0 = Instant::now();
         let t1 = t0 + Duration::from_secs(2);
+        st.delivered_bytes = 300 * st.deliveries;
         let mut r = Report::build(
             "fanout",
-            "ws://127.0.0.1:8080/ws",
+            ServerKind::Switchboard,
+            &["ws://127.0.0.1:8080/ws".to_string()],
             Encoding::Json,
             &st,
             &sample(t0, 10.0),
             &sample(t1, 11.0),
             3.0,
-            Some(42),
         );
         r.param("observers", 1000);
         r.expect_deliveries(2_000_000);
         assert_eq!(r.deliveries.missing, Some(1000));
         assert!((r.deliveries.per_s - 1_000_000.0).abs() < 1.0);
-        let c = r.server.as_ref().unwrap().cpu_us_per_delivery.unwrap();
+        let srv = r.server.as_ref().unwrap();
+        let c = srv.cpu_us_per_delivery.unwrap();
         assert!((c - 0.5).abs() < 1e-9, "{c}");
+        assert!((srv.cpu_user_us_per_delivery.unwrap() - 0.125).abs() < 1e-9);
+        assert!((srv.cpu_system_us_per_delivery.unwrap() - 0.375).abs() < 1e-9);
+        assert_eq!(srv.pids, [42]);
+        assert_eq!(r.deliveries.mean_frame_bytes, Some(300.0));
         r.check_max("broker CPU per delivery", Some(c), 0.7, "µs");
         r.check_clean();
         assert!(!r.all_pass()); // one error and 1000 missing
         let t = format_human(&r);
         assert!(t.contains("deliveries/s"), "{t}");
         assert!(t.contains("1,000,000"), "{t}");
-        assert!(t.contains("0.500 µs"), "{t}");
+        assert!(t.contains("0.500 µs: user 0.125 + kernel 0.375"), "{t}");
+        assert!(t.contains("against switchboard"), "{t}");
+        assert!(!t.contains("  process"), "one process, no breakdown: {t}");
         assert!(t.contains("p50 250.1 µs"), "{t}");
         assert!(t.contains("1 × closed by server: 4008"), "{t}");
         assert!(t.contains("PASS broker CPU per delivery"), "{t}");
@@ -602,6 +727,64 @@ mod tests {
         assert_eq!(j["deliveries"]["missing"], 1000);
         assert_eq!(j["params"]["observers"], 1000);
         assert_eq!(j["encoding"], "json");
+        assert_eq!(j["target"], "switchboard");
+        assert_eq!(j["server"]["processes"][0]["pid"], 42);
         assert!((j["latency_us"]["p50"].as_f64().unwrap() - 250.0).abs() < 0.5);
+    }
+
+    #[test]
+    fn several_server_processes_are_summed_and_listed() {
+        let st = Stats {
+            deliveries: 1_000_000,
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let two = |at, a: f64, b: f64| {
+            let mut s = sample(at, a);
+            let mut other = s.servers[0];
+            other.pid = 43;
+            other.cpu = Some(CpuTimes {
+                user: b,
+                system: 0.0,
+            });
+            other.rss_kib = Some(2000);
+            s.servers.push(other);
+            s
+        };
+        let mut r = Report::build(
+            "chat",
+            ServerKind::Uws,
+            &["ws://127.0.0.1:1/ws".into(), "ws://127.0.0.1:2/ws".into()],
+            Encoding::Json,
+            &st,
+            &two(t0, 4.0, 1.0),
+            &two(t1, 6.0, 1.5),
+            2.0,
+        );
+        assert_eq!(r.connections.ok_per_url, [0, 0]);
+        let srv = r.server.as_ref().unwrap();
+        assert_eq!(srv.pids, [42, 43]);
+        // 2 s on the first (0.5 user, 1.5 kernel), 0.5 s user on the second.
+        assert!((srv.cpu_s.unwrap() - 2.5).abs() < 1e-9);
+        assert!((srv.cpu_user_s.unwrap() - 1.0).abs() < 1e-9);
+        assert!((srv.cpu_us_per_delivery.unwrap() - 2.5).abs() < 1e-9);
+        assert_eq!(srv.rss_before_kib, Some(3000));
+        assert!((srv.processes[1].cpu_s.unwrap() - 0.5).abs() < 1e-9);
+        assert_eq!(srv.processes[0].cpu_s, Some(2.0));
+        let t = format_human(&r);
+        assert!(t.contains("pid 42 + 43"), "{t}");
+        assert!(
+            t.contains("pid 43: CPU 0.50 s (user 0.50 + kernel 0.00)"),
+            "{t}"
+        );
+        assert!(t.contains("against uws"), "{t}");
+        r.server.as_mut().unwrap().clear_per_delivery();
+        assert!(r
+            .server
+            .as_ref()
+            .unwrap()
+            .cpu_user_us_per_delivery
+            .is_none());
     }
 }

@@ -133,6 +133,8 @@ pub struct Stats {
     pub deliveries: u64,
     /// Of those, the ones carrying this run's send time.
     pub tagged_deliveries: u64,
+    /// WebSocket payload bytes of those deliveries.
+    pub delivered_bytes: u64,
     /// End-to-end latency of tagged deliveries to sessions other than the
     /// author's, in nanoseconds.
     pub latency: Histogram<u64>,
@@ -146,6 +148,8 @@ pub struct Stats {
     pub order: OrderCounts,
     pub errors: BTreeMap<String, u64>,
     pub conn_ok: u64,
+    /// Sessions opened per `--url` (index as given).
+    pub conn_ok_by_target: Vec<u64>,
     pub conn_failed: u64,
     /// Generic "units done" for the progress bar.
     pub progress: u64,
@@ -159,6 +163,7 @@ impl Default for Stats {
         Stats {
             deliveries: 0,
             tagged_deliveries: 0,
+            delivered_bytes: 0,
             latency: new_hist(),
             timings: BTreeMap::new(),
             sent: 0,
@@ -169,6 +174,7 @@ impl Default for Stats {
             order: OrderCounts::default(),
             errors: BTreeMap::new(),
             conn_ok: 0,
+            conn_ok_by_target: Vec::new(),
             conn_failed: 0,
             progress: 0,
             skipped_sends: 0,
@@ -185,6 +191,15 @@ pub fn new_hist() -> Histogram<u64> {
 impl Stats {
     pub fn error(&mut self, key: impl Into<String>) {
         *self.errors.entry(key.into()).or_insert(0) += 1;
+    }
+
+    /// Count a session opened to target number `target`.
+    pub fn connected(&mut self, target: usize) {
+        self.conn_ok += 1;
+        if self.conn_ok_by_target.len() <= target {
+            self.conn_ok_by_target.resize(target + 1, 0);
+        }
+        self.conn_ok_by_target[target] += 1;
     }
 
     pub fn errors_total(&self) -> u64 {
@@ -272,6 +287,16 @@ mod tests {
         assert_eq!(tr.observe("CHa", 1), OrderEvent::InOrder);
         assert_eq!(tr.observe("CHb", 5), OrderEvent::Duplicate);
         assert_eq!(tr.observe("CHa", 3), OrderEvent::Gap { missing: 1 });
+    }
+
+    #[test]
+    fn counts_connections_per_target() {
+        let mut s = Stats::default();
+        s.connected(1);
+        s.connected(1);
+        s.connected(0);
+        assert_eq!(s.conn_ok, 3);
+        assert_eq!(s.conn_ok_by_target, [1, 2]);
     }
 
     #[test]

@@ -9,8 +9,6 @@ use tokio_tungstenite::tungstenite::http::{header, HeaderValue, Uri};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{client_async_with_config, WebSocketStream};
 
-use crate::proto::Encoding;
-
 /// A checked `ws://` URL on a loopback address.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -57,49 +55,81 @@ pub fn parse_loopback_url(url: &str) -> Result<Target, String> {
     })
 }
 
-/// Source addresses for outgoing connections: one loopback source address has
-/// only ~28k ephemeral ports towards one destination, so big runs spread over
-/// 127.0.0.2, 127.0.0.3, ...
+/// Parse every `--url` (see [`parse_loopback_url`]); at least one.
+pub fn parse_loopback_urls(urls: &[String]) -> Result<Vec<Target>, String> {
+    if urls.is_empty() {
+        return Err("no --url given".into());
+    }
+    urls.iter().map(|u| parse_loopback_url(u.trim())).collect()
+}
+
+/// Where connection number `i` of a scenario goes, and from which source
+/// address (`None`: let the kernel choose).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Index into the run's targets (the `--url`s).
+    pub target: usize,
+    pub src: Option<Ipv4Addr>,
+}
+
+/// How a scenario's connections spread: over the targets round-robin
+/// (connection `i` to target `i mod n`, so consecutive connections, such as
+/// a chat's customer and agent, land on different targets whenever there
+/// are several), and, per target, over source addresses. One loopback source
+/// address has only ~28k ephemeral ports towards one destination, so big runs
+/// spread over 127.0.0.2, 127.0.0.3, ...
 #[derive(Debug, Clone)]
-pub struct Sources {
+pub struct Spread {
+    targets: usize,
     ips: Vec<Ipv4Addr>,
 }
 
-impl Sources {
-    /// Enough source addresses for `conns` connections at `per_ip` each.
-    pub fn for_connections(target: &Target, conns: usize, per_ip: usize) -> Result<Self, String> {
+impl Spread {
+    /// Enough source addresses for `conns` connections over `targets`, at
+    /// most `per_ip` from one address to one target.
+    pub fn new(targets: &[Target], conns: usize, per_ip: usize) -> Result<Self, String> {
+        let n = targets.len().max(1);
         let per_ip = per_ip.max(1);
-        let n = conns.div_ceil(per_ip);
-        if n <= 1 {
-            return Ok(Sources { ips: Vec::new() });
+        let per_target = conns.div_ceil(n);
+        let k = per_target.div_ceil(per_ip);
+        if k <= 1 {
+            return Ok(Spread {
+                targets: n,
+                ips: Vec::new(),
+            });
         }
-        if !target.addr.is_ipv4() {
+        if targets.iter().any(|t| !t.addr.is_ipv4()) {
             return Err(format!(
-                "{conns} connections need {n} source addresses; use an IPv4 loopback --url (127.0.0.1)"
+                "{per_target} connections to one --url need {k} source addresses; use IPv4 loopback URLs (127.0.0.1)"
             ));
         }
-        if n > 250 {
+        if k > 250 {
             return Err(format!(
-                "{conns} connections need more than 250 source addresses"
+                "{per_target} connections to one --url need more than 250 source addresses"
             ));
         }
-        let ips = (0..n)
+        let ips = (0..k)
             .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8))
             .collect();
-        Ok(Sources { ips })
+        Ok(Spread { targets: n, ips })
     }
 
-    pub fn count(&self) -> usize {
+    /// Source addresses in use (1 when the kernel chooses).
+    pub fn source_count(&self) -> usize {
         self.ips.len().max(1)
     }
 
-    /// The source address for connection number `i` (round-robin); `None`
-    /// means "let the kernel choose".
-    pub fn pick(&self, i: usize) -> Option<Ipv4Addr> {
-        if self.ips.is_empty() {
+    /// The route of connection number `i`.
+    pub fn route(&self, i: usize) -> Route {
+        let src = if self.ips.is_empty() {
             None
         } else {
-            Some(self.ips[i % self.ips.len()])
+            // Every target gets every source address in turn.
+            Some(self.ips[(i / self.targets) % self.ips.len()])
+        };
+        Route {
+            target: i % self.targets,
+            src,
         }
     }
 }
@@ -107,11 +137,11 @@ impl Sources {
 pub type Ws = WebSocketStream<TcpStream>;
 
 /// Open a TCP connection (bound to `src` if given) and do the WebSocket
-/// handshake offering the encoding's subprotocol.
+/// handshake, offering `subprotocol` when there is one.
 pub async fn open(
     target: &Target,
     src: Option<Ipv4Addr>,
-    enc: Encoding,
+    subprotocol: Option<&'static str>,
     buf: usize,
     timeout: Duration,
 ) -> Result<Ws, String> {
@@ -137,10 +167,10 @@ pub async fn open(
             .as_str()
             .into_client_request()
             .map_err(|e| format!("request: {e}"))?;
-        req.headers_mut().insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(enc.subprotocol()),
-        );
+        if let Some(p) = subprotocol {
+            req.headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+        }
         let cfg = ws_config(buf);
         let (ws, _resp) = client_async_with_config(req, stream, Some(cfg))
             .await
@@ -226,16 +256,89 @@ mod tests {
         }
     }
 
+    fn targets(urls: &[&str]) -> Vec<Target> {
+        let urls: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
+        parse_loopback_urls(&urls).unwrap()
+    }
+
+    #[test]
+    fn parses_several_urls() {
+        let t = targets(&["ws://127.0.0.1:8080/ws", " ws://localhost:8081/ws"]);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1].addr, "127.0.0.1:8081".parse().unwrap());
+        let bad = vec!["ws://127.0.0.1:1/ws".to_string(), "ws://10.0.0.1/ws".into()];
+        assert!(parse_loopback_urls(&bad).is_err());
+        assert!(parse_loopback_urls(&[]).is_err());
+    }
+
     #[test]
     fn spreads_sources() {
-        let t = parse_loopback_url("ws://127.0.0.1:8080/ws").unwrap();
-        let s = Sources::for_connections(&t, 1000, 20000).unwrap();
-        assert_eq!(s.pick(5), None);
-        let s = Sources::for_connections(&t, 50_000, 20000).unwrap();
-        assert_eq!(s.count(), 3);
-        assert_eq!(s.pick(0), Some(Ipv4Addr::new(127, 0, 0, 2)));
-        assert_eq!(s.pick(4), Some(Ipv4Addr::new(127, 0, 0, 3)));
-        let t6 = parse_loopback_url("ws://[::1]:8080/ws").unwrap();
-        assert!(Sources::for_connections(&t6, 50_000, 20000).is_err());
+        let t = targets(&["ws://127.0.0.1:8080/ws"]);
+        let s = Spread::new(&t, 1000, 20000).unwrap();
+        assert_eq!(s.route(5).src, None);
+        assert_eq!(s.route(5).target, 0);
+        let s = Spread::new(&t, 50_000, 20000).unwrap();
+        assert_eq!(s.source_count(), 3);
+        assert_eq!(s.route(0).src, Some(Ipv4Addr::new(127, 0, 0, 2)));
+        assert_eq!(s.route(4).src, Some(Ipv4Addr::new(127, 0, 0, 3)));
+        let t6 = targets(&["ws://[::1]:8080/ws"]);
+        assert!(Spread::new(&t6, 50_000, 20000).is_err());
+        assert!(Spread::new(&t6, 5_000, 20000).is_ok());
+    }
+
+    #[test]
+    fn spreads_over_urls_round_robin() {
+        let t = targets(&[
+            "ws://127.0.0.1:1/ws",
+            "ws://127.0.0.1:2/ws",
+            "ws://127.0.0.1:3/ws",
+        ]);
+        let s = Spread::new(&t, 9, 5000).unwrap();
+        let got: Vec<usize> = (0..9).map(|i| s.route(i).target).collect();
+        assert_eq!(got, [0, 1, 2, 0, 1, 2, 0, 1, 2]);
+        // A chat's customer (2i) and agent (2i + 1) never share a URL when
+        // there are several, whatever their number.
+        for n in 2..=5 {
+            let urls: Vec<String> = (0..n)
+                .map(|p| format!("ws://127.0.0.1:{}/ws", p + 1))
+                .collect();
+            let s = Spread::new(&parse_loopback_urls(&urls).unwrap(), 1000, 5000).unwrap();
+            for i in 0..500 {
+                assert_ne!(
+                    s.route(2 * i).target,
+                    s.route(2 * i + 1).target,
+                    "n={n} i={i}"
+                );
+            }
+        }
+        // Sources are counted per URL: 12,000 over 2 URLs is 6,000 each,
+        // 2 addresses at 5,000; each URL gets both addresses in turn.
+        let two = targets(&["ws://127.0.0.1:1/ws", "ws://127.0.0.1:2/ws"]);
+        let s = Spread::new(&two, 12_000, 5000).unwrap();
+        assert_eq!(s.source_count(), 2);
+        let a = Ipv4Addr::new(127, 0, 0, 2);
+        let b = Ipv4Addr::new(127, 0, 0, 3);
+        let first: Vec<Route> = (0..4).map(|i| s.route(i)).collect();
+        assert_eq!(
+            first,
+            [
+                Route {
+                    target: 0,
+                    src: Some(a)
+                },
+                Route {
+                    target: 1,
+                    src: Some(a)
+                },
+                Route {
+                    target: 0,
+                    src: Some(b)
+                },
+                Route {
+                    target: 1,
+                    src: Some(b)
+                },
+            ]
+        );
     }
 }

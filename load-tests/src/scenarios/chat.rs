@@ -16,12 +16,12 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::cli::ChatArgs;
-use crate::conn::{count_close, Ev, Session};
+use crate::conn::{count_close, Ev, Login, Session};
 use crate::procfs;
-use crate::proto::{ChannelSidP, SendMessageP, TimeAttr};
+use crate::proto::Op;
 use crate::report::Report;
 use crate::stats::now_ns;
-use crate::target::Sources;
+use crate::target::Route;
 use crate::Ctx;
 
 use super::Rng;
@@ -46,12 +46,10 @@ struct Shared {
 pub async fn run(ctx: Rc<Ctx>, a: ChatArgs) -> Report {
     let stats = ctx.stats.clone();
     let c = a.engagements.max(1);
-    let sources = match Sources::for_connections(&ctx.cfg.target, 2 * c, ctx.common.per_source_ip) {
+    // Connection 2i is engagement i's customer and 2i + 1 its agent: with
+    // several URLs the two are always on different ones.
+    let spread = match ctx.spread(2 * c) {
         Ok(s) => s,
-        Err(e) => return ctx.failed(NAME, e),
-    };
-    let secret = match ctx.secret() {
-        Ok(s) => s.to_string(),
         Err(e) => return ctx.failed(NAME, e),
     };
     ctx.set_phase("setup", c as u64);
@@ -67,18 +65,16 @@ pub async fn run(ctx: Rc<Ctx>, a: ChatArgs) -> Report {
     let per_session_rate = a.rate / (2.0 * c as f64);
     let body: Rc<str> = super::body(a.body_bytes).into();
     for i in 0..c {
-        let token = crate::jwt::mint(
-            &secret,
-            &format!("load-{}-agent-{i}", ctx.run_id),
-            "agent",
-            86_400,
-        );
+        let login = match ctx.agent(&format!("load-{}-agent-{i}", ctx.run_id)) {
+            Ok(l) => l,
+            Err(e) => return finish(&ctx, ctx.failed(NAME, e), &phase_tx, &sh).await,
+        };
         tokio::task::spawn_local(engagement(
             ctx.clone(),
             sh.clone(),
             sem.clone(),
-            (sources.pick(2 * i), sources.pick(2 * i + 1)),
-            token,
+            (spread.route(2 * i), spread.route(2 * i + 1)),
+            login,
             i as u64,
             per_session_rate,
             a.clone(),
@@ -108,7 +104,7 @@ pub async fn run(ctx: Rc<Ctx>, a: ChatArgs) -> Report {
     // Measured phase: run, then drain.
     let run_for = Duration::from_secs(a.run);
     ctx.set_phase("chat", a.run * 1000);
-    let start = procfs::sample(ctx.common.server_pid);
+    let start = procfs::sample(&ctx.common.server_pid);
     let _ = phase_tx.send(RUN);
     let t_run = tokio::time::Instant::now();
     let run_end = ctx.within(run_for);
@@ -139,7 +135,7 @@ pub async fn run(ctx: Rc<Ctx>, a: ChatArgs) -> Report {
         }
     }
     stop_reason = ctx.stop_reason();
-    let end = procfs::sample(ctx.common.server_pid);
+    let end = procfs::sample(&ctx.common.server_pid);
 
     let acked = stats.borrow().acked;
     let mut r = ctx.report(NAME, &stats.borrow(), &start, &end, stop_reason);
@@ -160,10 +156,12 @@ pub async fn run(ctx: Rc<Ctx>, a: ChatArgs) -> Report {
     let target_deliveries = 2.0 * a.rate * ready as f64 / c as f64;
     r.metrics
         .insert("deliveries/s (target)", target_deliveries.round());
-    let cpu = r.server.as_ref().and_then(|s| s.cpu_us_per_delivery);
-    r.check_max("broker CPU per delivery (budget)", cpu, 6.5, "µs");
-    let p99_ms = r.latency_us.map(|l| l.p99 / 1000.0);
-    r.check_max("latency p99 (budget)", p99_ms, 2.0, "ms");
+    if ctx.is_broker() {
+        let cpu = r.server.as_ref().and_then(|s| s.cpu_us_per_delivery);
+        r.check_max("broker CPU per delivery (budget)", cpu, 6.5, "µs");
+        let p99_ms = r.latency_us.map(|l| l.p99 / 1000.0);
+        r.check_max("latency p99 (budget)", p99_ms, 2.0, "ms");
+    }
     let achieved = r.deliveries.per_s;
     r.check_min(
         "deliveries/s reached 95% of target",
@@ -187,8 +185,8 @@ async fn engagement(
     ctx: Rc<Ctx>,
     sh: Rc<Shared>,
     sem: Rc<Semaphore>,
-    src: (Option<std::net::Ipv4Addr>, Option<std::net::Ipv4Addr>),
-    token: String,
+    route: (Route, Route),
+    login: Login,
     i: u64,
     rate: f64,
     a: ChatArgs,
@@ -199,43 +197,30 @@ async fn engagement(
     sh.alive.set(sh.alive.get() + 1);
     let setup = async {
         let _permit = sem.acquire().await.ok()?;
-        let mut cust = Session::open(&ctx.cfg, src.0, None, &stats).await.ok()?;
-        let sid = match cust.call("StartEngagement", None::<()>).await {
-            Ok(r) => r.channel_sid,
-            Err(e) => {
-                stats.borrow_mut().error(e.key("StartEngagement"));
-                None
+        let mut cust = Session::open(&ctx.cfg, route.0, &Login::Anonymous, &stats)
+            .await
+            .ok()?;
+        let topic = super::channel_name(&ctx.run_id, i);
+        let sid = match cust.start_channel(&topic).await {
+            Ok(sid) => sid,
+            Err(k) => {
+                stats.borrow_mut().error(k);
+                cust.close(Duration::from_secs(1)).await;
+                return None;
             }
         };
-        let Some(sid) = sid else {
-            stats
-                .borrow_mut()
-                .error("StartEngagement: result without channelSid");
-            cust.close(Duration::from_secs(1)).await;
-            return None;
-        };
-        cust.trackers.expect(&sid, Some(0));
-        let mut agent = match Session::open(&ctx.cfg, src.1, Some(&token), &stats).await {
+        let mut agent = match Session::open(&ctx.cfg, route.1, &login, &stats).await {
             Ok(s) => s,
             Err(_) => {
                 cust.close(Duration::from_secs(1)).await;
                 return None;
             }
         };
-        match agent
-            .call("JoinChannel", Some(ChannelSidP { channel_sid: &sid }))
-            .await
-        {
-            Ok(r) => {
-                let next = (r.last_index.unwrap_or(-1) + 1).max(0) as u64;
-                agent.trackers.expect(&sid, Some(next));
-            }
-            Err(e) => {
-                stats.borrow_mut().error(e.key("JoinChannel"));
-                cust.close(Duration::from_secs(1)).await;
-                agent.close(Duration::from_secs(1)).await;
-                return None;
-            }
+        if let Err(k) = agent.attach(&sid, true).await {
+            stats.borrow_mut().error(k);
+            cust.close(Duration::from_secs(1)).await;
+            agent.close(Duration::from_secs(1)).await;
+            return None;
         }
         Some((cust, agent, sid))
     };
@@ -293,6 +278,12 @@ async fn chatter(
     let mut pending: VecDeque<(u64, bool)> = VecDeque::with_capacity(a.window);
     let mut phase = *phase_rx.borrow_and_update();
     let mut closed = false;
+    let typing_action = sess.action(Op::SendTyping { sid: &sid });
+    let send_action = sess.action(Op::SendMessage {
+        sid: &sid,
+        body: &body,
+        t: 0,
+    });
     while phase < STOP {
         tokio::select! {
             biased;
@@ -308,8 +299,8 @@ async fn chatter(
                     match (error, typing) {
                         (None, Some(false)) => s.acked += 1,
                         (None, _) => {}
-                        (Some(code), Some(true)) => s.error(format!("SendTyping: {code}")),
-                        (Some(code), _) => s.error(format!("SendMessage: {code}")),
+                        (Some(code), Some(true)) => s.error(format!("{typing_action}: {code}")),
+                        (Some(code), _) => s.error(format!("{send_action}: {code}")),
                     }
                 }
                 Ev::Closed(c) => {
@@ -331,27 +322,23 @@ async fn chatter(
                 }
                 let typing = a.typing_share > 0.0 && rng.unit() < a.typing_share;
                 if typing {
-                    match sess.send("SendTyping", Some(ChannelSidP { channel_sid: &sid }), true).await {
+                    match sess.send_op(Op::SendTyping { sid: &sid }, true).await {
                         Ok(id) => {
                             pending.push_back((id, true));
                             sh.inflight.set(sh.inflight.get() + 1);
                             stats.borrow_mut().typing_sent += 1;
                         }
-                        Err(e) => { stats.borrow_mut().error(e.key("SendTyping")); break; }
+                        Err(e) => { stats.borrow_mut().error(e.key(typing_action)); break; }
                     }
                 }
-                let p = SendMessageP {
-                    channel_sid: &sid,
-                    body: &body,
-                    message_attributes: TimeAttr { t: now_ns() },
-                };
-                match sess.send("SendMessage", Some(p), false).await {
+                let op = Op::SendMessage { sid: &sid, body: &body, t: now_ns() };
+                match sess.send_op(op, false).await {
                     Ok(id) => {
                         pending.push_back((id, false));
                         sh.inflight.set(sh.inflight.get() + 1);
                         stats.borrow_mut().sent += 1;
                     }
-                    Err(e) => { stats.borrow_mut().error(e.key("SendMessage")); break; }
+                    Err(e) => { stats.borrow_mut().error(e.key(send_action)); break; }
                 }
             }
         }

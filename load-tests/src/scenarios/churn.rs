@@ -9,12 +9,12 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::cli::ChurnArgs;
-use crate::conn::{count_close, Ev, Push, Session};
+use crate::conn::{count_close, Ev, Login, Push, Session};
 use crate::procfs;
 use crate::proto::{SendMessageP, TimeAttr};
 use crate::report::Report;
 use crate::stats::now_ns;
-use crate::target::Sources;
+use crate::target::Route;
 use crate::Ctx;
 
 const NAME: &str = "churn";
@@ -31,11 +31,10 @@ struct Shared {
 pub async fn run(ctx: Rc<Ctx>, a: ChurnArgs) -> Report {
     let stats = ctx.stats.clone();
     let total = a.total;
-    let sources =
-        match Sources::for_connections(&ctx.cfg.target, total as usize, ctx.common.per_source_ip) {
-            Ok(s) => s,
-            Err(e) => return ctx.failed(NAME, e),
-        };
+    let spread = match ctx.spread(total as usize) {
+        Ok(s) => s,
+        Err(e) => return ctx.failed(NAME, e),
+    };
     ctx.set_phase("churn", total);
     let sh = Rc::new(Shared {
         active: Cell::new(0),
@@ -45,7 +44,7 @@ pub async fn run(ctx: Rc<Ctx>, a: ChurnArgs) -> Report {
         notify: Notify::new(),
     });
     let body: Rc<str> = super::body(a.body_bytes).into();
-    let start = procfs::sample(ctx.common.server_pid);
+    let start = procfs::sample(&ctx.common.server_pid);
     let t0 = tokio::time::Instant::now();
     let cutoff = ctx.cutoff();
     tokio::pin!(cutoff);
@@ -71,7 +70,7 @@ pub async fn run(ctx: Rc<Ctx>, a: ChurnArgs) -> Report {
                 ctx.clone(),
                 sh.clone(),
                 body.clone(),
-                sources.pick(i as usize),
+                spread.route(i as usize),
             );
             tokio::task::spawn_local(async move {
                 cycle(&ctx2, &sh2, src, &body2).await;
@@ -96,7 +95,7 @@ pub async fn run(ctx: Rc<Ctx>, a: ChurnArgs) -> Report {
             _ = &mut cutoff => { stop_reason = ctx.stop_reason(); break; }
         }
     }
-    let end = procfs::sample(ctx.common.server_pid);
+    let end = procfs::sample(&ctx.common.server_pid);
     let elapsed = t0.elapsed().as_secs_f64();
     let completed = sh.completed.get();
 
@@ -104,7 +103,7 @@ pub async fn run(ctx: Rc<Ctx>, a: ChurnArgs) -> Report {
     r.param("rate", a.rate);
     r.param("total", total);
     r.param("concurrency", a.concurrency);
-    r.param("source_addresses", sources.count());
+    r.param("source_addresses", spread.source_count());
     r.expect_deliveries(sh.messages_ok.get());
     r.metrics.insert("cycles launched", launched as f64);
     r.metrics.insert("cycles completed", completed as f64);
@@ -129,7 +128,7 @@ pub async fn run(ctx: Rc<Ctx>, a: ChurnArgs) -> Report {
     );
     if let Some(s) = r.server.as_mut() {
         // Each cycle delivers only its own echo: per cycle is the figure.
-        s.cpu_us_per_delivery = None;
+        s.clear_per_delivery();
     }
     if let Some(c) = r.server.as_ref().and_then(|s| s.cpu_s) {
         if completed > 0 {
@@ -150,10 +149,10 @@ pub async fn run(ctx: Rc<Ctx>, a: ChurnArgs) -> Report {
     r
 }
 
-async fn cycle(ctx: &Ctx, sh: &Shared, src: Option<std::net::Ipv4Addr>, body: &str) {
+async fn cycle(ctx: &Ctx, sh: &Shared, route: Route, body: &str) {
     let stats = &ctx.stats;
     let t0 = now_ns();
-    let Ok(mut s) = Session::open(&ctx.cfg, src, None, stats).await else {
+    let Ok(mut s) = Session::open(&ctx.cfg, route, &Login::Anonymous, stats).await else {
         return;
     };
     let sid = match s.call("StartEngagement", None::<()>).await {

@@ -1,7 +1,8 @@
 //! `fanout`: one channel, N observers, one publisher.
 //!
 //! The publisher is an anonymous customer who starts an engagement; the
-//! observers are agents that `Subscribe` to (or `JoinChannel`) its channel.
+//! observers are agents that `Subscribe` to (or `JoinChannel`) its channel
+//! (on the uWS peer: a subscription to one topic, all of them).
 //! Once every observer is attached, the publisher sends M messages, keeping
 //! at most `--window` unacknowledged (and at most `--rate` per second if
 //! given). The measured phase runs from the first send until every observer
@@ -14,12 +15,12 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::cli::{FanoutArgs, ObserveMode};
-use crate::conn::{count_close, Ev, Push, Session};
+use crate::conn::{count_close, Ev, Login, Push, Session};
 use crate::procfs;
-use crate::proto::{ChannelSidP, SendMessageP, SubscribeP, TimeAttr};
+use crate::proto::Op;
 use crate::report::Report;
 use crate::stats::now_ns;
-use crate::target::Sources;
+use crate::target::Route;
 use crate::Ctx;
 
 const NAME: &str = "fanout";
@@ -37,33 +38,23 @@ struct Shared {
 
 pub async fn run(ctx: Rc<Ctx>, a: FanoutArgs) -> Report {
     let stats = ctx.stats.clone();
-    let sources = match Sources::for_connections(
-        &ctx.cfg.target,
-        a.observers + 1,
-        ctx.common.per_source_ip,
-    ) {
+    let spread = match ctx.spread(a.observers + 1) {
         Ok(s) => s,
-        Err(e) => return ctx.failed(NAME, e),
-    };
-    let secret = match ctx.secret() {
-        Ok(s) => s.to_string(),
         Err(e) => return ctx.failed(NAME, e),
     };
     ctx.set_phase("connect", a.observers as u64 + 1);
 
     // The publisher: a customer and its engagement.
-    let mut publ = match Session::open(&ctx.cfg, sources.pick(0), None, &stats).await {
+    let mut publ = match Session::open(&ctx.cfg, spread.route(0), &Login::Anonymous, &stats).await {
         Ok(s) => s,
         Err(e) => return ctx.failed(NAME, format!("publisher: {e}")),
     };
-    let sid = match publ.call("StartEngagement", None::<()>).await {
-        Ok(r) => match r.channel_sid {
-            Some(s) => s,
-            None => return ctx.failed(NAME, "StartEngagement result has no channelSid".into()),
-        },
-        Err(e) => return ctx.failed(NAME, e.key("StartEngagement")),
+    // Past any chat engagement's number.
+    let topic = super::channel_name(&ctx.run_id, u64::MAX);
+    let sid = match publ.start_channel(&topic).await {
+        Ok(sid) => sid,
+        Err(k) => return ctx.failed(NAME, k),
     };
-    publ.trackers.expect(&sid, Some(0));
     stats.borrow_mut().progress += 1;
 
     // The observers.
@@ -78,19 +69,17 @@ pub async fn run(ctx: Rc<Ctx>, a: FanoutArgs) -> Report {
     let sem = Rc::new(Semaphore::new(a.connect_concurrency.max(1)));
     let sid: Rc<str> = sid.into();
     for i in 0..a.observers {
-        let token = crate::jwt::mint(
-            &secret,
-            &format!("load-{}-obs-{i}", ctx.run_id),
-            "agent",
-            86_400,
-        );
+        let login = match ctx.agent(&format!("load-{}-obs-{i}", ctx.run_id)) {
+            Ok(l) => l,
+            Err(e) => return finish(&ctx, &a, ctx.failed(NAME, e), &phase_tx, &sh).await,
+        };
         sh.alive.set(sh.alive.get() + 1);
         tokio::task::spawn_local(observer(
             ctx.clone(),
             sh.clone(),
             sem.clone(),
-            sources.pick(i + 1),
-            token,
+            spread.route(i + 1),
+            login,
             sid.clone(),
             a.messages,
             a.observe,
@@ -121,7 +110,7 @@ pub async fn run(ctx: Rc<Ctx>, a: FanoutArgs) -> Report {
     // Measured phase.
     ctx.set_phase("publish", a.messages * (observers as u64 + 1));
     let body = super::body(a.body_bytes);
-    let start = procfs::sample(ctx.common.server_pid);
+    let start = procfs::sample(&ctx.common.server_pid);
     let t_run = tokio::time::Instant::now();
     let mut sent = 0u64;
     let mut replies = 0u64;
@@ -130,6 +119,11 @@ pub async fn run(ctx: Rc<Ctx>, a: FanoutArgs) -> Report {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut stop_reason = None;
     let mut publisher_alive = true;
+    let send_action = publ.action(Op::SendMessage {
+        sid: &sid,
+        body: &body,
+        t: 0,
+    });
     while replies < a.messages {
         let allowed = match a.rate {
             Some(r) => ((t_run.elapsed().as_secs_f64() * r) as u64 + 1).min(a.messages),
@@ -137,13 +131,13 @@ pub async fn run(ctx: Rc<Ctx>, a: FanoutArgs) -> Report {
         };
         let mut fed = false;
         while sent < allowed && sent - replies < a.window {
-            let p = SendMessageP {
-                channel_sid: &sid,
+            let op = Op::SendMessage {
+                sid: &sid,
                 body: &body,
-                message_attributes: TimeAttr { t: now_ns() },
+                t: now_ns(),
             };
-            if let Err(e) = publ.send("SendMessage", Some(p), true).await {
-                stats.borrow_mut().error(e.key("SendMessage"));
+            if let Err(e) = publ.send_op(op, true).await {
+                stats.borrow_mut().error(e.key(publ.action(op)));
                 publisher_alive = false;
                 break;
             }
@@ -156,7 +150,7 @@ pub async fn run(ctx: Rc<Ctx>, a: FanoutArgs) -> Report {
         stats.borrow_mut().sent = sent;
         if fed {
             if let Err(e) = publ.flush().await {
-                stats.borrow_mut().error(e.key("SendMessage"));
+                stats.borrow_mut().error(e.key(send_action));
                 break;
             }
         }
@@ -170,7 +164,7 @@ pub async fn run(ctx: Rc<Ctx>, a: FanoutArgs) -> Report {
                 }
                 Ev::Reply { error: Some(code), .. } => {
                     replies += 1;
-                    stats.borrow_mut().error(format!("SendMessage: {code}"));
+                    stats.borrow_mut().error(format!("{send_action}: {code}"));
                 }
                 Ev::Push(Push::MessageAdded { own: true, .. }) => {
                     own += 1;
@@ -203,7 +197,7 @@ pub async fn run(ctx: Rc<Ctx>, a: FanoutArgs) -> Report {
         }
         stop_reason = ctx.stop_reason();
     }
-    let end = procfs::sample(ctx.common.server_pid);
+    let end = procfs::sample(&ctx.common.server_pid);
 
     let mut r = ctx.report(NAME, &stats.borrow(), &start, &end, stop_reason);
     r.param("observers", a.observers);
@@ -222,8 +216,10 @@ pub async fn run(ctx: Rc<Ctx>, a: FanoutArgs) -> Report {
             (acked as f64 / r.measured_s).round(),
         );
     }
-    let cpu = r.server.as_ref().and_then(|s| s.cpu_us_per_delivery);
-    r.check_max("broker CPU per delivery (budget)", cpu, 0.7, "µs");
+    if ctx.is_broker() {
+        let cpu = r.server.as_ref().and_then(|s| s.cpu_us_per_delivery);
+        r.check_max("broker CPU per delivery (budget)", cpu, 0.7, "µs");
+    }
     r.check_clean();
     publ.close(Duration::from_secs(1)).await;
     finish(&ctx, &a, r, &phase_tx, &sh).await
@@ -252,8 +248,8 @@ async fn observer(
     ctx: Rc<Ctx>,
     sh: Rc<Shared>,
     sem: Rc<Semaphore>,
-    src: Option<std::net::Ipv4Addr>,
-    token: String,
+    route: Route,
+    login: Login,
     sid: Rc<str>,
     messages: u64,
     mode: ObserveMode,
@@ -262,26 +258,9 @@ async fn observer(
     let stats = ctx.stats.clone();
     let attached = async {
         let _permit = sem.acquire().await.ok()?;
-        let mut s = Session::open(&ctx.cfg, src, Some(&token), &stats)
-            .await
-            .ok()?;
-        let res = match mode {
-            ObserveMode::Subscribe => s
-                .call("Subscribe", Some(SubscribeP { channel: &sid }))
-                .await
-                .map(|_| 0u64)
-                .map_err(|e| e.key("Subscribe")),
-            ObserveMode::Join => s
-                .call("JoinChannel", Some(ChannelSidP { channel_sid: &sid }))
-                .await
-                .map(|r| (r.last_index.unwrap_or(-1) + 1).max(0) as u64)
-                .map_err(|e| e.key("JoinChannel")),
-        };
-        match res {
-            Ok(next) => {
-                s.trackers.expect(&sid, Some(next));
-                Some(s)
-            }
+        let mut s = Session::open(&ctx.cfg, route, &login, &stats).await.ok()?;
+        match s.attach(&sid, mode == ObserveMode::Join).await {
+            Ok(()) => Some(s),
             Err(k) => {
                 stats.borrow_mut().error(k);
                 None

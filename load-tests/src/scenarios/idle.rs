@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::cli::{IdleArgs, IdleRole};
-use crate::conn::{count_close, Ev, Session};
+use crate::conn::{count_close, Ev, Login, Session};
 use crate::procfs;
 use crate::report::Report;
-use crate::target::Sources;
+use crate::target::Route;
 use crate::Ctx;
 
 const NAME: &str = "idle";
@@ -32,19 +32,18 @@ struct Shared {
 pub async fn run(ctx: Rc<Ctx>, a: IdleArgs) -> Report {
     let stats = ctx.stats.clone();
     let n = a.connections;
-    let sources = match Sources::for_connections(&ctx.cfg.target, n, ctx.common.per_source_ip) {
+    let spread = match ctx.spread(n) {
         Ok(s) => s,
         Err(e) => return ctx.failed(NAME, e),
     };
-    let secret = match a.role {
-        IdleRole::Agent => match ctx.secret() {
-            Ok(s) => Some(s.to_string()),
-            Err(e) => return ctx.failed(NAME, e),
-        },
-        IdleRole::Customer => None,
-    };
+    if a.role == IdleRole::Agent {
+        // Fail before connecting anything when agents cannot log in.
+        if let Err(e) = ctx.agent("check") {
+            return ctx.failed(NAME, e);
+        }
+    }
     ctx.set_phase("connect", n as u64);
-    let start = procfs::sample(ctx.common.server_pid);
+    let start = procfs::sample(&ctx.common.server_pid);
     let (phase_tx, phase_rx) = watch::channel(0u8);
     let sh = Rc::new(Shared {
         attempted: Cell::new(0),
@@ -56,16 +55,19 @@ pub async fn run(ctx: Rc<Ctx>, a: IdleArgs) -> Report {
     let sem = Rc::new(Semaphore::new(a.connect_concurrency.max(1)));
     let t_connect = tokio::time::Instant::now();
     for i in 0..n {
-        let token = secret.as_ref().map(|s| {
-            crate::jwt::mint(s, &format!("load-{}-idle-{i}", ctx.run_id), "agent", 86_400)
-        });
+        let login = match a.role {
+            IdleRole::Agent => ctx
+                .agent(&format!("load-{}-idle-{i}", ctx.run_id))
+                .expect("checked above"),
+            IdleRole::Customer => Login::Anonymous,
+        };
         sh.alive.set(sh.alive.get() + 1);
         tokio::task::spawn_local(hold_one(
             ctx.clone(),
             sh.clone(),
             sem.clone(),
-            sources.pick(i),
-            token,
+            spread.route(i),
+            login,
             phase_rx.clone(),
         ));
     }
@@ -86,7 +88,7 @@ pub async fn run(ctx: Rc<Ctx>, a: IdleArgs) -> Report {
             _ = &mut cutoff => { stop_reason = ctx.stop_reason(); }
         }
     }
-    let after = procfs::sample(ctx.common.server_pid);
+    let after = procfs::sample(&ctx.common.server_pid);
 
     // Hold.
     ctx.set_phase("hold", a.hold * 1000);
@@ -105,13 +107,13 @@ pub async fn run(ctx: Rc<Ctx>, a: IdleArgs) -> Report {
         }
         stop_reason = ctx.stop_reason();
     }
-    let end = procfs::sample(ctx.common.server_pid);
+    let end = procfs::sample(&ctx.common.server_pid);
 
     let mut r = ctx.report(NAME, &stats.borrow(), &start, &after, stop_reason);
     r.param("connections", n);
     r.param("hold", a.hold);
     r.param("role", a.role);
-    r.param("source_addresses", sources.count());
+    r.param("source_addresses", spread.source_count());
     r.metrics.insert("sessions connected", connected as f64);
     r.metrics
         .insert("sessions dropped by server", sh.dropped.get() as f64);
@@ -133,19 +135,21 @@ pub async fn run(ctx: Rc<Ctx>, a: IdleArgs) -> Report {
                     Some(((a2 as f64 - b as f64) * 1024.0 / connected as f64).round());
             }
         }
-        if let (Some(c0), Some(c1)) = (after.server_cpu, end.server_cpu) {
+        if let (Some(c0), Some(c1)) = (after.server_cpu(), end.server_cpu()) {
             r.metrics.insert(
-                "broker CPU s during hold",
-                ((c1 - c0) * 100.0).round() / 100.0,
+                "server CPU s during hold",
+                (c1.since(c0).total() * 100.0).round() / 100.0,
             );
         }
-        if let Some(rss_end) = end.server_rss_kib {
+        if let Some(rss_end) = end.server_rss_kib() {
             r.metrics
-                .insert("broker RSS KiB at end of hold", rss_end as f64);
+                .insert("server RSS KiB at end of hold", rss_end as f64);
         }
     }
-    let rss = r.server.as_ref().and_then(|s| s.rss_per_connection_bytes);
-    r.check_max("broker RSS per connection (budget)", rss, 4096.0, "bytes");
+    if ctx.is_broker() {
+        let rss = r.server.as_ref().and_then(|s| s.rss_per_connection_bytes);
+        r.check_max("broker RSS per connection (budget)", rss, 4096.0, "bytes");
+    }
     r.check_min("sessions connected", Some(connected as f64), n as f64, "");
     r.check_max(
         "sessions dropped by server",
@@ -171,16 +175,14 @@ async fn hold_one(
     ctx: Rc<Ctx>,
     sh: Rc<Shared>,
     sem: Rc<Semaphore>,
-    src: Option<std::net::Ipv4Addr>,
-    token: Option<String>,
+    route: Route,
+    login: Login,
     mut phase: watch::Receiver<u8>,
 ) {
     let stats = ctx.stats.clone();
     let open = async {
         let _permit = sem.acquire().await.ok()?;
-        Session::open(&ctx.cfg, src, token.as_deref(), &stats)
-            .await
-            .ok()
+        Session::open(&ctx.cfg, route, &login, &stats).await.ok()
     };
     let sess = tokio::select! {
         s = open => s,

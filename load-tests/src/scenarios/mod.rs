@@ -27,7 +27,13 @@ impl Rng {
     }
 }
 
-/// The message body: `n` bytes of ASCII.
+/// The name of channel `n` of a run on the uWS peer, where the harness picks
+/// topic names: "CH" and 32 hex digits like the broker's channel sids, so
+/// that both servers' pushes carry the same bytes.
+pub fn channel_name(run_id: &str, n: u64) -> String {
+    format!("CH{run_id:0>8}{n:024x}")
+}
+
 /// Waits, at most 5 s, for a scenario's connections to close after it has
 /// told them to stop (`notify` is signalled whenever one closes).
 pub async fn wait_closed(alive: &std::cell::Cell<usize>, notify: &tokio::sync::Notify) {
@@ -40,6 +46,19 @@ pub async fn wait_closed(alive: &std::cell::Cell<usize>, notify: &tokio::sync::N
     }
 }
 
+/// The message body: `n` bytes of ASCII.
 pub fn body(n: usize) -> String {
     "x".repeat(n.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn channel_names_are_as_long_as_broker_sids() {
+        let a = super::channel_name("5a3f", 0);
+        assert_eq!(a, "CH00005a3f000000000000000000000000");
+        assert_eq!(a.len(), "CH01a21529d447b0613c2260ef384967d2".len());
+        assert_ne!(super::channel_name("5a3f", 1), a);
+        assert_eq!(super::channel_name("ffffffff", u64::MAX).len(), 34);
+    }
 }

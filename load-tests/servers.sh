@@ -1,0 +1,83 @@
+# Sourced by bench.sh and compare.sh: start and stop one server under test,
+# pinned to core 0, on a loopback port the kernel picks.
+#
+# Needs ROOT (the repository), OUT (a folder for its output) and BROKER (the
+# broker binary). start_server sets SPID (its PID) and URL (its WebSocket URL).
+
+# write_broker_config DURABILITY FILE: the broker's load-test config. It keeps
+# the chosen durability but switches off what would stop a load test as
+# hostile traffic: per-session rate limits, and admission limits below the
+# run's connection count (all of them come from a few loopback addresses).
+write_broker_config() {
+    cat >"$2" <<TOML
+durability = "$1"
+
+[rate_limits]
+enabled = false
+
+[admission]
+max_connections = 200000
+max_connections_per_ip = 200000
+TOML
+}
+
+# ensure_peer: the uWebSockets.js peer's npm packages, exactly as locked.
+ensure_peer() {
+    local dir="$ROOT/load-tests/peers/uws"
+    if [ ! -d "$dir/node_modules/@trufflesuite/uws-js-unofficial" ]; then
+        echo "installing the uws peer's npm packages (npm ci)" >&2
+        (cd "$dir" && npm ci --no-audit --no-fund >&2)
+    fi
+}
+
+SPID=""
+DATA=""
+
+stop_server() {
+    if [ -n "$SPID" ] && kill -0 "$SPID" 2>/dev/null; then
+        kill "$SPID" 2>/dev/null || true
+        wait "$SPID" 2>/dev/null || true
+    fi
+    SPID=""
+    [ -n "$DATA" ] && rm -rf "$DATA"
+    DATA=""
+}
+
+# start_server KIND [DURABILITY]: KIND is switchboard (a fresh data directory,
+# removed by stop_server) or uws.
+start_server() {
+    local kind=$1 durability=${2:-${DURABILITY:-fsync}}
+    : >"$OUT/server.out"
+    case $kind in
+    switchboard)
+        write_broker_config "$durability" "$OUT/bench.toml"
+        DATA="$OUT/data.$$"
+        rm -rf "$DATA"
+        taskset -c 0 "$BROKER" --config "$OUT/bench.toml" --listen 127.0.0.1:0 \
+            --data-dir "$DATA" >"$OUT/server.out" 2>"$OUT/server.err" &
+        ;;
+    uws)
+        ensure_peer
+        taskset -c 0 node "$ROOT/load-tests/peers/uws/server.js" --port 0 \
+            >"$OUT/server.out" 2>"$OUT/server.err" &
+        ;;
+    *)
+        echo "unknown server $kind (switchboard or uws)" >&2
+        return 2
+        ;;
+    esac
+    SPID=$!
+    local addr=""
+    for _ in $(seq 100); do
+        addr=$(awk '/ listening on /{print $4; exit}' "$OUT/server.out")
+        [ -n "$addr" ] && break
+        kill -0 "$SPID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -z "$addr" ]; then
+        echo "$kind did not start:" >&2
+        cat "$OUT/server.err" >&2
+        return 1
+    fi
+    URL="ws://$addr/ws"
+}
