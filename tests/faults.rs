@@ -7,6 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::{assert_gapless, read_until, Client, Enc, TestServer};
+
+/// Broker processes listen on a port of their own.
+const LISTEN: [&str; 2] = ["--listen", "127.0.0.1:0"];
 use serde_json::{json, Value};
 
 /// A reader that stops reading under a flood of 8 KB messages and reads
@@ -223,7 +226,7 @@ async fn token_errors_do_not_echo_the_parser() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_journal_is_refused_not_rewound() {
     let dir = common::fresh_data_dir();
-    let mut broker = common::BrokerProcess::start(&[], &[], &dir);
+    let mut broker = common::BrokerProcess::start(&LISTEN, &[], &dir);
     let mut customer = Client::open_url(&broker.url, Enc::Json).await.unwrap();
     customer.connect(json!({})).await.unwrap();
     let resume = customer.connect_result["resumeToken"].clone();
@@ -271,7 +274,11 @@ async fn a_damaged_journal_is_refused_not_rewound() {
         }
     }
 
-    let broker = common::BrokerProcess::start(&["--accept-data-loss"], &[], &dir);
+    let broker = common::BrokerProcess::start(
+        &["--listen", "127.0.0.1:0", "--accept-data-loss"],
+        &[],
+        &dir,
+    );
     let mut tab = Client::open_url(&broker.url, Enc::Json).await.unwrap();
     // A client that last saw index 0 missed the lost range: it is told to
     // reload, not given a history with a hole in it.
@@ -294,7 +301,7 @@ async fn a_damaged_journal_is_refused_not_rewound() {
     broker.signal("TERM");
     drop(broker);
     // Accepted once: the next start is a normal one.
-    let broker = common::BrokerProcess::start(&[], &[], &dir);
+    let broker = common::BrokerProcess::start(&LISTEN, &[], &dir);
     broker.signal("TERM");
     drop(broker);
     let _ = std::fs::remove_dir_all(dir);
@@ -325,7 +332,7 @@ fn empty_schemaless_or_missing_stores_are_refused() {
 
     // A store that held acknowledged writes, then lost its database file.
     let dir = common::fresh_data_dir();
-    let broker = common::BrokerProcess::start(&[], &[], &dir);
+    let broker = common::BrokerProcess::start(&LISTEN, &[], &dir);
     let url = broker.url.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -367,7 +374,7 @@ async fn a_store_that_cannot_be_written_stops_the_start() {
         Some(m) => m.path.join("data"),
         None => common::fresh_data_dir(),
     };
-    let broker = common::BrokerProcess::start(&[], &[], &dir);
+    let broker = common::BrokerProcess::start(&LISTEN, &[], &dir);
     let mut c = Client::open_url(&broker.url, Enc::Json).await.unwrap();
     c.connect(json!({})).await.unwrap();
     c.start_engagement().await;
@@ -440,7 +447,12 @@ async fn a_full_disk_fails_fast_resumes_and_loses_nothing() {
     };
     let dir = mount.path.join("data");
     let config = common::config_file("full-disk.toml", "[rate_limits]\nenabled = false\n");
-    let args = ["--config", config.to_str().unwrap()];
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+    ];
     let mut broker =
         common::BrokerProcess::start(&args, &[("SWITCHBOARD_JWT_SECRET", common::SECRET)], &dir);
     let mut customer = Client::open_url(&broker.url, Enc::Json).await.unwrap();
