@@ -565,3 +565,223 @@ async fn kicking_an_identity_closes_every_session_with_4003() {
     assert_eq!(body, json!({ "closed": 0 }));
     server.shutdown().await;
 }
+
+/// `docs/openapi.yaml`, as JSON.
+fn openapi() -> Value {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml"))
+        .expect("docs/openapi.yaml");
+    serde_yaml::from_str(&text).expect("docs/openapi.yaml is YAML")
+}
+
+/// The OpenAPI path template a request path matches, if any.
+fn template_of<'a>(doc: &'a Value, path: &str) -> Option<&'a str> {
+    let segments: Vec<&str> = path.split('/').collect();
+    doc["paths"]
+        .as_object()?
+        .keys()
+        .map(String::as_str)
+        .find(|template| {
+            let parts: Vec<&str> = template.split('/').collect();
+            parts.len() == segments.len()
+                && parts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| (t.starts_with('{') && t.ends_with('}')) || t == s)
+        })
+}
+
+/// Follows a `$ref` inside the document.
+fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+    match value.get("$ref").and_then(Value::as_str) {
+        Some(pointer) => doc
+            .pointer(pointer.trim_start_matches('#'))
+            .unwrap_or_else(|| panic!("unresolved {pointer}")),
+        None => value,
+    }
+}
+
+/// Checks one real answer against the description: the path and method
+/// are described, the status is listed, and the body fits its schema.
+fn check_against_openapi(
+    doc: &Value,
+    method: &str,
+    path: &str,
+    status: u16,
+    body: &Value,
+) -> String {
+    let path_only = path.split('?').next().unwrap();
+    let template = template_of(doc, path_only)
+        .unwrap_or_else(|| panic!("{path_only} is not in docs/openapi.yaml"));
+    let operation = &doc["paths"][template][method.to_lowercase()];
+    assert!(
+        operation.is_object(),
+        "{method} {template} is not described"
+    );
+    let response = operation["responses"]
+        .get(status.to_string())
+        .unwrap_or_else(|| panic!("{method} {template}: status {status} is not described"));
+    let response = resolve(doc, response);
+    let schema = response["content"]["application/json"]["schema"].clone();
+    let root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": doc["components"],
+        "allOf": [schema],
+    });
+    let validator = jsonschema::draft202012::new(&root).expect("a valid schema");
+    if let Err(e) = validator.validate(body) {
+        panic!("{method} {path} answered {status} with {body}, which does not fit docs/openapi.yaml: {e}");
+    }
+    format!("{} {template}", method.to_lowercase())
+}
+
+#[tokio::test]
+async fn real_answers_fit_the_openapi_description() {
+    let doc = openapi();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let server = TestServer::start(API).await;
+    let api = Api::new(&server);
+    let anonymous = Api::new(&server).with_key(None);
+    let mut customer = server.customer().await;
+    let started = customer
+        .call(
+            "StartEngagement",
+            json!({ "formData": { "topic": "billing" } }),
+        )
+        .await
+        .unwrap();
+    let sid = started["channelSid"].as_str().unwrap().to_owned();
+    let me = customer.identity();
+    let _agent = server.staff("ann", "agent").await;
+    let unknown = format!("CH{}", "f".repeat(32));
+
+    let requests: Vec<(&str, String, Option<Value>, bool)> = vec![
+        (
+            "POST",
+            "/api/v1/actions/JoinChannel".into(),
+            Some(json!({ "identity": "bot", "payload": { "channelSid": sid } })),
+            true,
+        ),
+        (
+            "POST",
+            "/api/v1/actions/SendMessage".into(),
+            Some(
+                json!({ "identity": "bot", "payload": { "channelSid": sid, "body": "hi", "attributes": { "k": 1 } } }),
+            ),
+            true,
+        ),
+        (
+            "POST",
+            "/api/v1/actions/Nope".into(),
+            Some(json!({ "identity": "bot" })),
+            true,
+        ),
+        (
+            "POST",
+            "/api/v1/actions/SendMessage".into(),
+            Some(json!({})),
+            true,
+        ),
+        (
+            "POST",
+            "/api/v1/actions/StartEngagement".into(),
+            Some(json!({ "identity": me, "role": "customer" })),
+            true,
+        ),
+        (
+            "POST",
+            "/api/v1/actions/StartEngagement".into(),
+            Some(json!({ "identity": "bot" })),
+            true,
+        ),
+        (
+            "POST",
+            "/api/v1/actions/SendMessage".into(),
+            Some(json!({ "identity": "bot" })),
+            false,
+        ),
+        ("GET", format!("/api/v1/channels/{sid}"), None, true),
+        ("GET", format!("/api/v1/channels/{unknown}"), None, true),
+        (
+            "GET",
+            format!("/api/v1/channels/{sid}/messages?limit=10"),
+            None,
+            true,
+        ),
+        (
+            "GET",
+            format!("/api/v1/channels/{sid}/messages?limit=x"),
+            None,
+            true,
+        ),
+        ("GET", "/api/v1/queues/default".into(), None, true),
+        ("GET", "/api/v1/queues/bad%20name".into(), None, true),
+        ("GET", format!("/api/v1/identities/{me}"), None, true),
+        ("GET", "/api/v1/identities/ann".into(), None, true),
+        ("GET", "/api/v1/identities/nobody".into(), None, true),
+        (
+            "DELETE",
+            format!("/api/v1/channels/{sid}/members/bot"),
+            None,
+            true,
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/channels/{sid}/members/bot"),
+            None,
+            true,
+        ),
+        (
+            "DELETE",
+            "/api/v1/identities/ann/sessions".into(),
+            None,
+            true,
+        ),
+        (
+            "POST",
+            format!("/api/v1/channels/{sid}/end"),
+            Some(json!({ "reason": 1 })),
+            true,
+        ),
+        (
+            "POST",
+            format!("/api/v1/channels/{sid}/end"),
+            Some(json!({ "reason": "done" })),
+            true,
+        ),
+        (
+            "POST",
+            format!("/api/v1/channels/{sid}/end"),
+            Some(json!({})),
+            true,
+        ),
+        ("GET", format!("/api/v1/channels/{sid}"), None, true),
+        (
+            "GET",
+            format!("/api/v1/channels/{sid}/messages"),
+            None,
+            true,
+        ),
+        ("GET", format!("/api/v1/identities/{me}"), None, true),
+    ];
+    let mut exercised = std::collections::BTreeSet::new();
+    let mut statuses = std::collections::BTreeSet::new();
+    for (method, path, body, with_key) in requests {
+        let client = if with_key { &api } else { &anonymous };
+        let method_value = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, answer) = client.send(method_value, &path, body).await;
+        statuses.insert(status);
+        exercised.insert(check_against_openapi(&doc, method, &path, status, &answer));
+    }
+    // Every operation described was exercised.
+    let mut described = std::collections::BTreeSet::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            described.insert(format!("{method} {template}"));
+        }
+    }
+    assert_eq!(exercised, described);
+    for status in [200, 400, 401, 403, 404, 409] {
+        assert!(statuses.contains(&status), "no {status} answer checked");
+    }
+    server.shutdown().await;
+}
