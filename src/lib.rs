@@ -107,6 +107,7 @@ pub mod store;
 mod tls;
 #[doc(hidden)]
 pub mod validate;
+mod webhooks;
 mod ws;
 
 pub use actions::{ActionContext, ActionRegistry, CustomAction, Roles};
