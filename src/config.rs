@@ -83,6 +83,11 @@ pub struct Config {
     pub jwt: crate::auth::JwtConfig,
     pub tls: Option<crate::tls::TlsConfig>,
     pub validation: crate::validate::ValidationConfig,
+    // ---- backends in the loop (docs/integrations.md) ----
+    /// The server HTTP API under `/api/v1/`.
+    pub api: ApiConfig,
+    /// Pre- and post-event webhooks.
+    pub webhooks: crate::webhooks::WebhooksConfig,
     /// Start even though the store lost acknowledged writes
     /// (`--accept-data-loss`; never from the file: it is a one-off
     /// decision about one damaged store).
@@ -111,6 +116,8 @@ impl Default for Config {
             jwt: Default::default(),
             tls: None,
             validation: Default::default(),
+            api: ApiConfig::default(),
+            webhooks: Default::default(),
             accept_data_loss: false,
         }
     }
@@ -141,10 +148,12 @@ pub struct Limits {
     /// Typing pushes queued per session; past this (or when the queue is half
     /// full) typing pushes are dropped instead of queued.
     pub outbox_typing_frames: usize,
-    /// Per-connection WebSocket read buffer. tungstenite's default (128 KiB)
-    /// would cost gigabytes at tens of thousands of connections.
+    /// Read buffer of a TLS session (a plain session reads into one
+    /// buffer per worker thread and holds none of its own).
     pub read_buffer_bytes: usize,
-    /// Per-connection write buffer threshold before bytes go to the socket.
+    /// No longer used: frames are written from their shared encoded
+    /// buffers, with no per-connection write buffer. Accepted so that
+    /// existing configuration files still load.
     pub write_buffer_bytes: usize,
 }
 
@@ -337,6 +346,24 @@ pub struct ActionsConfig {
     pub after: Vec<AfterListenerConfig>,
 }
 
+/// `[api]`: the server HTTP API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// API keys a backend presents (`Authorization: Bearer <key>` or
+    /// `X-API-Key`). None: the API is off and every `/api/` path is 404.
+    pub keys: Vec<String>,
+}
+
+impl ApiConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.keys.iter().any(|k| k.len() < 16) {
+            return Err("every key in [api] keys must be at least 16 characters long".into());
+        }
+        Ok(())
+    }
+}
+
 /// A widget's "API action": a reference name for a preset action.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -433,6 +460,8 @@ impl Config {
         if let Some(origins) = &self.allowed_origins {
             crate::admission::validate_origins(origins).map_err(invalid("allowed_origins"))?;
         }
+        self.api.validate().map_err(invalid("[api]"))?;
+        self.webhooks.validate().map_err(invalid("[webhooks]"))?;
         Ok(())
     }
 

@@ -56,6 +56,8 @@ pub(crate) enum LeaveReason {
     Restart,
     /// The engagement was ended for everyone (`EndEngagement`).
     Ended,
+    /// Removed by the server API (`DELETE /api/v1/channels/{sid}/members/{identity}`).
+    Removed,
 }
 
 impl LeaveReason {
@@ -64,6 +66,7 @@ impl LeaveReason {
             LeaveReason::Left => "left",
             LeaveReason::Restart => "restart",
             LeaveReason::Ended => "ended",
+            LeaveReason::Removed => "removed",
         }
     }
 }
@@ -189,10 +192,7 @@ pub(crate) enum EventPush<'a> {
 }
 
 impl EventPush<'_> {
-    pub(crate) fn frame(
-        &self,
-        encoding: crate::codec::Encoding,
-    ) -> tokio_tungstenite::tungstenite::Message {
+    pub(crate) fn frame(&self, encoding: crate::codec::Encoding) -> bytes::Bytes {
         match self {
             EventPush::Message(p) => p.frame(encoding),
             EventPush::Member(p) => p.frame(encoding),
