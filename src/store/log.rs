@@ -1594,6 +1594,17 @@ impl HistoryReader for LogReader {
             .then(|| state.next_index(sid)))
     }
 
+    fn channel_record(&self, sid: &str) -> Result<Option<super::ChannelRecord>, StoreError> {
+        let state = self.state.read();
+        Ok(state.channels.get(sid).map(|c| super::ChannelRecord {
+            queue: c.queue.to_string(),
+            form_data: c.form_data.clone(),
+            started_at: c.started_at.clone(),
+            next_index: state.next_index(sid),
+            ended_ms: c.ended_ms,
+        }))
+    }
+
     fn snapshot(&self, recent_messages: usize) -> Result<Snapshot, StoreError> {
         self.state.read().snapshot(&self.dir, recent_messages)
     }
