@@ -71,6 +71,10 @@ const OP_DRAFT: u8 = 7;
 const OP_TRIM: u8 = 8;
 /// An ended channel is gone, with its messages, members and drafts.
 const OP_DROP: u8 = 9;
+/// A post-event webhook event queued (its sequence number is the next one).
+const OP_WEBHOOK_EVENT: u8 = 10;
+const OP_WEBHOOK_CURSOR: u8 = 11;
+const OP_WEBHOOK_PRUNE: u8 = 12;
 
 /// Messages one retention slice removes by age, at most.
 const PURGE_SLICE: usize = 2000;
@@ -319,6 +323,20 @@ fn put_op(b: &mut Vec<u8>, op: &Op) {
             put_str(b, sid);
             put_opt_str(b, body.as_deref());
         }
+        Op::QueueWebhookEvent { channel_sid, body } => {
+            b.push(OP_WEBHOOK_EVENT);
+            put_str(b, channel_sid);
+            put_str(b, body);
+        }
+        Op::WebhookCursor { url, seq } => {
+            b.push(OP_WEBHOOK_CURSOR);
+            put_str(b, url);
+            put_u64(b, *seq);
+        }
+        Op::PruneWebhookEvents { upto } => {
+            b.push(OP_WEBHOOK_PRUNE);
+            put_u64(b, *upto);
+        }
         Op::Purge(_) => unreachable!("purges are planned, not encoded"),
     }
 }
@@ -361,6 +379,17 @@ fn skip_op(tag: u8, d: &mut Dec<'_>) -> Result<(), Bad> {
         }
         OP_DROP => {
             d.str()?;
+        }
+        OP_WEBHOOK_EVENT => {
+            d.str()?;
+            d.str()?;
+        }
+        OP_WEBHOOK_CURSOR => {
+            d.str()?;
+            d.u64()?;
+        }
+        OP_WEBHOOK_PRUNE => {
+            d.u64()?;
         }
         _ => return Err(Bad("unknown op")),
     }
@@ -446,6 +475,12 @@ struct State {
     /// the first retention pass says how many that is).
     grown: HashSet<Arc<str>>,
     max_messages: u64,
+    /// Post-event webhook events not yet accepted by every URL, by
+    /// sequence number: `(channel sid, body)`.
+    webhook_events: BTreeMap<u64, (String, String)>,
+    /// The last sequence number handed out (never reused).
+    webhook_seq: u64,
+    webhook_cursors: HashMap<String, u64>,
 }
 
 impl State {
@@ -685,6 +720,27 @@ impl State {
                 let sid = d.str()?;
                 self.drop_channel(sid);
             }
+            OP_WEBHOOK_EVENT => {
+                let sid = d.str()?.to_owned();
+                let body = d.str()?.to_owned();
+                self.webhook_seq += 1;
+                self.webhook_events.insert(self.webhook_seq, (sid, body));
+            }
+            OP_WEBHOOK_CURSOR => {
+                let url = d.str()?;
+                let seq = d.u64()?;
+                match self.webhook_cursors.get_mut(url) {
+                    Some(at) => *at = (*at).max(seq),
+                    None => {
+                        self.webhook_cursors.insert(url.to_owned(), seq);
+                    }
+                }
+            }
+            OP_WEBHOOK_PRUNE => {
+                let upto = d.u64()?;
+                let kept = self.webhook_events.split_off(&(upto + 1));
+                self.webhook_events = kept;
+            }
             _ => return Err(Bad("unknown op")),
         }
         Ok(())
@@ -734,6 +790,18 @@ impl State {
             put_str(b, sid);
             put_u64(b, log.floor);
             put_u64(b, log.next);
+        }
+        put_u64(b, self.webhook_seq);
+        put_u32(b, self.webhook_events.len() as u32);
+        for (seq, (sid, body)) in &self.webhook_events {
+            put_u64(b, *seq);
+            put_str(b, sid);
+            put_str(b, body);
+        }
+        put_u32(b, self.webhook_cursors.len() as u32);
+        for (url, seq) in &self.webhook_cursors {
+            put_str(b, url);
+            put_u64(b, *seq);
         }
     }
 
@@ -794,6 +862,20 @@ impl State {
             log.floor = floor;
             log.next = log.next.max(next);
             logs.insert(key, log);
+        }
+        self.webhook_seq = d.u64()?;
+        self.webhook_events.clear();
+        for _ in 0..d.u32()? {
+            let seq = d.u64()?;
+            let sid = d.str()?.to_owned();
+            let body = d.str()?.to_owned();
+            self.webhook_events.insert(seq, (sid, body));
+        }
+        self.webhook_cursors.clear();
+        for _ in 0..d.u32()? {
+            let url = d.str()?.to_owned();
+            let seq = d.u64()?;
+            self.webhook_cursors.insert(url, seq);
         }
         // Messages of channels the checkpoint no longer lists are gone.
         for (_, log) in std::mem::replace(&mut self.logs, logs) {
@@ -1592,6 +1674,35 @@ impl HistoryReader for LogReader {
             .channels
             .contains_key(sid)
             .then(|| state.next_index(sid)))
+    }
+
+    fn webhook_events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<super::WebhookEventRow>, StoreError> {
+        Ok(self
+            .state
+            .read()
+            .webhook_events
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(seq, (sid, body))| super::WebhookEventRow {
+                seq: *seq,
+                channel_sid: sid.clone(),
+                body: body.clone(),
+            })
+            .collect())
+    }
+
+    fn webhook_cursor(&self, url: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .state
+            .read()
+            .webhook_cursors
+            .get(url)
+            .copied()
+            .unwrap_or(0))
     }
 
     fn channel_record(&self, sid: &str) -> Result<Option<super::ChannelRecord>, StoreError> {
