@@ -60,6 +60,10 @@ const HEADER: usize = 8;
 const REC_BATCH: u8 = 1;
 const REC_CHECKPOINT: u8 = 2;
 
+/// The layout of records, written in every checkpoint; bumped when it
+/// changes, and a log in another one is refused, not misread.
+const FORMAT_VERSION: u8 = 1;
+
 const OP_SAVE_CHANNEL: u8 = 1;
 const OP_END_CHANNEL: u8 = 2;
 const OP_ADD_MEMBER: u8 = 3;
@@ -749,6 +753,7 @@ impl State {
     /// Everything but the messages, as the first record of a segment.
     fn put_checkpoint(&self, b: &mut Vec<u8>) {
         b.push(REC_CHECKPOINT);
+        b.push(FORMAT_VERSION);
         put_u64(b, self.commit_seq);
         put_bytes(b, &self.resume_secret);
         put_u32(b, self.identities.len() as u32);
@@ -808,6 +813,11 @@ impl State {
     /// A checkpoint replaces every piece of state; of the messages indexed
     /// so far, those of channels it still lists, above their floor, stay.
     fn apply_checkpoint(&mut self, d: &mut Dec<'_>) -> Result<(), Bad> {
+        if d.u8()? != FORMAT_VERSION {
+            return Err(Bad(
+                "the log is in a format this broker does not read (another version wrote it)",
+            ));
+        }
         self.commit_seq = d.u64()?;
         self.resume_secret = d.bytes()?.to_vec();
         self.identities.clear();
