@@ -11,6 +11,8 @@ use crate::config::{Config, ConfigError};
 use crate::delivery::session::SessionHandle;
 use crate::delivery::Delivery;
 use crate::engine::embedded::Embedded;
+use crate::engine::redis::RedisEngine;
+use crate::engine::Engine;
 use crate::error::ActionError;
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -40,8 +42,19 @@ impl Broker {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let delivery = Arc::new(Delivery::new(&config, metrics.clone()));
-        let (engine, resume_secret) =
-            Embedded::open(config.clone(), delivery.clone(), metrics.clone())?;
+        let (engine, resume_secret): (Arc<dyn Engine>, Option<Vec<u8>>) =
+            match config.cluster.redis_url {
+                // Several nodes on one Redis: the shared engine.
+                Some(_) => {
+                    let (engine, secret) = RedisEngine::open(config.clone(), delivery.clone())?;
+                    (engine, Some(secret))
+                }
+                None => {
+                    let (engine, secret) =
+                        Embedded::open(config.clone(), delivery.clone(), metrics.clone())?;
+                    (engine, secret)
+                }
+            };
         let auth =
             Authenticator::from_config(&config, resume_secret.as_deref()).map_err(|message| {
                 ConfigError::Invalid {
