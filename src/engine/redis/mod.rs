@@ -634,10 +634,12 @@ impl Engine for RedisEngine {
         Self::remote(async move {
             let state: AttachState = match call.await? {
                 Ok(reply) => parse(&reply)?,
-                Err(_) => return Err(EngineError::Full(format!(
+                Err(_) => {
+                    return Err(EngineError::Full(format!(
                     "identity {} already has {max} sessions (admission.max_sessions_per_identity)",
                     actor.id
-                ))),
+                )))
+                }
             };
             session.set_identity(actor.id.clone());
             engine.delivery.attach_identity(&session, &actor.id);
