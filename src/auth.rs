@@ -15,7 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 /// Longest identity (`sub`) accepted, in bytes.
-const MAX_IDENTITY_BYTES: usize = 256;
+pub(crate) const MAX_IDENTITY_BYTES: usize = 256;
 /// Clock skew tolerated on `exp` and `nbf` unless `[jwt] leeway_secs` says.
 const LEEWAY_SECS: u64 = 30;
 

@@ -89,6 +89,11 @@ pub struct Config {
     /// Several nodes sharing one Redis (`[cluster]`); absent: the embedded
     /// engine.
     pub cluster: Cluster,
+    // ---- backends in the loop (docs/integrations.md) ----
+    /// The server HTTP API under `/api/v1/`.
+    pub api: ApiConfig,
+    /// Pre- and post-event webhooks.
+    pub webhooks: crate::webhooks::WebhooksConfig,
     /// Start even though the store lost acknowledged writes
     /// (`--accept-data-loss`; never from the file: it is a one-off
     /// decision about one damaged store).
@@ -118,6 +123,8 @@ impl Default for Config {
             tls: None,
             validation: Default::default(),
             cluster: Cluster::default(),
+            api: ApiConfig::default(),
+            webhooks: Default::default(),
             accept_data_loss: false,
         }
     }
@@ -402,6 +409,24 @@ pub struct ActionsConfig {
     pub after: Vec<AfterListenerConfig>,
 }
 
+/// `[api]`: the server HTTP API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// API keys a backend presents (`Authorization: Bearer <key>` or
+    /// `X-API-Key`). None: the API is off and every `/api/` path is 404.
+    pub keys: Vec<String>,
+}
+
+impl ApiConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.keys.iter().any(|k| k.len() < 16) {
+            return Err("every key in [api] keys must be at least 16 characters long".into());
+        }
+        Ok(())
+    }
+}
+
 /// A widget's "API action": a reference name for a preset action.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -499,6 +524,8 @@ impl Config {
         if let Some(origins) = &self.allowed_origins {
             crate::admission::validate_origins(origins).map_err(invalid("allowed_origins"))?;
         }
+        self.api.validate().map_err(invalid("[api]"))?;
+        self.webhooks.validate().map_err(invalid("[webhooks]"))?;
         Ok(())
     }
 

@@ -61,6 +61,26 @@ impl ActionError {
         }
     }
 
+    /// The HTTP status the server API answers this error with (the
+    /// contract's table).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ActionError::BadRequest(_) | ActionError::NotConnected => 400,
+            ActionError::Unauthorized(_) => 401,
+            ActionError::Forbidden(_) => 403,
+            ActionError::NotFound(_) | ActionError::UnknownAction(_) => 404,
+            ActionError::NotAMember(_)
+            | ActionError::AlreadyEngaged { .. }
+            | ActionError::NoEngagement
+            | ActionError::OutsideBusinessHours { .. } => 409,
+            ActionError::TooLarge(_) => 413,
+            ActionError::Rejected(_) => 422,
+            ActionError::RateLimited(_) => 429,
+            ActionError::Internal(_) => 500,
+            ActionError::Unavailable(_) => 503,
+        }
+    }
+
     /// The `error` object of a reply: `code`, `message` and any details.
     pub fn to_wire(&self) -> Value {
         let mut error = Map::new();

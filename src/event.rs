@@ -56,6 +56,8 @@ pub(crate) enum LeaveReason {
     Restart,
     /// The engagement was ended for everyone (`EndEngagement`).
     Ended,
+    /// Removed by the server API (`DELETE /api/v1/channels/{sid}/members/{identity}`).
+    Removed,
 }
 
 impl LeaveReason {
@@ -64,6 +66,7 @@ impl LeaveReason {
             LeaveReason::Left => "left",
             LeaveReason::Restart => "restart",
             LeaveReason::Ended => "ended",
+            LeaveReason::Removed => "removed",
         }
     }
 }

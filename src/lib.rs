@@ -105,6 +105,7 @@ pub mod store;
 mod tls;
 #[doc(hidden)]
 pub mod validate;
+mod webhooks;
 
 pub use actions::{ActionContext, ActionRegistry, CustomAction, Roles};
 pub use broker::Broker;

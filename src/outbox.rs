@@ -31,6 +31,8 @@ pub enum CloseReason {
     Unauthorized,
     /// 4001: the session's client token expired (and was not refreshed).
     TokenExpired,
+    /// 4003: disconnected by the server (the HTTP API).
+    Disconnected,
     /// 4008: the outbound queue overflowed.
     SlowConsumer,
     /// 4009: a frame over the size limit.
@@ -51,6 +53,7 @@ impl CloseReason {
             CloseReason::Shutdown => Some((4000, "server shutting down")),
             CloseReason::Unauthorized => Some((4001, "unauthorized")),
             CloseReason::TokenExpired => Some((4001, "token expired")),
+            CloseReason::Disconnected => Some((4003, "disconnected by the server")),
             CloseReason::SlowConsumer => Some((4008, "slow consumer")),
             CloseReason::FrameTooLarge => Some((4009, "frame too large")),
             CloseReason::RateLimited => Some((4029, "rate limited")),
@@ -67,6 +70,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Shutdown => "server shutting down",
             CloseReason::Unauthorized => "unauthorized",
             CloseReason::TokenExpired => "token expired",
+            CloseReason::Disconnected => "disconnected by the server",
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::FrameTooLarge => "frame too large",
             CloseReason::RateLimited => "rate limited",

@@ -58,7 +58,7 @@ pub(super) fn run(ctx: &ActionContext, payload: Value) -> Result<Pending<Value>,
 
 /// The page as sent: its newest messages that fit in `PAGE_BYTES` encoded
 /// (never none), so that a page of large messages still fits in a frame.
-fn within_a_frame(page: HistoryPage) -> Value {
+pub(crate) fn within_a_frame(page: HistoryPage) -> Value {
     let messages = &page.messages;
     let mut start = messages.len();
     let mut bytes = 0;

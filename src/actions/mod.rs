@@ -16,10 +16,10 @@
 
 mod connect;
 pub(crate) use connect::check_tokens;
-mod end_engagement;
+pub(crate) mod end_engagement;
 mod get_actions;
 mod get_engagements;
-mod get_messages;
+pub(crate) mod get_messages;
 mod join_channel;
 mod leave_channel;
 mod minimize_chat;

@@ -321,6 +321,41 @@ pub(crate) struct HistoryPage {
     pub has_more: bool,
 }
 
+/// A channel as the server API shows it (`GET /api/v1/channels/{sid}`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ChannelReport {
+    pub channel_sid: Arc<str>,
+    /// `open` or `ended`.
+    pub status: &'static str,
+    pub queue: Arc<str>,
+    pub started_at: Arc<str>,
+    pub ended_at: Option<Arc<str>>,
+    pub members: Vec<Member>,
+    /// `-1` before the first message.
+    pub last_index: i64,
+    pub form_data: Value,
+}
+
+/// An identity as the server API shows it (`GET /api/v1/identities/{id}`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct IdentityReport {
+    pub identity: Arc<str>,
+    pub role: Role,
+    /// Sessions open now, on every node.
+    pub sessions: usize,
+    pub engagement: Option<EngagementRef>,
+    pub widget: WidgetState,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EngagementRef {
+    pub channel_sid: Arc<str>,
+    pub started_at: Arc<str>,
+}
+
 /// The operations of an engine. Every one that changes state returns a
 /// [`Pending`] whose result stands once the change is durable; its events
 /// are delivered to this node's sessions no sooner.
@@ -399,6 +434,23 @@ pub(crate) trait Engine: Send + Sync {
     ) -> Pending<HistoryPage>;
     /// A page of a queue's open engagements after `after`.
     fn queue_page(&self, queue: &str, after: Option<&str>) -> Pending<QueuePage>;
+
+    // ---- the server API: the broker's operator acts, no session ----
+
+    /// A channel, open or ended; `not_found` when there is none.
+    fn channel_report(&self, channel_sid: &str) -> Pending<ChannelReport>;
+    /// An identity the broker knows; `not_found` otherwise.
+    fn identity_report(&self, identity: &str) -> Pending<IdentityReport>;
+    /// Takes `identity` (every session) out of a channel, as `leave` does,
+    /// with reason `removed`; `not_a_member` when it is not in it.
+    fn remove_from_channel(&self, channel_sid: &str, identity: &str) -> Pending<()>;
+    /// A page of any channel's history (open or ended), with no
+    /// membership check.
+    fn channel_history(&self, channel_sid: &str, before: u64, limit: usize)
+        -> Pending<HistoryPage>;
+    /// Closes every session of `identity` (on every node) with 4003;
+    /// answers how many were closed.
+    fn disconnect(&self, identity: &str) -> Pending<usize>;
 
     /// Whether every write accepted so far is durable.
     fn all_durable(&self) -> bool;

@@ -9,6 +9,7 @@
 //! Everything hyper allocated for the connection is freed before the
 //! session starts.
 
+pub(crate) mod api;
 pub(crate) mod assets;
 
 use std::future::Future;
@@ -468,9 +469,32 @@ impl Service {
         }
         // Every body is read (bounded) before the route runs: a handler
         // gets it whole, and keep-alive framing stays intact whatever the
-        // route does with it. No route takes one yet.
-        if let Err(refusal) = read_body(&parts, body).await {
-            return closing(refusal);
+        // route does with it.
+        let is_api = parts.uri.path().starts_with("/api/");
+        let body = match read_body(&parts, body).await {
+            Ok(body) => body,
+            Err(refusal) if is_api => {
+                let message = String::from_utf8_lossy(&refusal.body).trim().to_owned();
+                let e = if refusal.status == 413 {
+                    crate::error::ActionError::TooLarge(message)
+                } else {
+                    crate::error::ActionError::BadRequest(message)
+                };
+                return closing(api::error(e));
+            }
+            Err(refusal) => return closing(refusal),
+        };
+        if is_api {
+            return api::handle(
+                &self.broker,
+                parts.method.as_str(),
+                parts.uri.path(),
+                parts.uri.query(),
+                &parts.headers,
+                body,
+            )
+            .await
+            .into_hyper();
         }
         let request = Request::from_parts(&parts);
         match route(&self.broker, &request, self.loopback) {

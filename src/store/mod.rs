@@ -249,7 +249,19 @@ pub(crate) trait HistoryReader: Send + Sync {
     fn oldest_index(&self, sid: &str) -> Result<Option<u64>, StoreError>;
     /// A channel not in memory (ended): whether it exists, and its next index.
     fn ended_channel(&self, sid: &str) -> Result<Option<u64>, StoreError>;
+    /// A channel's stored row (the server API shows ended channels from it).
+    fn channel_record(&self, sid: &str) -> Result<Option<ChannelRecord>, StoreError>;
     fn snapshot(&self, recent_messages: usize) -> Result<Snapshot, StoreError>;
+}
+
+/// A channel as stored: what the server API shows of an ended one.
+#[derive(Debug, Clone)]
+pub(crate) struct ChannelRecord {
+    pub queue: String,
+    pub form_data: String,
+    pub started_at: String,
+    pub next_index: u64,
+    pub ended_ms: Option<i64>,
 }
 
 /// What a backend gives the store when it opens.
@@ -606,6 +618,11 @@ impl<A: AfterCommit> Store<A> {
     /// its next index.
     pub fn ended_channel(&self, sid: &str) -> Result<Option<u64>, StoreError> {
         blocking(|| self.reader.ended_channel(sid))
+    }
+
+    /// A channel's stored row.
+    pub(crate) fn channel_record(&self, sid: &str) -> Result<Option<ChannelRecord>, StoreError> {
+        blocking(|| self.reader.channel_record(sid))
     }
 
     /// Everything durable (a reload after a failed write).

@@ -775,6 +775,28 @@ impl HistoryReader for SqliteReader {
         self.read(|conn| channel_next_index(conn, sid))
     }
 
+    fn channel_record(&self, sid: &str) -> Result<Option<super::ChannelRecord>, StoreError> {
+        self.read(|conn| {
+            let Some(next_index) = channel_next_index(conn, sid)? else {
+                return Ok(None);
+            };
+            Ok(conn
+                .prepare_cached(
+                    "SELECT queue, form_data, started_at, ended_ms FROM channels WHERE sid = ?1",
+                )?
+                .query_row(params![sid], |r| {
+                    Ok(super::ChannelRecord {
+                        queue: r.get(0)?,
+                        form_data: r.get(1)?,
+                        started_at: r.get(2)?,
+                        next_index,
+                        ended_ms: r.get(3)?,
+                    })
+                })
+                .optional()?)
+        })
+    }
+
     fn snapshot(&self, recent_messages: usize) -> Result<Snapshot, StoreError> {
         // A fresh connection: one consistent read of everything, however
         // long it takes, without holding a history reader.

@@ -30,9 +30,9 @@ use parking_lot::RwLock;
 use serde_json::Value;
 
 use super::{
-    Actor, Attached, EngagementSnapshot, Engine, EngineError, HistoryPage, Housekeeping,
-    IdentitySnapshot, Joined, NewMessage, Outcome, Pending, Posted, QueuePage, Started,
-    WidgetChange, WidgetState,
+    Actor, Attached, ChannelReport, EngagementRef, EngagementSnapshot, Engine, EngineError,
+    HistoryPage, Housekeeping, IdentityReport, IdentitySnapshot, Joined, NewMessage, Outcome,
+    Pending, Posted, QueuePage, Started, WidgetChange, WidgetState,
 };
 use crate::auth::{Principal, Role};
 use crate::config::Config;
@@ -402,10 +402,12 @@ impl Embedded {
     ) {
         cs.closed = true;
         cs.ended_at = Some(Instant::now());
+        let (ended_at, ended_ms) = now();
+        cs.ended_at_text = Some(ended_at);
         let forget = self.store.is_some();
         ops.push(Op::EndChannel {
             sid: channel.sid.clone(),
-            ended_ms: Utc::now().timestamp_millis(),
+            ended_ms,
         });
         events.push((
             Topic::Channel(channel.sid.clone()),
@@ -457,14 +459,19 @@ impl Embedded {
         if let Some((channel, cs)) = locked.as_mut() {
             if cs.members.remove(&identity.id).is_some() {
                 self.end_typing(cs, &sid, &identity.id);
-                events.push((
-                    Topic::Channel(sid.clone()),
-                    Event::MemberLeft {
-                        channel_sid: sid.clone(),
-                        identity: identity.id.clone(),
-                        reason,
-                    },
-                ));
+                let left = Event::MemberLeft {
+                    channel_sid: sid.clone(),
+                    identity: identity.id.clone(),
+                    reason,
+                };
+                // Removed by the server: its own sessions did not ask, so
+                // they are told too (after the channel stops reaching them).
+                if reason == LeaveReason::Removed {
+                    events.push((Topic::Channel(sid.clone()), left.clone()));
+                    events.push((Topic::Identity(identity.id.clone()), left));
+                } else {
+                    events.push((Topic::Channel(sid.clone()), left));
+                }
                 if !is_engagement && !cs.closed {
                     events.push(members_changed(channel, cs));
                 }
@@ -1209,43 +1216,7 @@ impl Engine for Embedded {
         before: u64,
         limit: usize,
     ) -> Pending<HistoryPage> {
-        let _shared = self.reload_guard.read();
-        let staff = actor.role.is_staff();
-        let denied = || EngineError::NotAMember(channel_sid.to_owned());
-        let page = match self.channel(channel_sid) {
-            Some(channel) => {
-                let (member, closed) = {
-                    let cs = channel.lock();
-                    (cs.members.contains_key(&actor.id), cs.closed)
-                };
-                let subscriber =
-                    session.is_some_and(|key| self.delivery.is_subscriber(channel_sid, key));
-                if !(member || subscriber || (staff && closed)) {
-                    return Pending::failed(denied());
-                }
-                match self
-                    .delivery
-                    .window_page(channel_sid, before, limit, self.store.is_none())
-                {
-                    Some((below, _)) => Ok(newest(below, limit)),
-                    None => {
-                        let to = before.min(self.delivery.next_index(channel_sid).unwrap_or(0));
-                        self.store_page(channel_sid, to, limit)
-                    }
-                }
-            }
-            // Not in memory: with a store, an ended engagement's transcript.
-            None => match self.store.as_ref() {
-                Some(store) if staff => match store.ended_channel(channel_sid) {
-                    Ok(Some(next)) => self.store_page(channel_sid, before.min(next), limit),
-                    Ok(None) => Err(EngineError::NotFound(format!("no channel {channel_sid}"))),
-                    Err(e) => Err(e.into()),
-                },
-                _ if staff => Err(EngineError::NotFound(format!("no channel {channel_sid}"))),
-                _ => Err(denied()),
-            },
-        };
-        Pending::Ready(page)
+        Pending::Ready(self.read_history(Some((actor, session)), channel_sid, before, limit))
     }
 
     fn queue_page(&self, queue: &str, after: Option<&str>) -> Pending<QueuePage> {
@@ -1254,6 +1225,102 @@ impl Engine for Embedded {
             engagements,
             has_more,
         })
+    }
+
+    fn channel_report(&self, channel_sid: &str) -> Pending<ChannelReport> {
+        let not_found = || EngineError::NotFound(format!("no channel {channel_sid}"));
+        if let Some(channel) = self.channel(channel_sid) {
+            let cs = channel.lock();
+            let mut members = member_list(cs.members.iter());
+            members.sort();
+            return Pending::ready(ChannelReport {
+                channel_sid: channel.sid.clone(),
+                status: if cs.closed { "ended" } else { "open" },
+                queue: channel.queue.clone(),
+                started_at: channel.started_at.clone(),
+                ended_at: cs
+                    .closed
+                    .then(|| cs.ended_at_text.clone().unwrap_or_else(|| now().0)),
+                members,
+                last_index: cs.last_index(),
+                form_data: channel.form_data.clone(),
+            });
+        }
+        let Some(store) = &self.store else {
+            return Pending::failed(not_found());
+        };
+        let report = match store.channel_record(channel_sid) {
+            Ok(Some(record)) => Ok(ChannelReport {
+                channel_sid: Arc::from(channel_sid),
+                status: "ended",
+                queue: Arc::from(record.queue),
+                started_at: Arc::from(record.started_at),
+                ended_at: Some(Arc::from(
+                    chrono::DateTime::from_timestamp_millis(record.ended_ms.unwrap_or_default())
+                        .unwrap_or_default()
+                        .to_rfc3339_opts(SecondsFormat::Millis, true),
+                )),
+                members: Vec::new(),
+                last_index: record.next_index as i64 - 1,
+                form_data: serde_json::from_str(&record.form_data).unwrap_or(Value::Null),
+            }),
+            Ok(None) => Err(not_found()),
+            Err(e) => Err(e.into()),
+        };
+        Pending::Ready(report)
+    }
+
+    fn identity_report(&self, identity: &str) -> Pending<IdentityReport> {
+        let Some(found) = self.identities.get(identity).map(|i| i.clone()) else {
+            return Pending::failed(EngineError::NotFound(format!("no identity {identity:?}")));
+        };
+        let state = found.lock();
+        if state.removed {
+            return Pending::failed(EngineError::NotFound(format!("no identity {identity:?}")));
+        }
+        Pending::ready(IdentityReport {
+            identity: found.id.clone(),
+            role: found.role,
+            sessions: state.sessions,
+            engagement: state.engagement.as_ref().map(|e| EngagementRef {
+                channel_sid: e.channel_sid.clone(),
+                started_at: e.started_at.clone(),
+            }),
+            widget: WidgetState {
+                expanded: state.expanded,
+            },
+        })
+    }
+
+    fn remove_from_channel(&self, channel_sid: &str, identity: &str) -> Pending<()> {
+        let Some(found) = self.identities.get(identity).map(|i| i.clone()) else {
+            return Pending::failed(EngineError::NotAMember(channel_sid.to_owned()));
+        };
+        let actor = Actor {
+            id: found.id.clone(),
+            role: found.role,
+            anonymous: found.anonymous,
+        };
+        self.leave(&actor, channel_sid, LeaveReason::Removed)
+    }
+
+    fn channel_history(
+        &self,
+        channel_sid: &str,
+        before: u64,
+        limit: usize,
+    ) -> Pending<HistoryPage> {
+        Pending::Ready(self.read_history(None, channel_sid, before, limit))
+    }
+
+    fn disconnect(&self, identity: &str) -> Pending<usize> {
+        let sessions = self.delivery.identity_sessions(identity);
+        for session in &sessions {
+            session
+                .outbox
+                .close(crate::outbox::CloseReason::Disconnected);
+        }
+        Pending::ready(sessions.len())
     }
 
     fn all_durable(&self) -> bool {
@@ -1324,6 +1391,55 @@ impl Embedded {
             if let Err(e) = self.commit(ops, events) {
                 tracing::debug!(error = %e, "ending an abandoned channel");
             }
+        }
+    }
+
+    /// A page of history for `reader` (an actor and its session), or for
+    /// the server API (`None`: any channel, open or ended).
+    fn read_history(
+        &self,
+        reader: Option<(&Actor, Option<SessionKey>)>,
+        channel_sid: &str,
+        before: u64,
+        limit: usize,
+    ) -> Outcome<HistoryPage> {
+        let _shared = self.reload_guard.read();
+        let staff = reader.is_none_or(|(actor, _)| actor.role.is_staff());
+        let denied = || EngineError::NotAMember(channel_sid.to_owned());
+        match self.channel(channel_sid) {
+            Some(channel) => {
+                if let Some((actor, session)) = reader {
+                    let (member, closed) = {
+                        let cs = channel.lock();
+                        (cs.members.contains_key(&actor.id), cs.closed)
+                    };
+                    let subscriber =
+                        session.is_some_and(|key| self.delivery.is_subscriber(channel_sid, key));
+                    if !(member || subscriber || (staff && closed)) {
+                        return Err(denied());
+                    }
+                }
+                match self
+                    .delivery
+                    .window_page(channel_sid, before, limit, self.store.is_none())
+                {
+                    Some((below, _)) => Ok(newest(below, limit)),
+                    None => {
+                        let to = before.min(self.delivery.next_index(channel_sid).unwrap_or(0));
+                        self.store_page(channel_sid, to, limit)
+                    }
+                }
+            }
+            // Not in memory: with a store, an ended engagement's transcript.
+            None => match self.store.as_ref() {
+                Some(store) if staff => match store.ended_channel(channel_sid) {
+                    Ok(Some(next)) => self.store_page(channel_sid, before.min(next), limit),
+                    Ok(None) => Err(EngineError::NotFound(format!("no channel {channel_sid}"))),
+                    Err(e) => Err(e.into()),
+                },
+                _ if staff => Err(EngineError::NotFound(format!("no channel {channel_sid}"))),
+                _ => Err(denied()),
+            },
         }
     }
 

@@ -90,6 +90,8 @@ pub(super) struct ChannelState {
     pub closed: bool,
     /// When it ended (kept in memory for transcripts only without a store).
     pub ended_at: Option<Instant>,
+    /// The same moment as RFC 3339 (what the server API shows).
+    pub ended_at_text: Option<Arc<str>>,
     /// Who is a member now. Checked by every action, changed at once.
     pub members: HashMap<Arc<str>, Role>,
     /// Sessions observing it (`Subscribe`): a channel with neither member
@@ -122,6 +124,7 @@ impl Channel {
             state: Mutex::new(ChannelState {
                 closed: false,
                 ended_at: None,
+                ended_at_text: None,
                 members: HashMap::new(),
                 observers: 0,
                 next_index: 0,

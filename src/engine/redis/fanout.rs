@@ -455,6 +455,11 @@ impl Fanout {
                 from: 0,
             }),
             (Topic::Channel(sid), Wire::Closed {}) => follow.push(FollowUp::Closed(sid.clone())),
+            (Topic::Identity(id), Wire::Disconnect {}) => {
+                for session in self.delivery.identity_sessions(id) {
+                    session.outbox.close(CloseReason::Disconnected);
+                }
+            }
             _ => {}
         }
         if let Some(event) = wire.event(&feed.topic, &self.node) {

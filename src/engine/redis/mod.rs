@@ -33,9 +33,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Actor, Attached, EngagementSnapshot, Engine, EngineError, HistoryPage, Housekeeping,
-    IdentitySnapshot, Joined, NewMessage, Outcome, Pending, Posted, QueuePage, Started,
-    WidgetChange, WidgetState,
+    Actor, Attached, ChannelReport, EngagementRef, EngagementSnapshot, Engine, EngineError,
+    HistoryPage, Housekeeping, IdentityReport, IdentitySnapshot, Joined, NewMessage, Outcome,
+    Pending, Posted, QueuePage, Started, WidgetChange, WidgetState,
 };
 use crate::auth::{Principal, Role};
 use crate::config::{Config, ConfigError};
@@ -548,6 +548,20 @@ fn parse<T: for<'de> Deserialize<'de>>(reply: &str) -> Outcome<T> {
         .map_err(|e| EngineError::Internal(format!("unreadable shared engine reply: {e}")))
 }
 
+fn history_page(reply: &str) -> Outcome<HistoryPage> {
+    #[derive(Deserialize)]
+    struct Page {
+        #[serde(deserialize_with = "wire::list")]
+        msgs: Vec<String>,
+        more: bool,
+    }
+    let page: Page = parse(reply)?;
+    Ok(HistoryPage {
+        messages: page.msgs.iter().filter_map(|m| wire::message(m)).collect(),
+        has_more: page.more,
+    })
+}
+
 fn now() -> (Arc<str>, i64) {
     let now = Utc::now();
     (
@@ -1041,25 +1055,14 @@ impl Engine for RedisEngine {
                 limit.to_string(),
                 if subscriber { "1" } else { "0" }.to_owned(),
                 if actor.role.is_staff() { "1" } else { "0" }.to_owned(),
+                "0".to_owned(),
             ],
         );
         let actor = actor.clone();
         let sid = channel_sid.to_owned();
         Self::remote(async move {
-            #[derive(Deserialize)]
-            struct Page {
-                #[serde(deserialize_with = "wire::list")]
-                msgs: Vec<String>,
-                more: bool,
-            }
             match call.await? {
-                Ok(reply) => {
-                    let page: Page = parse(&reply)?;
-                    Ok(HistoryPage {
-                        messages: page.msgs.iter().filter_map(|m| wire::message(m)).collect(),
-                        has_more: page.more,
-                    })
-                }
+                Ok(reply) => history_page(&reply),
                 Err(Refused(code)) => Err(Self::common_refusal(&actor, &sid, &code)),
             }
         })
@@ -1076,6 +1079,120 @@ impl Engine for RedisEngine {
                 engagements,
                 has_more,
             })
+        })
+    }
+
+    fn channel_report(&self, channel_sid: &str) -> Pending<ChannelReport> {
+        let call = self.call(|s| &s.channel_report, vec![channel_sid.to_owned()]);
+        let sid = channel_sid.to_owned();
+        Self::remote(async move {
+            #[derive(Deserialize)]
+            struct Report {
+                q: String,
+                at: String,
+                form: String,
+                next: u64,
+                closed: bool,
+                ended: i64,
+                #[serde(deserialize_with = "wire::list")]
+                mem: Vec<WireMember>,
+            }
+            let report: Report = match call.await? {
+                Ok(reply) => parse(&reply)?,
+                Err(_) => return Err(EngineError::NotFound(format!("no channel {sid}"))),
+            };
+            let list = members(&report.mem);
+            Ok(ChannelReport {
+                channel_sid: Arc::from(sid.as_str()),
+                status: if report.closed { "ended" } else { "open" },
+                queue: Arc::from(report.q),
+                started_at: Arc::from(report.at),
+                ended_at: report.closed.then(|| {
+                    Arc::from(
+                        chrono::DateTime::from_timestamp_millis(report.ended)
+                            .unwrap_or_default()
+                            .to_rfc3339_opts(SecondsFormat::Millis, true),
+                    )
+                }),
+                members: member_list(list.iter().map(|(i, r)| (i, r))),
+                last_index: report.next as i64 - 1,
+                form_data: serde_json::from_str(&report.form).unwrap_or(Value::Null),
+            })
+        })
+    }
+
+    fn identity_report(&self, identity: &str) -> Pending<IdentityReport> {
+        let call = self.call(|s| &s.identity_report, vec![identity.to_owned()]);
+        let id = identity.to_owned();
+        Self::remote(async move {
+            #[derive(Deserialize)]
+            struct Report {
+                role: Role,
+                x: bool,
+                eng: String,
+                eat: String,
+                sessions: usize,
+            }
+            let report: Report = match call.await? {
+                Ok(reply) => parse(&reply)?,
+                Err(_) => return Err(EngineError::NotFound(format!("no identity {id:?}"))),
+            };
+            Ok(IdentityReport {
+                identity: Arc::from(id.as_str()),
+                role: report.role,
+                sessions: report.sessions,
+                engagement: (!report.eng.is_empty()).then(|| EngagementRef {
+                    channel_sid: Arc::from(report.eng),
+                    started_at: Arc::from(report.eat),
+                }),
+                widget: WidgetState { expanded: report.x },
+            })
+        })
+    }
+
+    fn remove_from_channel(&self, channel_sid: &str, identity: &str) -> Pending<()> {
+        let actor = Actor {
+            id: Arc::from(identity),
+            role: Role::Agent,
+            anonymous: false,
+        };
+        self.leave(&actor, channel_sid, LeaveReason::Removed)
+    }
+
+    fn channel_history(
+        &self,
+        channel_sid: &str,
+        before: u64,
+        limit: usize,
+    ) -> Pending<HistoryPage> {
+        let call = self.call(
+            |s| &s.history,
+            vec![
+                String::new(),
+                channel_sid.to_owned(),
+                before.to_string(),
+                limit.to_string(),
+                "0".to_owned(),
+                "1".to_owned(),
+                "1".to_owned(),
+            ],
+        );
+        let sid = channel_sid.to_owned();
+        Self::remote(async move {
+            match call.await? {
+                Ok(reply) => history_page(&reply),
+                Err(_) => Err(EngineError::NotFound(format!("no channel {sid}"))),
+            }
+        })
+    }
+
+    fn disconnect(&self, identity: &str) -> Pending<usize> {
+        let call = self.call(|s| &s.disconnect, vec![identity.to_owned()]);
+        Self::remote(async move {
+            match call.await? {
+                Ok(n) => Ok(n.parse().unwrap_or(0)),
+                Err(Refused(code)) => Err(EngineError::Internal(code)),
+            }
         })
     }
 

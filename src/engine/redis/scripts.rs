@@ -222,16 +222,19 @@ return 'OK'
 "#;
 
 /// A:1 identity, 2 sid, 3 before, 4 limit, 5 subscriber here ("1"),
-/// 6 staff ("1") → `{"msgs":[json…],"more":bool}`.
+/// 6 staff ("1"), 7 any reader ("1": the server API) →
+/// `{"msgs":[json…],"more":bool}`.
 const HISTORY: &str = r#"
 local id, sid, before, limit = A(1), A(2), A(3), tonumber(A(4))
 local h = redis.call('HMGET', P .. ':ch:' .. sid, 'q', 'closed')
 if not h[1] then
-  if A(6) == '1' then return 'E:not_found' end
+  if A(6) == '1' or A(7) == '1' then return 'E:not_found' end
   return 'E:not_a_member'
 end
 local member = redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 1
-if not (member or A(5) == '1' or (A(6) == '1' and h[2] == '1')) then return 'E:not_a_member' end
+if not (A(7) == '1' or member or A(5) == '1' or (A(6) == '1' and h[2] == '1')) then
+  return 'E:not_a_member'
+end
 local msgs = {}
 if before ~= '0' then
   local rows = redis.call('XREVRANGE', P .. ':msgs:' .. sid, '0-' .. before, '-', 'COUNT', limit + 1)
@@ -239,6 +242,35 @@ if before ~= '0' then
   return cjson.encode({ msgs = msgs, more = #rows > limit })
 end
 return cjson.encode({ msgs = msgs, more = false })
+"#;
+
+/// A:1 sid → the channel as the server API shows it.
+const CHANNEL_REPORT: &str = r#"
+local h = redis.call('HMGET', P .. ':ch:' .. A(1), 'q', 'at', 'form', 'next', 'closed', 'ended')
+if not h[1] then return 'E:not_found' end
+return cjson.encode({
+  q = h[1], at = h[2], form = h[3], next = tonumber(h[4] or '0'), closed = (h[5] == '1'),
+  ended = tonumber(h[6] or '0'), mem = members(A(1)),
+})
+"#;
+
+/// A:1 identity → the identity as the server API shows it (sessions on
+/// every live node).
+const IDENTITY_REPORT: &str = r#"
+local h = redis.call('HMGET', P .. ':id:' .. A(1), 'role', 'x', 'eng', 'eat')
+if not h[1] then return 'E:not_found' end
+return cjson.encode({
+  role = h[1], x = (h[2] == '1'), eng = h[3] or '', eat = h[4] or '',
+  sessions = live_sum(P .. ':ids:' .. A(1)),
+})
+"#;
+
+/// A:1 identity. Its sessions on every node are closed (4003) → how many
+/// there were.
+const DISCONNECT: &str = r#"
+local n = live_sum(P .. ':ids:' .. A(1))
+emit('i:' .. A(1), '{"t":"disconnect"}')
+return tostring(n)
 "#;
 
 pub(super) struct Scripts {
@@ -260,6 +292,9 @@ pub(super) struct Scripts {
     pub observe: Script,
     pub unobserve: Script,
     pub history: Script,
+    pub channel_report: Script,
+    pub identity_report: Script,
+    pub disconnect: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -287,6 +322,9 @@ impl Scripts {
             observe: script(OBSERVE),
             unobserve: script(UNOBSERVE),
             history: script(HISTORY),
+            channel_report: script(CHANNEL_REPORT),
+            identity_report: script(IDENTITY_REPORT),
+            disconnect: script(DISCONNECT),
         }
     }
 }

@@ -73,6 +73,8 @@ pub(super) enum Wire {
         sid: String,
         id: String,
     },
+    /// To an identity's topic: close its sessions here (4003).
+    Disconnect {},
     /// To an identity's topic: it became a member of `sid` (its sessions
     /// on every node start receiving the channel). No push.
     MemberOf {
@@ -157,6 +159,7 @@ fn leave_reason(why: &str) -> LeaveReason {
     match why {
         "restart" => LeaveReason::Restart,
         "ended" => LeaveReason::Ended,
+        "removed" => LeaveReason::Removed,
         _ => LeaveReason::Left,
     }
 }
@@ -233,7 +236,7 @@ impl Wire {
                 channel_sid: sid(s),
                 identity: Arc::from(id),
             },
-            Wire::MemberOf { .. } => {
+            Wire::MemberOf { .. } | Wire::Disconnect {} => {
                 let _ = topic;
                 return None;
             }

@@ -1,0 +1,112 @@
+//! Backends in the loop: pre-event webhooks (a `before` listener that asks
+//! a URL whether, and with which payload, an action runs) and post-event
+//! webhooks (every push of an acknowledged action, delivered at least once
+//! and in order per channel to each configured URL).
+//!
+//! Both sign the raw request body with HMAC-SHA256 keyed with the URL's
+//! secret (`X-Switchboard-Signature: sha256=<hex>`).
+
+use serde::Deserialize;
+
+/// `[webhooks]`: `[[webhooks.pre]]` and `[[webhooks.post]]` tables.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    pub pre: Vec<PreWebhookConfig>,
+    pub post: Vec<PostWebhookConfig>,
+}
+
+/// A post-event webhook: every event (or those named) of every channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostWebhookConfig {
+    pub url: String,
+    pub secret: String,
+    /// Event names it wants; absent: every event.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+}
+
+/// A pre-event webhook: a `before` listener of each named action.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreWebhookConfig {
+    pub url: String,
+    pub secret: String,
+    pub actions: Vec<String>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+fn default_timeout_ms() -> u64 {
+    2000
+}
+
+/// What a pre-event webhook's failure (5xx, no connection, no answer in
+/// time) does to the action.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    #[default]
+    Reject,
+    Allow,
+}
+
+/// The events a post-event webhook can receive (never typing).
+pub(crate) const POST_EVENTS: [&str; 6] = [
+    "engagementStarted",
+    "engagementEnded",
+    "engagementRestarted",
+    "messageAdded",
+    "memberJoined",
+    "memberLeft",
+];
+
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("webhook url {url:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("webhook url {url:?} has no host"));
+    }
+    Ok(())
+}
+
+impl WebhooksConfig {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        for post in &self.post {
+            check_url(&post.url)?;
+            if post.secret.is_empty() {
+                return Err(format!("webhook {:?} needs a secret", post.url));
+            }
+            for event in post.events.iter().flatten() {
+                if !POST_EVENTS.contains(&event.as_str()) {
+                    return Err(format!(
+                        "webhook {:?}: unknown event {event:?} (known: {})",
+                        post.url,
+                        POST_EVENTS.join(", ")
+                    ));
+                }
+            }
+        }
+        for pre in &self.pre {
+            check_url(&pre.url)?;
+            if pre.secret.is_empty() {
+                return Err(format!("webhook {:?} needs a secret", pre.url));
+            }
+            if pre.actions.is_empty() {
+                return Err(format!("pre-event webhook {:?} names no actions", pre.url));
+            }
+            if pre.timeout_ms == 0 {
+                return Err(format!(
+                    "pre-event webhook {:?}: timeout_ms must be > 0",
+                    pre.url
+                ));
+            }
+        }
+        Ok(())
+    }
+}
