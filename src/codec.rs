@@ -2,16 +2,17 @@
 //!
 //! Both encodings carry the same maps with the same camelCase keys; a command
 //! is decoded into a `serde_json::Value` whichever encoding it came in, so
-//! every action sees one shape. Pushes are encoded at most once per encoding
-//! and the resulting frame (`bytes::Bytes` inside) is shared by every
-//! recipient: cloning a [`Message`] is a reference-count bump.
+//! every action sees one shape. Everything the broker sends is encoded into
+//! a complete WebSocket frame (see `ws`): a push at most once per encoding,
+//! and that one `Bytes` is shared by every recipient (cloning it is a
+//! reference-count bump) and handed to each socket as it is.
 
 use std::cell::OnceCell;
 
+pub use crate::ws::Inbound;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::validate;
 
@@ -75,12 +76,13 @@ impl DecodeError {
 pub const MAX_ACTION_BYTES: usize = 64;
 
 /// Decodes one client frame in the session's encoding.
-pub fn decode_command(encoding: Encoding, frame: &Message) -> Result<Command, DecodeError> {
+pub fn decode_command(encoding: Encoding, frame: &Inbound) -> Result<Command, DecodeError> {
     let value: Value = match (encoding, frame) {
-        (Encoding::Json, Message::Text(text)) => {
+        (Encoding::Json, Inbound::Text(text)) => {
             // serde_json stops at 128 levels on its own; the stricter bound
             // is checked on the result so both encodings share one limit.
-            let value: Value = serde_json::from_str(text.as_str())
+            // (The frame reader has checked the text is UTF-8.)
+            let value: Value = serde_json::from_slice(text)
                 .map_err(|e| DecodeError::new(None, format!("invalid JSON: {e}")))?;
             if validate::depth(&value, validate::MAX_FRAME_DEPTH) > validate::MAX_FRAME_DEPTH {
                 return Err(DecodeError::new(
@@ -93,7 +95,7 @@ pub fn decode_command(encoding: Encoding, frame: &Message) -> Result<Command, De
             }
             value
         }
-        (Encoding::MsgPack, Message::Binary(bytes)) => {
+        (Encoding::MsgPack, Inbound::Binary(bytes)) => {
             // Length prefixes and nesting are checked before anything is
             // allocated from them (see `validate::check_msgpack`).
             validate::check_msgpack(bytes, validate::MAX_FRAME_DEPTH)
@@ -180,18 +182,38 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
     counter.0
 }
 
-/// Encodes any serializable frame in one encoding.
-pub fn encode<T: Serialize + ?Sized>(encoding: Encoding, value: &T) -> Message {
+/// Encodes any serializable value in one encoding, as a complete WebSocket
+/// frame (text for JSON, binary for MessagePack).
+pub fn encode<T: Serialize + ?Sized>(encoding: Encoding, value: &T) -> Bytes {
+    // Written after room for the frame header, so that framing copies
+    // nothing. Serializing these types cannot fail: maps have string keys.
+    let mut buf = crate::ws::payload_buffer(128);
     match encoding {
-        // Serializing these types cannot fail: maps have string keys.
-        Encoding::Json => Message::Text(
-            serde_json::to_string(value)
-                .expect("wire frames serialize")
-                .into(),
-        ),
-        Encoding::MsgPack => Message::Binary(Bytes::from(
-            rmp_serde::to_vec_named(value).expect("wire frames serialize"),
-        )),
+        Encoding::Json => {
+            serde_json::to_writer(&mut buf, value).expect("wire frames serialize");
+            crate::ws::finish(crate::ws::TEXT, buf)
+        }
+        Encoding::MsgPack => {
+            rmp_serde::encode::write_named(&mut buf, value).expect("wire frames serialize");
+            crate::ws::finish(crate::ws::BINARY, buf)
+        }
+    }
+}
+
+/// The payload of a frame [`encode`] built (tests and tools read frames
+/// back with it).
+pub fn payload_of(frame: &Bytes) -> Bytes {
+    crate::ws::payload_of(frame)
+}
+
+/// A frame [`encode`] built, as a client sending the same bytes would be
+/// read (round-trip tests and fuzzers use it).
+pub fn as_inbound(frame: &Bytes) -> Inbound {
+    let payload = payload_of(frame);
+    if crate::ws::is_text(frame) {
+        Inbound::Text(payload)
+    } else {
+        Inbound::Binary(payload)
     }
 }
 
@@ -205,7 +227,7 @@ struct ReplyFrame<'a> {
 }
 
 /// `{"id": 7, "result": {…}}`
-pub fn encode_result(encoding: Encoding, id: u64, result: &Value) -> Message {
+pub fn encode_result(encoding: Encoding, id: u64, result: &Value) -> Bytes {
     encode(
         encoding,
         &ReplyFrame {
@@ -217,7 +239,7 @@ pub fn encode_result(encoding: Encoding, id: u64, result: &Value) -> Message {
 }
 
 /// `{"id": 7, "error": {…}}`, with `"id": null` when the id was unreadable.
-pub fn encode_error(encoding: Encoding, id: Option<u64>, error: &Value) -> Message {
+pub fn encode_error(encoding: Encoding, id: Option<u64>, error: &Value) -> Bytes {
     encode(
         encoding,
         &ReplyFrame {
@@ -238,7 +260,7 @@ struct PushFrame<'a, T> {
 pub struct Push<'a, T: Serialize> {
     event: &'static str,
     data: PushData<'a, T>,
-    frames: [OnceCell<Message>; 2],
+    frames: [OnceCell<Bytes>; 2],
 }
 
 enum PushData<'a, T> {
@@ -277,7 +299,7 @@ impl<'a, T: Serialize> Push<'a, T> {
 
     /// The frame for one encoding; the bytes are shared with every other
     /// recipient of the same encoding.
-    pub fn frame(&self, encoding: Encoding) -> Message {
+    pub fn frame(&self, encoding: Encoding) -> Bytes {
         self.frames[encoding.slot()]
             .get_or_init(|| {
                 encode(
@@ -297,8 +319,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn text(s: &str) -> Message {
-        Message::Text(s.into())
+    fn text(s: &str) -> Inbound {
+        Inbound::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn text_of(frame: &Bytes) -> String {
+        assert!(crate::ws::is_text(frame), "a text frame");
+        String::from_utf8(payload_of(frame).to_vec()).unwrap()
     }
 
     #[test]
@@ -313,7 +340,7 @@ mod tests {
         }))
         .unwrap();
         let msgpack_cmd =
-            decode_command(Encoding::MsgPack, &Message::Binary(packed.into())).unwrap();
+            decode_command(Encoding::MsgPack, &Inbound::Binary(packed.into())).unwrap();
         assert_eq!(json_cmd, msgpack_cmd);
         assert_eq!(json_cmd.payload["body"], "hi");
     }
@@ -348,31 +375,27 @@ mod tests {
         let data = json!({"channelSid": "CHx", "index": 0});
         let push = Push::new("messageAdded", &data);
         let (a, b) = (push.frame(Encoding::Json), push.frame(Encoding::Json));
-        match (a, b) {
-            (Message::Text(a), Message::Text(b)) => {
-                assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr(), "same bytes");
-                let v: Value = serde_json::from_str(a.as_str()).unwrap();
-                assert_eq!(v, json!({"event": "messageAdded", "data": data}));
-            }
-            _ => panic!("json pushes are text frames"),
-        }
-        let Message::Binary(packed) = push.frame(Encoding::MsgPack) else {
-            panic!("msgpack pushes are binary frames");
-        };
-        let v: Value = rmp_serde::from_slice(&packed).unwrap();
+        assert_eq!(a.as_ptr(), b.as_ptr(), "same bytes");
+        let v: Value = serde_json::from_str(&text_of(&a)).unwrap();
+        assert_eq!(v, json!({"event": "messageAdded", "data": data}));
+        let packed = push.frame(Encoding::MsgPack);
+        assert!(
+            !crate::ws::is_text(&packed),
+            "msgpack pushes are binary frames"
+        );
+        let v: Value = rmp_serde::from_slice(&payload_of(&packed)).unwrap();
         assert_eq!(v["event"], "messageAdded");
     }
 
     #[test]
     fn replies() {
-        let Message::Text(t) = encode_result(Encoding::Json, 9, &json!({})) else {
-            panic!()
-        };
-        assert_eq!(t.as_str(), r#"{"id":9,"result":{}}"#);
-        let Message::Text(t) = encode_error(Encoding::Json, None, &json!({"code": "bad_request"}))
-        else {
-            panic!()
-        };
-        assert_eq!(t.as_str(), r#"{"id":null,"error":{"code":"bad_request"}}"#);
+        let t = text_of(&encode_result(Encoding::Json, 9, &json!({})));
+        assert_eq!(t, r#"{"id":9,"result":{}}"#);
+        let t = text_of(&encode_error(
+            Encoding::Json,
+            None,
+            &json!({"code": "bad_request"}),
+        ));
+        assert_eq!(t, r#"{"id":null,"error":{"code":"bad_request"}}"#);
     }
 }

@@ -155,10 +155,12 @@ pub struct Limits {
     /// Typing pushes queued per session; past this (or when the queue is half
     /// full) typing pushes are dropped instead of queued.
     pub outbox_typing_frames: usize,
-    /// Per-connection WebSocket read buffer. tungstenite's default (128 KiB)
-    /// would cost gigabytes at tens of thousands of connections.
+    /// Read buffer of a TLS session (a plain session reads into one
+    /// buffer per worker thread and holds none of its own).
     pub read_buffer_bytes: usize,
-    /// Per-connection write buffer threshold before bytes go to the socket.
+    /// No longer used: frames are written from their shared encoded
+    /// buffers, with no per-connection write buffer. Accepted so that
+    /// existing configuration files still load.
     pub write_buffer_bytes: usize,
 }
 

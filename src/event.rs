@@ -192,10 +192,7 @@ pub(crate) enum EventPush<'a> {
 }
 
 impl EventPush<'_> {
-    pub(crate) fn frame(
-        &self,
-        encoding: crate::codec::Encoding,
-    ) -> tokio_tungstenite::tungstenite::Message {
+    pub(crate) fn frame(&self, encoding: crate::codec::Encoding) -> bytes::Bytes {
         match self {
             EventPush::Message(p) => p.frame(encoding),
             EventPush::Member(p) => p.frame(encoding),

@@ -9,13 +9,15 @@
 //! - `http`: HTTP/1.1 on hyper; upgrades `/ws` (picking the encoding from
 //!   the subprotocol) and hands the raw socket back, or answers plain
 //!   routes (pages, health, readiness, metrics, demo tokens).
-//! - `connection`: one session: a reader loop that decodes and runs
-//!   commands in order (a pipelined command's reply waits, in command
-//!   order, for its change to be durable while the reader reads on), and a
-//!   writer task that drains the session's [`outbox`] with one flush per
-//!   batch.
-//! - [`codec`]: JSON and MessagePack frames; a push is encoded once per
-//!   encoding and its bytes shared by every recipient.
+//! - `connection`: one session, one task: it reads frames (`ws` cuts
+//!   them out of the socket's bytes), runs commands in order (a pipelined
+//!   command's reply waits, in command order, for its change to be durable
+//!   while the session reads on), and writes out whatever its [`outbox`]
+//!   queued, many frames per `writev`.
+//! - [`codec`]: JSON and MessagePack, encoded straight into complete
+//!   WebSocket frames; a push is encoded once per encoding and its bytes
+//!   shared by every recipient, and written directly to a recipient's
+//!   socket when nothing is queued before it ([`outbox`]).
 //! - [`actions`]: the Actions Framework: `before` listeners, replaceable
 //!   implementations, `after` listeners, custom actions; `BUILTINS` lists
 //!   the built-in actions, one file each (e.g. `actions/send_message.rs`),
@@ -106,6 +108,7 @@ mod tls;
 #[doc(hidden)]
 pub mod validate;
 mod webhooks;
+mod ws;
 
 pub use actions::{ActionContext, ActionRegistry, CustomAction, Roles};
 pub use broker::Broker;

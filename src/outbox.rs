@@ -1,10 +1,15 @@
-//! A session's bounded outbound queue.
+//! A session's bounded outbound queue, and the shortcut past it.
 //!
-//! Publishers never wait on a recipient: [`Outbox::push`] takes a short lock,
-//! appends a shared frame and wakes the session's writer task. When the queue
-//! is over its frame or byte bound the session is marked for closing with
-//! 4008 and its queue is emptied at once, so a stalled reader costs nothing
-//! more than the bound and never delays the publisher or other recipients.
+//! Publishers never wait on a recipient. When a session's queue is empty and
+//! its socket takes the frame, [`Outbox::push`] writes the shared frame
+//! straight to the socket (one non-blocking `write`, under the session's
+//! short lock so that frames keep their order): no queueing, no task to
+//! wake, which is what most deliveries are. Only what the socket would not
+//! take is queued, and the session's task writes the queue out (many frames
+//! per `writev`) once the socket is writable again. When the queue is over
+//! its frame or byte bound the session is marked for closing with 4008 and
+//! its backlog is freed at once, but a frame already partly written is
+//! kept, so the client reads whole frames and then the close frame.
 //!
 //! Typing pushes are the only frames the broker may drop: they go through
 //! [`Outbox::push_droppable`], which keeps them in order with everything else
@@ -14,9 +19,12 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
+use std::io::{self, IoSlice};
+
+use bytes::Bytes;
 use parking_lot::Mutex;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::metrics::Metrics;
 
@@ -43,6 +51,10 @@ pub enum CloseReason {
     Idle,
     /// 1002: the peer broke the WebSocket protocol.
     ProtocolError,
+    /// 1007: a text message that is not UTF-8.
+    InvalidPayload,
+    /// 1000: the client sent a close frame; it gets one back.
+    ClientClosed,
 }
 
 impl CloseReason {
@@ -59,6 +71,8 @@ impl CloseReason {
             CloseReason::RateLimited => Some((4029, "rate limited")),
             CloseReason::Idle => Some((1001, "idle timeout")),
             CloseReason::ProtocolError => Some((1002, "protocol error")),
+            CloseReason::InvalidPayload => Some((1007, "invalid UTF-8")),
+            CloseReason::ClientClosed => Some((1000, "")),
         }
     }
 }
@@ -76,6 +90,8 @@ impl fmt::Display for CloseReason {
             CloseReason::RateLimited => "rate limited",
             CloseReason::Idle => "idle timeout",
             CloseReason::ProtocolError => "protocol error",
+            CloseReason::InvalidPayload => "invalid UTF-8",
+            CloseReason::ClientClosed => "client closed",
         };
         f.write_str(text)
     }
@@ -89,21 +105,37 @@ pub struct OutboxLimits {
     pub typing_frames: usize,
 }
 
+/// Frames handed to one `writev`: enough to empty a typical burst in one
+/// system call, few enough to keep the slice array on the stack.
+const WRITEV_FRAMES: usize = 64;
+
 pub struct Outbox {
     state: Mutex<State>,
-    /// Wakes the single writer task; `notify_one` keeps a permit when the
+    /// Wakes the session's writer; `notify_one` keeps a permit when the
     /// writer is busy, so no wake-up is lost.
     wake: Notify,
-    /// Wakes whoever waits for an overflow (the reader, and the writer
-    /// while the socket is not taking frames).
-    overflow: Notify,
     limits: OutboxLimits,
     metrics: Arc<Metrics>,
 }
 
+/// What a queued frame counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Must be delivered; counts against the bounds.
+    Required,
+    /// Typing: may be refused under pressure.
+    Droppable,
+    /// Recovered history: bounded by the recovery itself.
+    Replayed,
+}
+
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Message>,
+    /// Frames waiting, each a complete WebSocket frame. Freed (no
+    /// allocation) whenever it empties: an idle session keeps no buffer.
+    queue: VecDeque<(Bytes, Kind)>,
+    /// Bytes of the front frame already written to the socket.
+    front_written: usize,
     bytes: usize,
     /// How many of the queued frames are droppable (typing).
     droppable: usize,
@@ -111,15 +143,125 @@ struct State {
     /// so not counted against the outbox bound.
     replayed: usize,
     replayed_bytes: usize,
-    /// Recoveries in progress: while any is, the writer takes nothing, so
-    /// that the positions they will insert history at stay put.
+    /// Recoveries in progress: while any is, nothing is written, so that
+    /// the positions they will insert history at stay put.
     holds: usize,
     closing: Option<CloseReason>,
+    /// The socket a publisher may write to directly (plain TCP only; a TLS
+    /// session's frames go through its writer task).
+    socket: Option<Arc<TcpStream>>,
 }
 
-/// What the writer gets: frames to write, then possibly the end.
-pub struct Batch {
-    pub closing: Option<CloseReason>,
+/// How far [`Outbox::write_to`] got.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// Everything queued is written (or writing is held by a recovery).
+    Idle,
+    /// The socket took no more: wait until it is writable.
+    Blocked,
+}
+
+impl State {
+    fn add(&mut self, frame: Bytes, kind: Kind) {
+        self.bytes += frame.len();
+        match kind {
+            Kind::Required => {}
+            Kind::Droppable => self.droppable += 1,
+            Kind::Replayed => {
+                self.replayed += 1;
+                self.replayed_bytes += frame.len();
+            }
+        }
+        self.queue.push_back((frame, kind));
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((frame, kind)) = self.queue.pop_front() {
+            self.bytes -= frame.len();
+            match kind {
+                Kind::Required => {}
+                Kind::Droppable => self.droppable -= 1,
+                Kind::Replayed => {
+                    self.replayed -= 1;
+                    self.replayed_bytes -= frame.len();
+                }
+            }
+        }
+        self.front_written = 0;
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+    }
+
+    /// Empties the queue but for a frame partly on the wire.
+    fn free_backlog(&mut self) {
+        let in_flight = if self.front_written > 0 {
+            self.queue.pop_front()
+        } else {
+            None
+        };
+        self.queue = VecDeque::new();
+        self.bytes = 0;
+        self.droppable = 0;
+        self.replayed = 0;
+        self.replayed_bytes = 0;
+        self.holds = 0;
+        if let Some((frame, _)) = in_flight {
+            self.bytes = frame.len();
+            self.queue.push_back((frame, Kind::Required));
+        } else {
+            self.front_written = 0;
+        }
+    }
+
+    /// Whether a push may go straight to the socket.
+    fn direct(&self) -> Option<&TcpStream> {
+        if self.queue.is_empty() && self.holds == 0 {
+            self.socket.as_deref()
+        } else {
+            None
+        }
+    }
+
+    /// Writes as much of the queue as the socket takes now.
+    fn write_queue(&mut self, socket: &TcpStream) -> io::Result<Progress> {
+        loop {
+            if self.queue.is_empty() || self.holds > 0 {
+                return Ok(Progress::Idle);
+            }
+            let mut slices = [IoSlice::new(&[]); WRITEV_FRAMES];
+            let mut n = 0;
+            for (frame, _) in self.queue.iter().take(WRITEV_FRAMES) {
+                let from = if n == 0 { self.front_written } else { 0 };
+                slices[n] = IoSlice::new(&frame[from..]);
+                n += 1;
+            }
+            let written = match socket.try_write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => written,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::Blocked),
+                Err(e) => return Err(e),
+            };
+            self.advance(written);
+        }
+    }
+
+    /// Counts `n` bytes from the front of the queue as written.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some((front, _)) = self.queue.front() else {
+                return;
+            };
+            let left = front.len() - self.front_written;
+            if n >= left {
+                n -= left;
+                self.pop_front();
+            } else {
+                self.front_written += n;
+                n = 0;
+            }
+        }
+    }
 }
 
 impl Outbox {
@@ -127,39 +269,52 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
-            overflow: Notify::new(),
             limits,
             metrics,
         }
     }
 
-    /// Queues a frame that must not be dropped. Returns `false` when the
-    /// session is closing (or has just been closed for overflowing).
-    pub fn push(&self, frame: Message) -> bool {
+    /// Lets publishers write to `socket` directly while the queue is empty.
+    pub(crate) fn write_directly_to(&self, socket: Arc<TcpStream>) {
+        self.state.lock().socket = Some(socket);
+    }
+
+    /// Queues a frame that must not be dropped, or writes it at once when
+    /// nothing is waiting before it. Returns `false` when the session is
+    /// closing (or has just been closed for overflowing).
+    pub fn push(&self, frame: Bytes) -> bool {
         let len = frame.len();
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return false;
         }
+        if let Some(socket) = state.direct() {
+            match socket.try_write(&frame) {
+                Ok(n) if n == len => return true,
+                Ok(n) => {
+                    state.add(frame, Kind::Required);
+                    state.front_written = n;
+                }
+                // Queued for the writer, which will meet the error (or the
+                // writable socket) itself.
+                Err(_) => state.add(frame, Kind::Required),
+            }
+            drop(state);
+            self.wake.notify_one();
+            return true;
+        }
         let must_deliver = state.queue.len() - state.droppable - state.replayed;
         let bytes = state.bytes - state.replayed_bytes;
         if must_deliver >= self.limits.frames || bytes + len > self.limits.bytes {
             // Free the backlog now: the session is going away with 4008.
-            state.queue = VecDeque::new();
-            state.bytes = 0;
-            state.droppable = 0;
-            state.replayed = 0;
-            state.replayed_bytes = 0;
-            state.holds = 0;
+            state.free_backlog();
             state.closing = Some(CloseReason::SlowConsumer);
             drop(state);
             self.metrics.slow_consumer_closed();
             self.wake.notify_one();
-            self.overflow.notify_waiters();
             return false;
         }
-        state.bytes += len;
-        state.queue.push_back(frame);
+        state.add(frame, Kind::Required);
         drop(state);
         self.wake.notify_one();
         true
@@ -169,23 +324,20 @@ impl Outbox {
     /// bounded the whole replay (`[history] max_replay`, `outbox_bytes`), so
     /// it is not held to the frame bound, which a recovering slow consumer
     /// would otherwise trip again at once.
-    pub fn push_replay(&self, frame: Message) -> bool {
+    pub fn push_replay(&self, frame: Bytes) -> bool {
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return false;
         }
-        state.bytes += frame.len();
-        state.replayed_bytes += frame.len();
-        state.replayed += 1;
-        state.queue.push_back(frame);
+        state.add(frame, Kind::Replayed);
         drop(state);
         self.wake.notify_one();
         true
     }
 
-    /// Starts a recovery: the writer takes nothing until [`Self::release`],
-    /// and the position returned is where the recovered history goes, ahead
-    /// of everything pushed from now on (live pushes of the channel being
+    /// Starts a recovery: nothing is written until [`Self::release`], and
+    /// the position returned is where the recovered history goes, ahead of
+    /// everything pushed from now on (live pushes of the channel being
     /// recovered among them). `None` when the session is closing.
     pub fn hold(&self) -> Option<usize> {
         let mut state = self.state.lock();
@@ -199,19 +351,17 @@ impl Outbox {
     /// Inserts recovered history at a position [`Self::hold`] gave (not
     /// counted against the bounds: the caller bounded the replay). Returns
     /// the position after it, for a next insert.
-    pub fn insert_replay(&self, at: usize, frames: Vec<Message>) -> usize {
+    pub fn insert_replay(&self, at: usize, frames: Vec<Bytes>) -> usize {
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return at;
         }
         let at = at.min(state.queue.len());
         let added = frames.len();
-        let bytes: usize = frames.iter().map(Message::len).sum();
-        state.bytes += bytes;
-        state.replayed_bytes += bytes;
-        state.replayed += added;
         let mut tail = state.queue.split_off(at);
-        state.queue.extend(frames);
+        for frame in frames {
+            state.add(frame, Kind::Replayed);
+        }
         state.queue.append(&mut tail);
         at + added
     }
@@ -226,23 +376,35 @@ impl Outbox {
 
     /// Queues a frame the broker may drop under pressure (typing). Returns
     /// whether it was queued.
-    pub fn push_droppable(&self, frame: Message) -> bool {
+    pub fn push_droppable(&self, frame: Bytes) -> bool {
         let len = frame.len();
         let mut state = self.state.lock();
-        let under_pressure = state.queue.len() - state.replayed >= self.limits.frames / 2
-            || state.droppable >= self.limits.typing_frames
-            || state.bytes + len > self.limits.bytes / 2;
         if state.closing.is_some() {
             return false;
         }
+        if let Some(socket) = state.direct() {
+            match socket.try_write(&frame) {
+                Ok(n) if n == len => return true,
+                Ok(n) => {
+                    // Partly on the wire: it must be finished now.
+                    state.add(frame, Kind::Required);
+                    state.front_written = n;
+                    drop(state);
+                    self.wake.notify_one();
+                    return true;
+                }
+                Err(_) => {}
+            }
+        }
+        let under_pressure = state.queue.len() - state.replayed >= self.limits.frames / 2
+            || state.droppable >= self.limits.typing_frames
+            || state.bytes + len > self.limits.bytes / 2;
         if under_pressure {
             drop(state);
             self.metrics.typing_dropped();
             return false;
         }
-        state.bytes += len;
-        state.droppable += 1;
-        state.queue.push_back(frame);
+        state.add(frame, Kind::Droppable);
         drop(state);
         self.wake.notify_one();
         true
@@ -267,52 +429,52 @@ impl Outbox {
         self.closing().is_some()
     }
 
-    /// Waits for work, then moves every queued frame into `out`.
-    pub async fn next_batch(&self, out: &mut Vec<Message>) -> Batch {
-        loop {
-            {
-                let mut state = self.state.lock();
-                let ready = !state.queue.is_empty() && state.holds == 0;
-                if ready || state.closing.is_some() {
-                    out.extend(state.queue.drain(..));
-                    state.bytes = 0;
-                    state.droppable = 0;
-                    state.replayed = 0;
-                    state.replayed_bytes = 0;
-                    return Batch {
-                        closing: state.closing,
-                    };
-                }
-            }
-            self.wake.notified().await;
-        }
+    /// Resolves when there may be work for the writer (frames queued, a
+    /// recovery released, a close asked for).
+    pub(crate) async fn wanted(&self) {
+        self.wake.notified().await
     }
 
-    /// Resolves once the session has been closed for overflowing: the
-    /// reader stops running commands, and a writer whose socket is not
-    /// taking frames stops handing it more.
-    pub async fn overflowed(&self) {
-        let notified = self.overflow.notified();
-        tokio::pin!(notified);
-        // Registered before the check, so an overflow in between is seen.
-        notified.as_mut().enable();
-        if self.closing() == Some(CloseReason::SlowConsumer) {
+    /// Writes as much of the queue as `socket` takes now, without waiting.
+    pub(crate) fn write_to(&self, socket: &TcpStream) -> io::Result<Progress> {
+        self.state.lock().write_queue(socket)
+    }
+
+    /// Whether everything queued has been written.
+    pub(crate) fn is_written(&self) -> bool {
+        let state = self.state.lock();
+        state.queue.is_empty()
+    }
+
+    /// Takes every frame that may be written now (none while a recovery
+    /// holds the queue), for a writer that cannot write under the lock (a
+    /// TLS stream). What it takes is its to finish: whole frames.
+    pub(crate) fn take(&self, out: &mut Vec<Bytes>) {
+        let mut state = self.state.lock();
+        if state.holds > 0 {
             return;
         }
-        notified.await;
+        let from = state.front_written;
+        out.extend(state.queue.drain(..).map(|(frame, _)| frame));
+        if let Some(first) = out.first_mut().filter(|_| from > 0) {
+            *first = first.slice(from..);
+        }
+        state.free_backlog();
     }
 
-    /// Takes every queued frame at once without waiting (benchmarks and
+    /// Takes every queued frame at once without writing it (benchmarks and
     /// tests stand in for the writer with this). Returns how many.
     pub fn drain(&self) -> usize {
-        let mut state = self.state.lock();
-        let n = state.queue.len();
-        state.queue.clear();
-        state.bytes = 0;
-        state.droppable = 0;
-        state.replayed = 0;
-        state.replayed_bytes = 0;
-        n
+        let mut frames = Vec::new();
+        self.take(&mut frames);
+        frames.len()
+    }
+
+    /// Takes every queued frame (tests read what a session was sent).
+    pub fn take_frames(&self) -> Vec<Bytes> {
+        let mut frames = Vec::new();
+        self.take(&mut frames);
+        frames
     }
 
     /// Frames waiting (for tests and metrics).
@@ -340,52 +502,123 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn overflow_closes_with_4008_and_frees_the_backlog() {
+    fn frame(text: &'static str) -> Bytes {
+        Bytes::from_static(text.as_bytes())
+    }
+
+    fn texts(frames: Vec<Bytes>) -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| String::from_utf8(f.to_vec()).unwrap())
+            .collect()
+    }
+
+    /// A connected pair of loopback sockets: (the session's, the client's).
+    async fn socket_pair() -> (Arc<TcpStream>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (Arc::new(accepted.unwrap().0), client.unwrap())
+    }
+
+    #[test]
+    fn overflow_closes_with_4008_and_frees_the_backlog() {
         let o = outbox(3);
         for _ in 0..3 {
-            assert!(o.push(Message::Text("m".into())));
+            assert!(o.push(frame("m")));
         }
-        assert!(!o.push(Message::Text("m".into())));
+        assert!(!o.push(frame("m")));
         assert_eq!(o.closing(), Some(CloseReason::SlowConsumer));
         assert!(o.is_empty());
-        let mut out = vec![];
-        let batch = o.next_batch(&mut out).await;
-        assert_eq!(batch.closing, Some(CloseReason::SlowConsumer));
-        assert!(out.is_empty());
         assert_eq!(o.metrics.snapshot().slow_consumer_closes, 1);
     }
 
-    #[tokio::test]
-    async fn typing_is_dropped_under_pressure_but_messages_are_not() {
+    #[test]
+    fn typing_is_dropped_under_pressure_but_messages_are_not() {
         let o = outbox(4);
-        assert!(o.push_droppable(Message::Text("t1".into())));
-        assert!(o.push_droppable(Message::Text("t2".into())));
-        assert!(!o.push_droppable(Message::Text("t3".into())), "typing cap");
-        assert!(o.push(Message::Text("m1".into())));
-        assert!(o.push(Message::Text("m2".into())));
+        assert!(o.push_droppable(frame("t1")));
+        assert!(o.push_droppable(frame("t2")));
+        assert!(!o.push_droppable(frame("t3")), "typing cap");
+        assert!(o.push(frame("m1")));
+        assert!(o.push(frame("m2")));
         // Typing frames do not count against the must-deliver bound.
-        assert!(o.push(Message::Text("m3".into())));
-        let mut out = vec![];
-        o.next_batch(&mut out).await;
-        let texts: Vec<_> = out
-            .iter()
-            .map(|m| m.to_text().unwrap().to_owned())
-            .collect();
-        assert_eq!(texts, ["t1", "t2", "m1", "m2", "m3"]);
+        assert!(o.push(frame("m3")));
+        assert_eq!(texts(o.take_frames()), ["t1", "t2", "m1", "m2", "m3"]);
         assert_eq!(o.metrics.snapshot().typing_dropped, 1);
     }
 
-    #[tokio::test]
-    async fn queued_frames_are_written_before_a_requested_close() {
+    #[test]
+    fn queued_frames_are_written_before_a_requested_close() {
         let o = outbox(4);
-        o.push(Message::Text("reply".into()));
+        o.push(frame("reply"));
         o.close(CloseReason::Unauthorized);
         o.close(CloseReason::Shutdown);
-        assert!(!o.push(Message::Text("late".into())));
-        let mut out = vec![];
-        let batch = o.next_batch(&mut out).await;
-        assert_eq!(out.len(), 1);
-        assert_eq!(batch.closing, Some(CloseReason::Unauthorized));
+        assert!(!o.push(frame("late")));
+        assert_eq!(o.take_frames().len(), 1);
+        assert_eq!(o.closing(), Some(CloseReason::Unauthorized));
+    }
+
+    #[tokio::test]
+    async fn pushes_go_straight_to_an_idle_socket_and_queue_behind_a_held_one() {
+        use tokio::io::AsyncReadExt;
+        let (socket, mut client) = socket_pair().await;
+        let o = outbox(8);
+        o.write_directly_to(socket.clone());
+        assert!(o.push(frame("a")));
+        assert!(o.is_empty(), "written at once");
+        // A recovery holds the queue: pushes wait, in order, behind it.
+        let at = o.hold().unwrap();
+        assert!(o.push(frame("c")));
+        o.insert_replay(at, vec![frame("b")]);
+        assert_eq!(o.len(), 2);
+        o.release();
+        assert_eq!(o.write_to(&socket).unwrap(), Progress::Idle);
+        assert!(o.is_written());
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abc");
+    }
+
+    #[tokio::test]
+    async fn an_overflow_keeps_the_frame_on_the_wire_whole() {
+        use tokio::io::AsyncReadExt;
+        let (socket, mut client) = socket_pair().await;
+        let o = Outbox::new(
+            OutboxLimits {
+                frames: 4,
+                bytes: 64 << 20,
+                typing_frames: 2,
+            },
+            Arc::new(Metrics::default()),
+        );
+        o.write_directly_to(socket.clone());
+        // Frames of distinct bytes, until the socket stops taking them and
+        // the queue overflows.
+        let big = |b: u8| Bytes::from(vec![b; 1 << 20]);
+        let mut pushed = 0u8;
+        while o.push(big(pushed)) {
+            pushed += 1;
+        }
+        assert_eq!(o.closing(), Some(CloseReason::SlowConsumer));
+        // Only a partly written frame may remain, and it is finished.
+        assert!(o.len() <= 1);
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        loop {
+            if o.write_to(&socket).unwrap() == Progress::Idle {
+                break;
+            }
+            socket.writable().await.unwrap();
+        }
+        drop(o);
+        drop(socket);
+        let all = reader.await.unwrap();
+        assert_eq!(all.len() % (1 << 20), 0, "whole frames only");
+        for (i, chunk) in all.chunks(1 << 20).enumerate() {
+            assert!(chunk.iter().all(|&b| b == i as u8), "frame {i} in order");
+        }
     }
 }

@@ -16,21 +16,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Refusal};
 use crate::broker::Broker;
-use crate::codec::Encoding;
-use crate::connection::{run_session, websocket_config};
+use crate::connection::run_session;
 use crate::http::{self, close_lingering, Response};
 use crate::tls::Stream;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Pending connections the kernel queues before accept (tokio's default is
 /// 1,024; a burst of reconnecting widgets overflows that, and each
@@ -198,15 +192,10 @@ async fn handle_connection(
     // headers and buffers are freed before the session starts, so that an
     // idle session's task holds nothing but what the session needs.
     let upgraded = Box::pin(handshake(&broker, tcp, peer, loopback, tls, &shutdown)).await;
-    if let Some((halves, encoding)) = upgraded {
-        run_session(broker, halves, encoding, peer, shutdown).await;
+    if let Some(upgraded) = upgraded {
+        run_session(broker, upgraded, peer, shutdown).await;
     }
 }
-
-type SessionHalves = (
-    SplitSink<WebSocketStream<Stream>, Message>,
-    SplitStream<WebSocketStream<Stream>>,
-);
 
 /// TLS (when configured), then HTTP until the connection closes or
 /// upgrades; for an upgrade, the WebSocket on the raw socket.
@@ -217,7 +206,7 @@ async fn handshake(
     loopback: bool,
     tls: Option<TlsAcceptor>,
     shutdown: &CancellationToken,
-) -> Option<(SessionHalves, Encoding)> {
+) -> Option<http::Upgraded> {
     let _ = tcp.set_nodelay(true);
     // One deadline for the TLS handshake and the first request head.
     let deadline = Instant::now() + broker.config.limits.handshake_timeout();
@@ -246,15 +235,7 @@ async fn handshake(
             }
         }
     };
-    let upgraded = http::serve(broker, stream, peer, loopback, deadline, shutdown).await?;
-    let socket = WebSocketStream::from_partially_read(
-        upgraded.stream,
-        upgraded.leftover,
-        WsRole::Server,
-        Some(websocket_config(broker)),
-    )
-    .await;
-    Some((socket.split(), upgraded.encoding))
+    http::serve(broker, stream, peer, loopback, deadline, shutdown).await
 }
 
 /// How soon another disk retention slice follows one that stopped at its

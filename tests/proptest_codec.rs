@@ -3,9 +3,10 @@
 
 use proptest::prelude::*;
 use serde_json::{Map, Number, Value};
-use switchboard::codec::{decode_command, encode, Command, Encoding, MAX_ACTION_BYTES};
+use switchboard::codec::{
+    as_inbound, decode_command, encode, Command, Encoding, Inbound, MAX_ACTION_BYTES,
+};
 use switchboard::validate::{check_msgpack, depth, MAX_FRAME_DEPTH};
-use tokio_tungstenite::tungstenite::Message;
 
 /// Any JSON value (finite numbers only: JSON has no others), nested a few
 /// levels.
@@ -50,7 +51,7 @@ proptest! {
     #[test]
     fn commands_round_trip_in_both_encodings(c in command()) {
         for encoding in Encoding::ALL {
-            let decoded = decode_command(encoding, &encode(encoding, &frame(&c)));
+            let decoded = decode_command(encoding, &as_inbound(&encode(encoding, &frame(&c))));
             prop_assert_eq!(decoded.as_ref().map_err(|e| &e.message), Ok(&c), "{:?}", encoding);
         }
     }
@@ -71,14 +72,14 @@ proptest! {
         let bytes = rmp_serde::to_vec_named(&frame(&c)).unwrap();
         let cut = cut.index(bytes.len());
         prop_assert!(check_msgpack(&bytes[..cut], MAX_FRAME_DEPTH).is_err());
-        prop_assert!(decode_command(Encoding::MsgPack, &Message::Binary(bytes[..cut].to_vec().into())).is_err());
+        prop_assert!(decode_command(Encoding::MsgPack, &Inbound::Binary(bytes[..cut].to_vec().into())).is_err());
     }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = decode_command(Encoding::MsgPack, &Message::Binary(bytes.clone().into()));
+        let _ = decode_command(Encoding::MsgPack, &Inbound::Binary(bytes.clone().into()));
         let _ = check_msgpack(&bytes, MAX_FRAME_DEPTH);
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        let _ = decode_command(Encoding::Json, &Message::Text(text.into()));
+        let _ = decode_command(Encoding::Json, &Inbound::Text(text.as_bytes().to_vec().into()));
     }
 }

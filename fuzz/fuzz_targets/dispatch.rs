@@ -10,10 +10,9 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use switchboard::actions::ActionContext;
 use switchboard::auth::Role;
-use switchboard::codec::{decode_command, encode_error, encode_result, Encoding};
+use switchboard::codec::{decode_command, encode_error, encode_result, Encoding, Inbound};
 use switchboard::outbox::Outbox;
 use switchboard::{ActionRegistry, Broker, Config};
-use tokio_tungstenite::tungstenite::Message;
 
 struct World {
     runtime: tokio::runtime::Runtime,
@@ -60,10 +59,10 @@ fuzz_target!(|data: &[u8]| {
         let (ctx, _, encoding) = &world.sessions[selector as usize % world.sessions.len()];
         let message = match encoding {
             Encoding::Json => match std::str::from_utf8(frame) {
-                Ok(text) => Message::Text(text.into()),
+                Ok(text) => Inbound::Text(text.as_bytes().to_vec().into()),
                 Err(_) => continue,
             },
-            Encoding::MsgPack => Message::Binary(frame.to_vec().into()),
+            Encoding::MsgPack => Inbound::Binary(frame.to_vec().into()),
         };
         let Ok(command) = decode_command(*encoding, &message) else {
             continue;

@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::codec::{encode, Encoding};
 use crate::event::SessionKey;
@@ -66,12 +66,12 @@ impl SessionHandle {
     }
 
     /// Queues an already encoded frame that must be delivered.
-    pub(crate) fn push_frame(&self, frame: Message) -> bool {
+    pub(crate) fn push_frame(&self, frame: Bytes) -> bool {
         self.outbox.push(frame)
     }
 
     /// Queues a frame the broker may drop under pressure (typing).
-    pub(crate) fn push_droppable(&self, frame: Message) -> bool {
+    pub(crate) fn push_droppable(&self, frame: Bytes) -> bool {
         self.outbox.push_droppable(frame)
     }
 

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 use super::Embedded;
 use crate::auth::{Principal, Role};
@@ -113,19 +112,15 @@ fn resolve<T: Unpin>(pending: Pending<T>) -> T {
 
 /// Every push in an outbox, decoded, in order.
 fn pushes(outbox: &Outbox) -> Vec<Value> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut frames = Vec::new();
-    if !outbox.is_empty() {
-        rt.block_on(outbox.next_batch(&mut frames));
-    }
-    frames
+    outbox
+        .take_frames()
         .into_iter()
-        .map(|frame| match frame {
-            Message::Text(text) => serde_json::from_str(text.as_str()).unwrap(),
-            other => panic!("a JSON session got {other:?}"),
+        .map(|frame| {
+            assert!(
+                crate::ws::is_text(&frame),
+                "a JSON session got a binary frame"
+            );
+            serde_json::from_slice(&crate::codec::payload_of(&frame)).unwrap()
         })
         .collect()
 }

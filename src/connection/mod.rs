@@ -1,86 +1,71 @@
-//! One session: a reader loop that runs commands, and a writer task that
-//! drains the session's outbox onto the socket.
+//! One session, one task: it reads the client's frames and runs its
+//! commands in order, and writes out whatever the session's outbox could
+//! not write at once.
 //!
-//! The writer is the only code that writes to the socket. It takes every
-//! queued frame at once, feeds them all, and flushes once per batch, so a
-//! burst of pushes costs one system call rather than one per frame. The
-//! reader never writes: replies go through the same outbox as pushes, which
-//! keeps replies in command order and bounded like everything else.
+//! Most frames never wait for this task: a push or reply finds the outbox
+//! empty and goes straight to the socket (see `outbox`). What the socket
+//! would not take stays queued, and this task writes the whole queue with
+//! one `writev` as soon as the socket is writable again. The task never
+//! blocks on writing: while the socket is full it goes on reading, so a
+//! client that does not read ends with 4008 when its outbox overflows.
 //!
 //! A reply that acknowledges a write is held until the write is durable,
-//! but the reader does not wait for it: it goes on reading and running the
+//! but the session does not wait for it: it goes on reading and running the
 //! session's next commands, and held replies are released in command order
 //! as the store's group commits cover them. A client that pipelines its
 //! commands (a console flushing a backlog, a bot) then gets one commit per
 //! burst instead of one commit per command.
 
-use std::collections::VecDeque;
+mod held;
+mod socket;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::time::{sleep_until, Instant};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::actions::ActionContext;
 use crate::broker::Broker;
-use crate::codec::{decode_command, encode_error, encode_result, Command, Encoding};
+use crate::codec::{decode_command, encode_error, encode_result, Command};
 use crate::delivery::session::SessionHandle;
 use crate::engine::Pending;
 use crate::error::ActionError;
+use crate::http::Upgraded;
 use crate::metrics::CommandTimer;
-use crate::outbox::{CloseReason, Outbox};
+use crate::outbox::{CloseReason, Outbox, Progress};
 use crate::rate_limit::SessionLimiter;
+use crate::ws::{self, FrameReader, Inbound, ReadError};
 
-type Socket = WebSocketStream<crate::tls::Stream>;
+use held::HeldReplies;
+use socket::{Read, Socket};
 
 /// How long a closing session waits for its last frames and the peer's
 /// close reply before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Replies a session may have waiting for durability before the reader
-/// stops reading its commands. Bounds what one session can queue in the
-/// store, and its memory, while letting a pipelining client fill a group
-/// commit.
+/// Replies a session may have waiting for durability before it stops
+/// reading its commands. Bounds what one session can queue in the store,
+/// and its memory, while letting a pipelining client fill a group commit.
 const MAX_HELD_REPLIES: usize = 32;
 
-/// WebSocket settings for a session, from `[limits]`.
-pub(crate) fn websocket_config(broker: &Broker) -> WebSocketConfig {
-    let limits = &broker.config.limits;
-    WebSocketConfig::default()
-        .read_buffer_size(limits.read_buffer_bytes)
-        .write_buffer_size(limits.write_buffer_bytes)
-        // The outbox is the bound on what waits to be written; this only
-        // stops tungstenite buffering without limit if writes keep failing.
-        // It must hold the largest frame the broker sends on top of the
-        // buffer, or that frame could never be written.
-        .max_write_buffer_size(limits.write_buffer_bytes + limits.outbound_frame_bytes() + 4096)
-        .max_frame_size(Some(limits.max_frame_bytes))
-        .max_message_size(Some(limits.max_frame_bytes))
-}
-
 /// Runs a session to its end.
-/// Takes the socket already split: an async fn's arguments keep their space
-/// in its future for its whole life, and a whole `WebSocketStream` there
-/// would cost every idle session about a kilobyte.
 pub(crate) async fn run_session(
     broker: Arc<Broker>,
-    (sink, mut stream): (SplitSink<Socket, Message>, SplitStream<Socket>),
-    encoding: Encoding,
+    upgraded: Upgraded,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    let Upgraded {
+        stream,
+        leftover,
+        encoding,
+    } = upgraded;
     let node = &broker.node;
     let key = node.next_session_key();
     let outbox = Arc::new(Outbox::new(node.outbox_limits(), broker.metrics.clone()));
@@ -88,22 +73,22 @@ pub(crate) async fn run_session(
         SessionHandle::new(key, encoding, outbox.clone(), peer)
             .with_rate_limiter(SessionLimiter::new(&broker.config.rate_limits)),
     );
+    let limits = &broker.config.limits;
+    let mut socket = Socket::new(stream, &outbox, limits.read_buffer_bytes);
+    let mut frames = FrameReader::new(limits.max_frame_bytes);
     node.delivery.open_session(&session);
     broker.metrics.session_opened();
     info!(session = %session.id, %peer, encoding = encoding.subprotocol(), "session open");
 
-    let mut writer = tokio::spawn(write_loop(
-        sink,
-        outbox.clone(),
-        broker.config.limits.ping_interval(),
-    ));
     let mut reader = Reader {
         broker: &broker,
         session: &session,
         ctx: None,
         token_expires: None,
     };
-    let ended = reader.run(&mut stream, &mut writer, &shutdown).await;
+    // Boxed: the running loop needs far more state than a session that
+    // has ended, and the future's size is what every session pays.
+    let ended = Box::pin(reader.run(&mut socket, &mut frames, leftover, &shutdown)).await;
     outbox.close(ended);
     let reason = outbox.closing().unwrap_or(ended);
     // Nothing more is pushed to a closing session: stop fanning out to it
@@ -113,25 +98,19 @@ pub(crate) async fn run_session(
     // already on their way and its 4008 (the contract's close-frame rule);
     // any other close a short grace. Shutdown cuts either short.
     let grace = if reason == CloseReason::SlowConsumer {
-        broker.config.limits.idle_timeout()
+        limits.idle_timeout()
     } else {
         CLOSE_GRACE
     };
-    if !writer.is_finished() {
-        tokio::select! {
-            _ = tokio::time::timeout(grace, &mut writer) => {}
-            _ = shutdown.cancelled(), if reason != CloseReason::Shutdown => {}
+    if reason != CloseReason::ClientGone {
+        let deadline = Instant::now() + grace;
+        let closed = tokio::select! {
+            closed = socket.finish(&outbox, reason, deadline) => closed,
+            _ = shutdown.cancelled(), if reason != CloseReason::Shutdown => false,
+        };
+        if closed && reason != CloseReason::ClientClosed {
+            let _ = tokio::time::timeout(CLOSE_GRACE, socket.linger(&mut frames)).await;
         }
-    }
-    let wrote_close = writer.is_finished();
-    writer.abort();
-    if reason.close_frame().is_some() && wrote_close {
-        // Read until the peer answers our close frame, so that unread bytes
-        // do not turn our close into a reset that loses the close frame.
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            while let Some(Ok(_)) = stream.next().await {}
-        })
-        .await;
     }
     broker.metrics.session_closed();
     info!(
@@ -152,124 +131,67 @@ struct Reader<'a> {
     token_expires: Option<Instant>,
 }
 
-/// Replies waiting for their commands' changes to be durable, in command
-/// order (a reply that is ready still waits behind the ones before it).
-/// Allocated while replies are held and freed when the last one goes: an
-/// idle session carries one pointer, not a queue and its buffer.
-#[derive(Default)]
-struct HeldReplies(Option<Box<HeldQueue>>);
-
-struct HeldQueue {
-    replies: VecDeque<(u64, CommandTimer, Result<Pending<Value>, ActionError>)>,
-    /// Armed for the newest held store ticket: one wake-up for a whole
-    /// group commit, not one per reply.
-    wait: Option<Pending<()>>,
-}
-
-impl HeldReplies {
-    fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |q| q.replies.len())
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_none()
-    }
-
-    fn push(&mut self, id: u64, timer: CommandTimer, result: Result<Pending<Value>, ActionError>) {
-        let queue = self.0.get_or_insert_with(|| {
-            Box::new(HeldQueue {
-                replies: VecDeque::new(),
-                wait: None,
-            })
-        });
-        queue.replies.push_back((id, timer, result));
-    }
-
-    /// The front reply, if its result stands now.
-    fn pop_ready(&mut self) -> Option<(u64, CommandTimer, Result<Value, ActionError>)> {
-        let queue = self.0.as_mut()?;
-        let (id, timer, front) = queue.replies.front_mut()?;
-        let (id, timer) = (*id, *timer);
-        let result = match front {
-            Err(e) => Err(e.clone()),
-            Ok(pending) => pending.try_take()?.map_err(ActionError::from),
-        };
-        queue.replies.pop_front();
-        if queue.replies.is_empty() {
-            self.0 = None;
-        }
-        Some((id, timer, result))
-    }
-
-    /// Resolves once the front reply may stand (then `pop_ready` has it).
-    fn settled(&mut self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            let Some(queue) = self.0.as_mut() else {
-                return Poll::Ready(());
-            };
-            let HeldQueue { replies, wait } = &mut **queue;
-            // The newest store ticket held: waiting for it wakes once for
-            // a whole group commit.
-            let newest = replies
-                .iter()
-                .rev()
-                .find_map(|(_, _, r)| r.as_ref().ok().and_then(Pending::ticket));
-            let Some((_, _, Ok(front))) = replies.front_mut() else {
-                return Poll::Ready(());
-            };
-            if front.is_settled() {
-                *wait = None;
-                return Poll::Ready(());
-            }
-            if let Pending::Remote(future) = front {
-                // Decided elsewhere: this reply's own answer.
-                return match future.as_mut().poll(cx) {
-                    Poll::Ready(outcome) => {
-                        *front = Pending::Ready(outcome);
-                        Poll::Ready(())
-                    }
-                    Poll::Pending => Poll::Pending,
-                };
-            }
-            if wait.is_none() {
-                *wait = newest.and_then(|ticket| front.wait_for(ticket));
-            }
-            let Some(waiting) = wait.as_mut() else {
-                return Poll::Ready(());
-            };
-            match Pin::new(waiting).poll(cx) {
-                Poll::Ready(_) => {
-                    *wait = None;
-                    Poll::Ready(())
-                }
-                Poll::Pending => Poll::Pending,
-            }
-        })
-    }
-}
-
 impl Reader<'_> {
-    /// Reads and runs commands until the session ends; returns why.
+    /// Reads and runs commands, and writes what waits, until the session
+    /// ends; returns why.
     async fn run(
         &mut self,
-        stream: &mut SplitStream<Socket>,
-        writer: &mut tokio::task::JoinHandle<()>,
+        socket: &mut Socket,
+        frames: &mut FrameReader,
+        leftover: Vec<u8>,
         shutdown: &CancellationToken,
     ) -> CloseReason {
         let limits = &self.broker.config.limits;
         let idle_timeout = limits.idle_timeout();
+        let ping_every = limits.ping_interval();
         let connect_deadline = Instant::now() + limits.connect_timeout();
         let mut last_rx = Instant::now();
-        // One timer for every deadline (Connect, idle, token expiry), re-armed
-        // only when it fires or a deadline moves earlier: an idle session
-        // carries one timer, and a busy one does not touch the timer wheel
-        // for every frame.
-        let timer = sleep_until(self.next_deadline(connect_deadline, last_rx, idle_timeout));
+        let mut next_ping = last_rx + ping_every;
+        // One timer for every deadline (Connect, idle, token expiry, the
+        // next ping), re-armed only when it fires or a deadline moves
+        // earlier: a busy session does not touch the timer wheel for every
+        // frame.
+        let timer = sleep_until(
+            self.next_deadline(connect_deadline, last_rx, idle_timeout)
+                .min(next_ping),
+        );
         tokio::pin!(timer);
         let engine = self.broker.node.engine.clone();
+        let outbox = self.session.outbox.clone();
         // Replies waiting for their results to stand.
         let mut held = HeldReplies::default();
+        // Frames read and not yet run (allocated only while there are some).
+        let mut inbound: Vec<Inbound> = Vec::new();
+        if !leftover.is_empty() {
+            if let Err(e) = frames.feed(&leftover, &mut inbound) {
+                return self.refused(e);
+            }
+        }
+        drop(leftover);
+        let write_side = socket.write_side();
         loop {
+            if !inbound.is_empty() {
+                last_rx = Instant::now();
+                if let Some(end) = self.run_frames(&mut held, &mut inbound).await {
+                    return end;
+                }
+                // A Connect or RefreshToken may have brought a deadline
+                // closer than the one armed.
+                let next = self.next_deadline(connect_deadline, last_rx, idle_timeout);
+                if next < timer.deadline() {
+                    timer.as_mut().reset(next);
+                }
+            }
+            let blocked = match socket.write_queued(&outbox) {
+                Ok(progress) => progress == Progress::Blocked,
+                Err(_) => return CloseReason::ClientGone,
+            };
+            if let Some(reason) = outbox.closing() {
+                if reason != CloseReason::SlowConsumer {
+                    self.flush_held(&mut held).await;
+                }
+                return reason;
+            }
             // Read on while few replies are held and the engine has room;
             // otherwise wait first (backpressure, not errors).
             let room = engine.room();
@@ -281,14 +203,8 @@ impl Reader<'_> {
                     self.flush_held(&mut held).await;
                     return CloseReason::Shutdown;
                 }
-                // The writer ends only when the outbox is closing (a
-                // requested close) or the socket broke.
-                _ = &mut *writer => {
-                    return self.session.outbox.closing().unwrap_or(CloseReason::ClientGone);
-                }
-                // Overflowed (4008): stop running commands at once; the
-                // writer finishes the frames in flight and sends the close.
-                _ = self.session.outbox.overflowed() => return CloseReason::SlowConsumer,
+                _ = outbox.wanted() => {}
+                _ = write_side.writable(), if blocked => {}
                 _ = async {
                     match room {
                         Some(room) => { let _ = room.await; }
@@ -312,47 +228,74 @@ impl Reader<'_> {
                         self.flush_held(&mut held).await;
                         return CloseReason::Idle;
                     }
-                    timer.as_mut().reset(self.next_deadline(connect_deadline, last_rx, idle_timeout));
+                    if now >= next_ping {
+                        outbox.push(ws::frame(ws::PING, b""));
+                        next_ping = now + ping_every;
+                    }
+                    timer.as_mut().reset(
+                        self.next_deadline(connect_deadline, last_rx, idle_timeout)
+                            .min(next_ping),
+                    );
                 }
-                frame = stream.next(), if readable => {
+                read = socket.read(frames, &mut inbound), if readable => {
                     last_rx = Instant::now();
-                    match frame {
-                        None => return CloseReason::ClientGone,
-                        Some(Err(WsError::Capacity(_))) => {
-                            self.broker.metrics.frame_too_large();
-                            return CloseReason::FrameTooLarge;
-                        }
-                        Some(Err(WsError::Protocol(e))) => {
-                            debug!(session = %self.session.id, error = %e, "protocol error");
-                            return CloseReason::ProtocolError;
-                        }
-                        Some(Err(_)) => return CloseReason::ClientGone,
-                        Some(Ok(Message::Close(_))) => return CloseReason::ClientGone,
-                        Some(Ok(frame @ (Message::Text(_) | Message::Binary(_)))) => {
-                            // Boxed: running a command (the whole actions
-                            // pipeline) needs far more state than waiting
-                            // does, and an idle session should not carry it.
-                            Box::pin(self.handle_frame(&mut held, &frame)).await;
-                            // A Connect or RefreshToken may have brought a
-                            // deadline closer than the one armed.
-                            let next = self.next_deadline(connect_deadline, last_rx, idle_timeout);
-                            if next < timer.deadline() {
-                                timer.as_mut().reset(next);
-                            }
-                            if self.session.outbox.is_closing() {
-                                // e.g. a failed Connect: let the writer send
-                                // the reply and the close frame.
-                                let _ = (&mut *writer).await;
-                                return self.session.outbox.closing().unwrap_or(CloseReason::ClientGone);
-                            }
-                        }
-                        // Pings are answered by tungstenite; pongs only
-                        // prove the peer is alive (the idle reset above).
-                        Some(Ok(_)) => {}
+                    match read {
+                        Read::Frames => {}
+                        Read::Gone => return CloseReason::ClientGone,
+                        Read::Refused(e) => return self.refused(e),
                     }
                 }
             }
         }
+    }
+
+    /// Why a session whose client broke the framing rules ends.
+    fn refused(&self, error: ReadError) -> CloseReason {
+        match error {
+            ReadError::TooLarge => {
+                self.broker.metrics.frame_too_large();
+                CloseReason::FrameTooLarge
+            }
+            ReadError::InvalidUtf8 => CloseReason::InvalidPayload,
+            ReadError::Protocol(e) => {
+                debug!(session = %self.session.id, error = e, "protocol error");
+                CloseReason::ProtocolError
+            }
+        }
+    }
+
+    /// Runs the frames read, in order; returns why the session ends if one
+    /// ends it.
+    async fn run_frames(
+        &mut self,
+        held: &mut HeldReplies,
+        inbound: &mut Vec<Inbound>,
+    ) -> Option<CloseReason> {
+        // Taken, so the buffer goes once they have run: an idle session
+        // keeps none.
+        for frame in std::mem::take(inbound) {
+            match frame {
+                Inbound::Close(_) => return Some(CloseReason::ClientClosed),
+                Inbound::Ping(payload) => {
+                    self.session.outbox.push(ws::frame(ws::PONG, &payload));
+                }
+                Inbound::Pong => {}
+                command => {
+                    while held.len() >= MAX_HELD_REPLIES {
+                        held.settled().await;
+                        self.release_held(held);
+                    }
+                    // Boxed: running a command (the whole actions pipeline)
+                    // needs far more state than waiting does, and an idle
+                    // session should not carry it.
+                    Box::pin(self.handle_frame(held, &command)).await;
+                    if self.session.outbox.is_closing() {
+                        return self.session.outbox.closing();
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The earliest deadline in force: idle always, Connect until connected,
@@ -368,7 +311,7 @@ impl Reader<'_> {
         deadline
     }
 
-    async fn handle_frame(&mut self, held: &mut HeldReplies, frame: &Message) {
+    async fn handle_frame(&mut self, held: &mut HeldReplies, frame: &Inbound) {
         self.run_command(held, frame).await;
         self.release_held(held);
         if self.session.rate.is_abusive() {
@@ -378,7 +321,7 @@ impl Reader<'_> {
         }
     }
 
-    async fn run_command(&mut self, held: &mut HeldReplies, frame: &Message) {
+    async fn run_command(&mut self, held: &mut HeldReplies, frame: &Inbound) {
         // Every frame draws on the session's command bucket, garbage too; the
         // frame is still decoded (bounded by the frame limit) so that the
         // `rate_limited` reply can carry the command's id.
@@ -607,59 +550,4 @@ fn rfc3339(unix_secs: u64) -> String {
         .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| "9999-12-31T23:59:59.000Z".into())
-}
-
-/// Drains the outbox onto the socket, a batch at a time, with one flush per
-/// batch; sends keepalive pings; ends with the close frame the outbox asks for.
-async fn write_loop(
-    mut sink: SplitSink<Socket, Message>,
-    outbox: Arc<Outbox>,
-    ping_every: Duration,
-) {
-    let mut batch = Vec::new();
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let mut ping_due = false;
-        let closing = tokio::select! {
-            next = outbox.next_batch(&mut batch) => next.closing,
-            _ = ping.tick() => {
-                ping_due = true;
-                None
-            }
-        };
-        if ping_due {
-            batch.push(Message::Ping(Default::default()));
-        }
-        if !batch.is_empty() {
-            for frame in batch.drain(..) {
-                // Biased to the write: the overflow is only looked at when
-                // the socket is not taking frames. On overflow the frames
-                // not yet handed to the socket are dropped (the backlog is
-                // freed), and the ones already in the write buffer, all
-                // whole frames, are flushed before the 4008: the client
-                // reads complete frames with contiguous indexes, then the
-                // close.
-                tokio::select! {
-                    biased;
-                    fed = sink.feed(frame) => if fed.is_err() { return },
-                    _ = outbox.overflowed() => break,
-                }
-            }
-            batch.clear();
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-        if let Some(reason) = closing {
-            if let Some((code, text)) = reason.close_frame() {
-                let close = Message::Close(Some(CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: text.into(),
-                }));
-                let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close)).await;
-            }
-            return;
-        }
-    }
 }

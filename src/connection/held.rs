@@ -1,0 +1,113 @@
+//! Replies held until the changes they acknowledge are durable.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use serde_json::Value;
+
+use crate::engine::Pending;
+use crate::error::ActionError;
+use crate::metrics::CommandTimer;
+
+/// Replies waiting for their commands' changes to be durable, in command
+/// order (a reply that is ready still waits behind the ones before it).
+/// Allocated while replies are held and freed when the last one goes: an
+/// idle session carries one pointer, not a queue and its buffer.
+#[derive(Default)]
+pub(super) struct HeldReplies(Option<Box<HeldQueue>>);
+
+struct HeldQueue {
+    replies: VecDeque<(u64, CommandTimer, Result<Pending<Value>, ActionError>)>,
+    /// Armed for the newest held store ticket: one wake-up for a whole
+    /// group commit, not one per reply.
+    wait: Option<Pending<()>>,
+}
+
+impl HeldReplies {
+    pub(super) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.replies.len())
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub(super) fn push(
+        &mut self,
+        id: u64,
+        timer: CommandTimer,
+        result: Result<Pending<Value>, ActionError>,
+    ) {
+        let queue = self.0.get_or_insert_with(|| {
+            Box::new(HeldQueue {
+                replies: VecDeque::new(),
+                wait: None,
+            })
+        });
+        queue.replies.push_back((id, timer, result));
+    }
+
+    /// The front reply, if its result stands now.
+    pub(super) fn pop_ready(&mut self) -> Option<(u64, CommandTimer, Result<Value, ActionError>)> {
+        let queue = self.0.as_mut()?;
+        let (id, timer, front) = queue.replies.front_mut()?;
+        let (id, timer) = (*id, *timer);
+        let result = match front {
+            Err(e) => Err(e.clone()),
+            Ok(pending) => pending.try_take()?.map_err(ActionError::from),
+        };
+        queue.replies.pop_front();
+        if queue.replies.is_empty() {
+            self.0 = None;
+        }
+        Some((id, timer, result))
+    }
+
+    /// Resolves once the front reply may stand (then `pop_ready` has it).
+    pub(super) fn settled(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            let Some(queue) = self.0.as_mut() else {
+                return Poll::Ready(());
+            };
+            let HeldQueue { replies, wait } = &mut **queue;
+            // The newest store ticket held: waiting for it wakes once for
+            // a whole group commit.
+            let newest = replies
+                .iter()
+                .rev()
+                .find_map(|(_, _, r)| r.as_ref().ok().and_then(Pending::ticket));
+            let Some((_, _, Ok(front))) = replies.front_mut() else {
+                return Poll::Ready(());
+            };
+            if front.is_settled() {
+                *wait = None;
+                return Poll::Ready(());
+            }
+            if let Pending::Remote(future) = front {
+                // Decided elsewhere: this reply's own answer.
+                return match future.as_mut().poll(cx) {
+                    Poll::Ready(outcome) => {
+                        *front = Pending::Ready(outcome);
+                        Poll::Ready(())
+                    }
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            if wait.is_none() {
+                *wait = newest.and_then(|ticket| front.wait_for(ticket));
+            }
+            let Some(waiting) = wait.as_mut() else {
+                return Poll::Ready(());
+            };
+            match Pin::new(waiting).poll(cx) {
+                Poll::Ready(_) => {
+                    *wait = None;
+                    Poll::Ready(())
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    }
+}
