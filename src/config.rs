@@ -527,7 +527,9 @@ impl Config {
             crate::admission::validate_origins(origins).map_err(invalid("allowed_origins"))?;
         }
         self.api.validate().map_err(invalid("[api]"))?;
-        self.webhooks.validate().map_err(invalid("[webhooks]"))?;
+        self.webhooks
+            .validate(self.durability)
+            .map_err(invalid("[webhooks]"))?;
         Ok(())
     }
 
