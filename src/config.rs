@@ -523,6 +523,12 @@ impl Config {
             tls.validate().map_err(invalid("[tls]"))?;
         }
         self.cluster.validate().map_err(invalid("[cluster]"))?;
+        if self.cluster.redis_url.is_some() && !self.webhooks.post.is_empty() {
+            return Err(invalid("[cluster]")(
+                "post-event webhooks ([[webhooks.post]]) are not available with a cluster yet"
+                    .into(),
+            ));
+        }
         if let Some(origins) = &self.allowed_origins {
             crate::admission::validate_origins(origins).map_err(invalid("allowed_origins"))?;
         }

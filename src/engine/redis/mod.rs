@@ -1249,3 +1249,28 @@ impl Engine for RedisEngine {
         self.stop.cancel();
     }
 }
+
+/// Post-event webhooks keep their events in the embedded store; a cluster
+/// stores none (the configuration refuses `[[webhooks.post]]` with
+/// `[cluster]`).
+impl crate::webhooks::WebhookOutbox for RedisEngine {
+    fn changed(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
+    fn pending(
+        &self,
+        _after: u64,
+        _limit: usize,
+    ) -> Result<Vec<crate::store::WebhookEventRow>, String> {
+        Ok(Vec::new())
+    }
+
+    fn cursor(&self, _url: &str) -> Result<u64, String> {
+        Ok(0)
+    }
+
+    fn save(&self, _ops: Vec<crate::store::Op>) -> Result<(), String> {
+        Ok(())
+    }
+}
