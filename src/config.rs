@@ -624,6 +624,32 @@ payload = { body = "Thanks for reaching out! An agent will be with you shortly."
     }
 
     #[test]
+    fn the_integration_examples_parse() {
+        let doc = include_str!("../docs/integrations.md");
+        let blocks: Vec<&str> = doc
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|rest| rest.split("```").next())
+            .collect();
+        assert_eq!(blocks.len(), 3);
+        for block in blocks {
+            Config::from_toml(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        }
+        let short = Config::from_toml("[api]\nkeys = [\"short\"]\n").unwrap_err();
+        assert!(short.to_string().contains("[api]"), "{short}");
+        let memory = Config::from_toml(
+            "durability = \"memory\"\n[[webhooks.post]]\nurl = \"http://x.example/\"\nsecret = \"s\"\n",
+        )
+        .unwrap_err();
+        assert!(memory.to_string().contains("memory"), "{memory}");
+        let event = Config::from_toml(
+            "[[webhooks.post]]\nurl = \"http://x.example/\"\nsecret = \"s\"\nevents = [\"typingStarted\"]\n",
+        )
+        .unwrap_err();
+        assert!(event.to_string().contains("typingStarted"), "{event}");
+    }
+
+    #[test]
     fn typos_are_refused() {
         let err = Config::from_toml("[limits]\nmax_frame_byte = 10\n").unwrap_err();
         assert!(err.to_string().contains("max_frame_byte"), "{err}");

@@ -483,7 +483,11 @@ async fn a_pre_event_webhook_that_rejects_stops_the_message() {
         }
     })
     .await;
-    let server = TestServer::start(&pre_config(&receiver.url(), "")).await;
+    let config = format!(
+        "{}[api]\nkeys = [\"test-api-key-0123456789\"]\n",
+        pre_config(&receiver.url(), "")
+    );
+    let server = TestServer::start(&config).await;
     let mut customer = server.customer().await;
     let sid = customer.start_engagement().await;
     let mut agent = server.staff("ann", "agent").await;
@@ -491,6 +495,31 @@ async fn a_pre_event_webhook_that_rejects_stops_the_message() {
         .call("JoinChannel", json!({ "channelSid": sid }))
         .await
         .unwrap();
+    // The server API's actions pass the pre-event webhook too: 422.
+    let api = reqwest::Client::new();
+    let url = |action: &str| format!("http://{}/api/v1/actions/{action}", server.addr);
+    let joined = api
+        .post(url("JoinChannel"))
+        .bearer_auth("test-api-key-0123456789")
+        .body(json!({ "identity": "bot", "payload": { "channelSid": sid } }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(joined.status().as_u16(), 200);
+    let refused = api
+        .post(url("SendMessage"))
+        .bearer_auth("test-api-key-0123456789")
+        .body(
+            json!({ "identity": "bot", "payload": { "channelSid": sid, "body": "bad" } })
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    let refused: Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+    assert_eq!(refused["error"]["code"], "rejected");
+    assert_eq!(refused["error"]["message"], "no card numbers");
     let error = customer
         .call("SendMessage", json!({ "channelSid": sid, "body": "bad" }))
         .await

@@ -74,7 +74,7 @@ pub(crate) fn stored_event(topic: &Topic, event: &Event) -> Option<Op> {
     };
     // The push's data exactly as sessions get it.
     let frame = event.push()?.frame(crate::codec::Encoding::Json);
-    let push: Value = serde_json::from_slice(&frame.into_data()).ok()?;
+    let push: Value = serde_json::from_slice(&crate::codec::payload_of(&frame)).ok()?;
     let body = json!({
         "event": name,
         "eventId": format!("EV{}", crate::ids::new_id()),
