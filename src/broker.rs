@@ -21,6 +21,9 @@ pub struct Broker {
     pub metrics: Arc<Metrics>,
     pub(crate) node: Arc<Node>,
     pub(crate) actions: Arc<ActionRegistry>,
+    /// Where post-event webhook senders find their events.
+    webhook_outbox: Arc<dyn crate::webhooks::WebhookOutbox>,
+    webhook_client: reqwest::Client,
 }
 
 impl Broker {
@@ -37,8 +40,19 @@ impl Broker {
             .as_ref()
             .map(BusinessHours::from_config)
             .transpose()?;
-        let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
+        let webhook_client = crate::webhooks::client();
+        crate::webhooks::register(
+            &mut actions,
+            &config.webhooks.pre,
+            &webhook_client,
+            &metrics,
+        )
+        .map_err(|e| ConfigError::Invalid {
+            section: "[[webhooks.pre]]",
+            message: e.to_string(),
+        })?;
+        let config = Arc::new(config);
         let delivery = Arc::new(Delivery::new(&config, metrics.clone()));
         let (engine, resume_secret) =
             Embedded::open(config.clone(), delivery.clone(), metrics.clone())?;
@@ -49,6 +63,7 @@ impl Broker {
                     message,
                 }
             })?;
+        let webhook_outbox: Arc<dyn crate::webhooks::WebhookOutbox> = engine.clone();
         let node = Arc::new(Node::new(
             config.clone(),
             auth,
@@ -61,7 +76,26 @@ impl Broker {
             metrics,
             node,
             actions: Arc::new(actions),
+            webhook_outbox,
+            webhook_client,
         })
+    }
+
+    /// Starts the post-event webhook senders (one per URL); they stop with
+    /// `shutdown`.
+    pub(crate) fn start_webhooks(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+        spawn: impl FnMut(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
+    ) {
+        crate::webhooks::spawn_senders(
+            &self.config.webhooks.post,
+            self.webhook_outbox.clone(),
+            self.webhook_client.clone(),
+            self.metrics.clone(),
+            shutdown,
+            spawn,
+        );
     }
 
     /// Open sessions on this node.

@@ -461,7 +461,9 @@ impl Config {
             crate::admission::validate_origins(origins).map_err(invalid("allowed_origins"))?;
         }
         self.api.validate().map_err(invalid("[api]"))?;
-        self.webhooks.validate().map_err(invalid("[webhooks]"))?;
+        self.webhooks
+            .validate(self.durability)
+            .map_err(invalid("[webhooks]"))?;
         Ok(())
     }
 
@@ -547,6 +549,32 @@ payload = { body = "Thanks for reaching out! An agent will be with you shortly."
         let bad = Config::from_toml("allowed_origins = [\"*\"]\n").unwrap_err();
         assert!(bad.to_string().contains("allowed_origins"), "{bad}");
         assert!(Config::from_toml("[jwt]\nnope = 1\n").is_err());
+    }
+
+    #[test]
+    fn the_integration_examples_parse() {
+        let doc = include_str!("../docs/integrations.md");
+        let blocks: Vec<&str> = doc
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|rest| rest.split("```").next())
+            .collect();
+        assert_eq!(blocks.len(), 3);
+        for block in blocks {
+            Config::from_toml(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        }
+        let short = Config::from_toml("[api]\nkeys = [\"short\"]\n").unwrap_err();
+        assert!(short.to_string().contains("[api]"), "{short}");
+        let memory = Config::from_toml(
+            "durability = \"memory\"\n[[webhooks.post]]\nurl = \"http://x.example/\"\nsecret = \"s\"\n",
+        )
+        .unwrap_err();
+        assert!(memory.to_string().contains("memory"), "{memory}");
+        let event = Config::from_toml(
+            "[[webhooks.post]]\nurl = \"http://x.example/\"\nsecret = \"s\"\nevents = [\"typingStarted\"]\n",
+        )
+        .unwrap_err();
+        assert!(event.to_string().contains("typingStarted"), "{event}");
     }
 
     #[test]

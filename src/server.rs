@@ -99,6 +99,9 @@ impl Server {
             );
         }
         tracker.spawn(housekeeping(self.broker.clone(), token.clone()));
+        self.broker.start_webhooks(token.clone(), |sender| {
+            tracker.spawn(sender);
+        });
         let refusing = Arc::new(AtomicUsize::new(0));
         tokio::pin!(shutdown);
         loop {

@@ -200,6 +200,17 @@ async fn an_action_through_the_api_runs_the_whole_framework_and_reaches_sessions
         let changed = tab.push("widgetStateChanged").await;
         assert_eq!(changed["expanded"], true);
     }
+    // Counted like a session's commands.
+    let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchboard_commands_total{action=\"SendMessage\",code=\"ok\"} 1"),
+        "{metrics}"
+    );
     server.shutdown().await;
 }
 

@@ -231,6 +231,20 @@ async fn run_action(broker: &Arc<Broker>, action: &str, body: Bytes) -> Result<V
     if let Some(extra) = body.keys().next() {
         return Err(ActionError::bad_request(format!("unknown field `{extra}`")));
     }
+    // Counted and timed like a session's command.
+    let timer = crate::metrics::CommandTimer::start(Some(action));
+    let outcome = run_as(broker, action, identity, role, payload).await;
+    broker.metrics.command(timer, outcome.as_ref().err());
+    Ok(json!({ "result": outcome? }))
+}
+
+async fn run_as(
+    broker: &Arc<Broker>,
+    action: &str,
+    identity: String,
+    role: Role,
+    payload: Value,
+) -> Result<Value, ActionError> {
     if !broker.actions.contains(action) {
         return Err(ActionError::UnknownAction(action.to_owned()));
     }
@@ -253,8 +267,7 @@ async fn run_action(broker: &Arc<Broker>, action: &str, body: Bytes) -> Result<V
         session: None,
         internal: false,
     };
-    let result = ctx.invoke(action, payload).await?;
-    Ok(json!({ "result": result }))
+    ctx.invoke(action, payload).await
 }
 
 async fn channel(broker: &Arc<Broker>, sid: &str) -> Result<Value, ActionError> {

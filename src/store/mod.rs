@@ -153,6 +153,29 @@ pub enum Op {
     },
     /// One bounded slice of retention work.
     Purge(Retention),
+    /// A post-event webhook event, stored with the action that made it
+    /// (`body` is the request body, eventId included).
+    QueueWebhookEvent {
+        channel_sid: Arc<str>,
+        body: Arc<str>,
+    },
+    /// A webhook URL accepted every event up to `seq`.
+    WebhookCursor {
+        url: Arc<str>,
+        seq: u64,
+    },
+    /// Every URL accepted the events up to `seq`: they go.
+    PruneWebhookEvents {
+        upto: u64,
+    },
+}
+
+/// A stored post-event webhook event.
+#[derive(Debug, Clone)]
+pub(crate) struct WebhookEventRow {
+    pub seq: u64,
+    pub channel_sid: String,
+    pub body: String,
 }
 
 /// Retention limits, applied by [`Op::Purge`].
@@ -251,6 +274,10 @@ pub(crate) trait HistoryReader: Send + Sync {
     fn ended_channel(&self, sid: &str) -> Result<Option<u64>, StoreError>;
     /// A channel's stored row (the server API shows ended channels from it).
     fn channel_record(&self, sid: &str) -> Result<Option<ChannelRecord>, StoreError>;
+    /// Stored webhook events after `after`, ascending, at most `limit`.
+    fn webhook_events(&self, after: u64, limit: usize) -> Result<Vec<WebhookEventRow>, StoreError>;
+    /// How far a webhook URL got (0: nothing accepted yet).
+    fn webhook_cursor(&self, url: &str) -> Result<u64, StoreError>;
     fn snapshot(&self, recent_messages: usize) -> Result<Snapshot, StoreError>;
 }
 
@@ -618,6 +645,20 @@ impl<A: AfterCommit> Store<A> {
     /// its next index.
     pub fn ended_channel(&self, sid: &str) -> Result<Option<u64>, StoreError> {
         blocking(|| self.reader.ended_channel(sid))
+    }
+
+    /// Stored webhook events after `after`.
+    pub(crate) fn webhook_events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<WebhookEventRow>, StoreError> {
+        blocking(|| self.reader.webhook_events(after, limit))
+    }
+
+    /// How far a webhook URL got.
+    pub(crate) fn webhook_cursor(&self, url: &str) -> Result<u64, StoreError> {
+        blocking(|| self.reader.webhook_cursor(url))
     }
 
     /// A channel's stored row.

@@ -68,6 +68,12 @@ CREATE TABLE IF NOT EXISTS identities (
     engagement TEXT,
     engagement_started_at TEXT
 );
+CREATE TABLE IF NOT EXISTS webhook_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    sid TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_cursors (url TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS drafts (
     identity TEXT NOT NULL,
     sid TEXT NOT NULL,
@@ -529,6 +535,27 @@ fn apply<'a>(
                     }
                 },
                 Op::Purge(retention) => purge(&tx, retention, grown)?,
+                Op::QueueWebhookEvent { channel_sid, body } => {
+                    cached(
+                        &tx,
+                        "INSERT INTO webhook_events (sid, body) VALUES (?1, ?2)",
+                        params![&**channel_sid, &**body],
+                    )?;
+                }
+                Op::WebhookCursor { url, seq } => {
+                    cached(
+                        &tx,
+                        "INSERT INTO webhook_cursors (url, seq) VALUES (?1, ?2) ON CONFLICT (url) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                        params![&**url, *seq as i64],
+                    )?;
+                }
+                Op::PruneWebhookEvents { upto } => {
+                    cached(
+                        &tx,
+                        "DELETE FROM webhook_events WHERE seq <= ?1",
+                        params![*upto as i64],
+                    )?;
+                }
             }
         }
     }
@@ -773,6 +800,36 @@ impl HistoryReader for SqliteReader {
 
     fn ended_channel(&self, sid: &str) -> Result<Option<u64>, StoreError> {
         self.read(|conn| channel_next_index(conn, sid))
+    }
+
+    fn webhook_events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<super::WebhookEventRow>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT seq, sid, body FROM webhook_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![after as i64, limit as i64], |r| {
+                Ok(super::WebhookEventRow {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    channel_sid: r.get(1)?,
+                    body: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn webhook_cursor(&self, url: &str) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let seq: Option<i64> = conn
+                .prepare_cached("SELECT seq FROM webhook_cursors WHERE url = ?1")?
+                .query_row(params![url], |r| r.get(0))
+                .optional()?;
+            Ok(seq.unwrap_or(0) as u64)
+        })
     }
 
     fn channel_record(&self, sid: &str) -> Result<Option<super::ChannelRecord>, StoreError> {

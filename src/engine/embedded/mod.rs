@@ -52,6 +52,9 @@ use state::{Channel, ChannelState, Engagement, Identity, IdentityState, Typing};
 pub(crate) struct Deliveries {
     delivery: Arc<Delivery>,
     events: Vec<(Topic, Event)>,
+    /// Set when the job stored post-event webhook events: their senders
+    /// are woken once they are durable.
+    webhooks: Option<Arc<tokio::sync::watch::Sender<u64>>>,
 }
 
 impl AfterCommit for Deliveries {
@@ -60,6 +63,9 @@ impl AfterCommit for Deliveries {
         if durable {
             for (topic, event) in &self.events {
                 self.delivery.deliver(topic, event);
+            }
+            if let Some(webhooks) = &self.webhooks {
+                webhooks.send_modify(|stored| *stored += 1);
             }
         }
     }
@@ -76,6 +82,9 @@ pub(crate) struct Embedded {
     anonymous: AtomicUsize,
     /// For the typing timers, which outlive the operation that started them.
     me: Weak<Embedded>,
+    /// With post-event webhooks configured (and a store): bumped whenever
+    /// stored webhook events became durable.
+    webhooks: Option<Arc<tokio::sync::watch::Sender<u64>>>,
 }
 
 /// Tells the engine about store failures without the store keeping the
@@ -118,6 +127,8 @@ impl Embedded {
                 (Some(store), Some(snapshot))
             }
         };
+        let webhooks = (store.is_some() && !config.webhooks.post.is_empty())
+            .then(|| Arc::new(tokio::sync::watch::Sender::new(0)));
         let engine = Arc::new_cyclic(|me| Embedded {
             config,
             delivery,
@@ -127,6 +138,7 @@ impl Embedded {
             channels: DashMap::new(),
             anonymous: AtomicUsize::new(0),
             me: me.clone(),
+            webhooks,
         });
         let secret = snapshot.map(|snapshot| {
             engine.restore(&snapshot, true);
@@ -302,18 +314,30 @@ impl Embedded {
 
     /// Submits one operation's writes and events (under the locks that
     /// ordered them). Without a store the events are delivered at once.
-    fn commit(&self, ops: Vec<Op>, events: Vec<(Topic, Event)>) -> Outcome<Option<u64>> {
+    fn commit(&self, mut ops: Vec<Op>, events: Vec<(Topic, Event)>) -> Outcome<Option<u64>> {
         match &self.store {
-            Some(store) => store
-                .submit(
+            Some(store) => {
+                // Post-event webhook events are written with the action
+                // that made them: durable exactly when it is.
+                let webhooks =
+                    self.webhooks.as_ref().and_then(|signal| {
+                        let before = ops.len();
+                        ops.extend(events.iter().filter_map(|(topic, event)| {
+                            crate::webhooks::stored_event(topic, event)
+                        }));
+                        (ops.len() > before).then(|| signal.clone())
+                    });
+                store.submit(
                     ops,
                     Deliveries {
                         delivery: self.delivery.clone(),
                         events,
+                        webhooks,
                     },
                 )
-                .map(Some)
-                .map_err(EngineError::from),
+            }
+            .map(Some)
+            .map_err(EngineError::from),
             None => {
                 for (topic, event) in &events {
                     self.delivery.deliver(topic, event);
@@ -572,6 +596,7 @@ impl Embedded {
             Deliveries {
                 delivery: self.delivery.clone(),
                 events: Vec::new(),
+                webhooks: None,
             },
         ) {
             tracing::debug!(error = %e, "retention slice not queued");
@@ -1479,6 +1504,44 @@ fn drafts_within_a_page(drafts: &HashMap<Arc<str>, String>) -> serde_json::Map<S
         within.insert(sid.to_string(), body.clone().into());
     }
     within
+}
+
+/// The post-event webhook senders' view of the store.
+impl crate::webhooks::WebhookOutbox for Embedded {
+    fn changed(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.webhooks.as_ref().map(|signal| signal.subscribe())
+    }
+
+    fn pending(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::store::WebhookEventRow>, String> {
+        let store = self.store.as_ref().ok_or("no store")?;
+        store
+            .webhook_events(after, limit)
+            .map_err(|e| e.to_string())
+    }
+
+    fn cursor(&self, url: &str) -> Result<u64, String> {
+        let store = self.store.as_ref().ok_or("no store")?;
+        store.webhook_cursor(url).map_err(|e| e.to_string())
+    }
+
+    fn save(&self, ops: Vec<Op>) -> Result<(), String> {
+        let store = self.store.as_ref().ok_or("no store")?;
+        store
+            .submit(
+                ops,
+                Deliveries {
+                    delivery: self.delivery.clone(),
+                    events: Vec::new(),
+                    webhooks: None,
+                },
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl From<StoreError> for EngineError {
