@@ -608,6 +608,7 @@ payload = { body = "Thanks for reaching out! An agent will be with you shortly."
         for doc in [
             include_str!("../README.md"),
             include_str!("../docs/security.md"),
+            include_str!("../docs/operations.md"),
         ] {
             let block = doc
                 .split("```toml\n")
