@@ -568,3 +568,81 @@ async fn a_node_killed_under_writes_loses_nothing_acknowledged() {
         assert!(seen.contains(index), "acknowledged {index} delivered");
     }
 }
+
+/// Queue consoles on one node hear engagements started, picked up and
+/// ended on the others; an agent on node B ends a chat for a customer on
+/// node A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_pushes_and_end_engagement_across_nodes() {
+    let redis = Redis::start();
+    let a = node(&redis, NO_LIMITS).await;
+    let b = node(&redis, NO_LIMITS).await;
+    let mut console = b.staff("watcher", "agent").await;
+    console
+        .call("Subscribe", json!({"channel": "queue:default"}))
+        .await
+        .unwrap();
+    let mut customer = a.customer().await;
+    let resume = customer.connect_result["resumeToken"].clone();
+    let sid = customer.start_engagement().await;
+    let started = console.push("engagementStarted").await;
+    assert_eq!(started["channelSid"], sid.as_str());
+    let mut agent = a.staff("alice", "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    let updated = console.push("engagementUpdated").await;
+    assert_eq!(
+        updated["members"],
+        json!([
+            {"identity": "alice", "role": "agent"},
+            {"identity": customer.identity(), "role": "customer"},
+        ])
+    );
+    // A console that subscribes on a third node lists it with its members.
+    let c = node(&redis, NO_LIMITS).await;
+    let mut late = c.staff("late", "agent").await;
+    let queued = late
+        .call("Subscribe", json!({"channel": "queue:default"}))
+        .await
+        .unwrap();
+    assert_eq!(queued["engagements"][0]["channelSid"], sid.as_str());
+    assert_eq!(queued["engagements"][0]["members"], updated["members"]);
+    let mut tab = Client::open_url(&b.url(), Enc::Json).await.unwrap();
+    let r = tab.connect(json!({ "resumeToken": resume })).await.unwrap();
+    assert_eq!(r["engagement"]["channelSid"], sid.as_str());
+    assert_eq!(r["engagement"]["members"], updated["members"]);
+    let mut other = b.staff("bob", "agent").await;
+    assert_eq!(
+        other
+            .fails("EndEngagement", json!({"channelSid": sid}))
+            .await,
+        "not_a_member"
+    );
+    agent
+        .call(
+            "EndEngagement",
+            json!({"channelSid": sid, "reason": "resolved"}),
+        )
+        .await
+        .unwrap();
+    for c in [&mut customer, &mut tab] {
+        let ended = c.push("engagementEnded").await;
+        assert_eq!(ended, json!({"channelSid": sid, "reason": "resolved"}));
+    }
+    assert_eq!(console.push("engagementEnded").await["reason"], "resolved");
+    assert_eq!(late.push("engagementEnded").await["reason"], "resolved");
+    assert_eq!(
+        customer
+            .fails("SendMessage", json!({"channelSid": sid, "body": "x"}))
+            .await,
+        "not_a_member"
+    );
+    assert_eq!(
+        agent
+            .fails("SendMessage", json!({"channelSid": sid, "body": "x"}))
+            .await,
+        "not_found"
+    );
+}

@@ -134,7 +134,9 @@ const POST: &str = r#"
 local id, role, sid = A(1), A(2), A(3)
 local ch = P .. ':ch:' .. sid
 local h = redis.call('HMGET', ch, 'q', 'closed')
-if not h[1] then return 'E:no_channel' end
+-- An ended channel is as good as gone (customers cannot tell either from
+-- someone else's).
+if not h[1] or h[2] == '1' then return 'E:no_channel' end
 local member = h[2] ~= '1' and redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 1
 local by_broker = A(4) == '1' and role == 'service' and h[2] ~= '1'
 if not member and not by_broker then return 'E:not_a_member' end
