@@ -646,3 +646,47 @@ async fn queue_pushes_and_end_engagement_across_nodes() {
         "not_found"
     );
 }
+
+/// Typing on one node shows on the other, and ends by itself after the
+/// window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_crosses_nodes_and_ends_by_itself() {
+    let redis = Redis::start();
+    let extra = format!("{NO_LIMITS}[typing]\nwindow_ms = 300\n");
+    let a = node(&redis, &extra).await;
+    let b = node(&redis, &extra).await;
+    let mut customer = a.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut agent = b.staff("agent-t", "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    customer
+        .call("SendTyping", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    let typing = agent.push("typingStarted").await;
+    assert_eq!(typing["identity"], customer.identity());
+    let ended = agent.push("typingEnded").await;
+    assert_eq!(ended["identity"], customer.identity());
+    // A message ends typing at once.
+    customer
+        .call("SendTyping", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    agent.push("typingStarted").await;
+    customer
+        .call("SendMessage", json!({"channelSid": sid, "body": "hi"}))
+        .await
+        .unwrap();
+    agent.push("typingEnded").await;
+    agent.push("messageAdded").await;
+    // Once: the period's timer does not end it again.
+    agent
+        .no_push("typingEnded", Duration::from_millis(700))
+        .await;
+    customer
+        .no_push("typingStarted", Duration::from_millis(10))
+        .await;
+}

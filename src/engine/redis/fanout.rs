@@ -30,6 +30,8 @@ use crate::outbox::CloseReason;
 /// Early arrivals kept per topic while a gap is filled; past it they are
 /// dropped (the fill reads them from the log as well).
 const MAX_EARLY: usize = 4096;
+/// Transient events kept while a feed fills; past it they are dropped.
+const MAX_TRANSIENT: usize = 64;
 /// Log entries read per round trip while filling.
 const FILL_BATCH: usize = 1000;
 /// Pause between attempts while Redis cannot be reached.
@@ -50,6 +52,9 @@ struct FeedState {
     /// The newest seq heard of: filling goes on until it is delivered.
     newest: u64,
     filling: bool,
+    /// Transient events (typing) that arrived while filling: delivered
+    /// when the feed is in step again (at most `MAX_TRANSIENT`).
+    transient: Vec<String>,
     /// Read the log once more (a catch-up asked while a fill ran).
     again: bool,
     last_used: Instant,
@@ -158,6 +163,7 @@ impl Fanout {
                         early: BTreeMap::new(),
                         newest: seq,
                         filling: false,
+                        transient: Vec::new(),
                         again: false,
                         last_used: Instant::now(),
                     }),
@@ -273,6 +279,8 @@ impl Fanout {
                 None => {
                     if !state.filling && state.early.is_empty() {
                         self.apply(&feed, json, &mut follow);
+                    } else if state.transient.len() < MAX_TRANSIENT {
+                        state.transient.push(json.to_owned());
                     }
                 }
                 Some(seq) if seq < state.next => {}
@@ -339,6 +347,12 @@ impl Fanout {
                 let mut state = feed.state.lock();
                 if !state.again && state.next > state.newest {
                     state.filling = false;
+                    let mut follow = Vec::new();
+                    for json in std::mem::take(&mut state.transient) {
+                        self.apply(&feed, &json, &mut follow);
+                    }
+                    drop(state);
+                    self.follow_ups(follow);
                     return;
                 }
                 state.again = false;

@@ -78,8 +78,13 @@ local function channel_state(sid)
   }
 end
 
+-- Ends a typing period now. The key stays a while as "ended", so that the
+-- timer of the node that began the period does not announce its end again.
 local function end_typing(sid, id)
-  if redis.call('DEL', P .. ':ty:' .. sid .. ':' .. id) == 1 then
+  local key = P .. ':ty:' .. sid .. ':' .. id
+  local token = redis.call('GET', key)
+  if token and token ~= 'ended' then
+    redis.call('SET', key, 'ended', 'PX', 60000)
     transient('c:' .. sid, '{"t":"typing_off","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
   end
 end

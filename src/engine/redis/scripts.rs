@@ -181,7 +181,9 @@ local h = redis.call('HMGET', P .. ':ch:' .. sid, 'q', 'closed')
 if not h[1] then return 'E:no_channel' end
 if h[2] == '1' or redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 0 then return 'E:not_a_member' end
 local key = P .. ':ty:' .. sid .. ':' .. id
-if redis.call('SET', key, A(4), 'NX', 'PX', A(3)) then
+local current = redis.call('GET', key)
+if not current or current == 'ended' then
+  redis.call('SET', key, A(4), 'PX', A(3))
   transient('c:' .. sid, '{"t":"typing_on","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
   return '1'
 end
