@@ -662,6 +662,13 @@ async fn typing_crosses_nodes_and_ends_by_itself() {
         .call("JoinChannel", json!({"channelSid": sid}))
         .await
         .unwrap();
+    // Typing is transient (never logged): node B hears it once it has
+    // subscribed to the channel, which a first message shows.
+    customer
+        .call("SendMessage", json!({"channelSid": sid, "body": "hello"}))
+        .await
+        .unwrap();
+    agent.push("messageAdded").await;
     customer
         .call("SendTyping", json!({"channelSid": sid}))
         .await
