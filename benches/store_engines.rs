@@ -211,7 +211,97 @@ fn run(engine: &mut dyn Engine, batch: usize, total: u64) -> (f64, f64) {
     )
 }
 
+/// `cargo bench --bench store_engines -- fill DIR CHANNELS MESSAGES`: fills
+/// a data directory through the store (the segment log, `fsync`) with
+/// CHANNELS open engagements holding MESSAGES messages in all, says
+/// `filled` once every write is durable, and waits to be killed (`kill -9`,
+/// for the restart measurement in docs/benchmarks.md).
+fn fill(dir: &Path, channels: u64, messages: u64) {
+    let (store, _) = Store::<()>::open_with(
+        dir,
+        Durability::Fsync,
+        0,
+        Arc::new(Metrics::default()),
+        false,
+        StoreEngine::Log,
+        32 << 20,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sid = |c: u64| -> Arc<str> { Arc::from(format!("CH{c:032x}")) };
+    let customer = |c: u64| -> Arc<str> { Arc::from(format!("customer-{c}")) };
+    let mut last = 0;
+    for chunk in (0..channels).collect::<Vec<_>>().chunks(1000) {
+        let mut ops = Vec::new();
+        for &c in chunk {
+            ops.push(Op::SaveChannel {
+                sid: sid(c),
+                queue: Arc::from("support"),
+                customer: Some(customer(c)),
+                form_data: "{}".into(),
+                started_at: "2026-11-26T00:00:00.000Z".into(),
+            });
+            ops.push(Op::AddMember {
+                sid: sid(c),
+                identity: customer(c),
+                role: Role::Customer,
+            });
+            ops.push(Op::SaveIdentity(switchboard::store::IdentityRow {
+                id: customer(c),
+                role: Role::Customer,
+                anonymous: false,
+                expanded: true,
+                engagement: Some((sid(c), "2026-11-26T00:00:00.000Z".into())),
+            }));
+        }
+        last = store.submit(ops, ()).unwrap();
+    }
+    rt.block_on(store.wait_durable(last)).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    for chunk in (0..messages).collect::<Vec<_>>().chunks(2048) {
+        let ops = chunk
+            .iter()
+            .map(|&n| {
+                let c = n % channels;
+                Op::AppendMessage(Arc::new(StoredMessage {
+                    channel_sid: sid(c),
+                    index: n / channels,
+                    author: customer(c),
+                    author_role: Role::Customer,
+                    body: "x".repeat(100),
+                    attributes: Value::Object(Default::default()),
+                    date_created: "2026-11-26T00:00:00.000Z".into(),
+                    created_ms: now,
+                }))
+            })
+            .collect();
+        last = loop {
+            match store.submit(ops, ()) {
+                Ok(ticket) => break ticket,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        if last % 64 == 0 {
+            rt.block_on(store.wait_durable(last)).unwrap();
+        }
+    }
+    rt.block_on(store.wait_durable(last)).unwrap();
+    println!("filled");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "fill") {
+        let n = |i: usize| args[at + i].parse::<u64>().unwrap();
+        fill(Path::new(&args[at + 1]), n(2), n(3));
+        return;
+    }
     let root =
         std::env::temp_dir().join(format!("switchboard-store-engines-{}", std::process::id()));
     println!("| engine | durability | batch | messages/s | CPU µs/message |");

@@ -627,6 +627,30 @@ impl State {
         Ok(())
     }
 
+    /// Replays a record of a segment older than the newest checkpoint:
+    /// that checkpoint holds all the state, so only the messages (where
+    /// they are) matter here.
+    fn skim_record(&mut self, seg: u32, payload_off: u64, payload: &[u8]) -> Result<(), Bad> {
+        let mut d = Dec::new(payload);
+        match d.u8()? {
+            REC_BATCH => {
+                d.u64()?;
+                while !d.done() {
+                    let tag = d.u8()?;
+                    if tag == OP_MESSAGE {
+                        d.pos -= 1;
+                        self.apply_op(seg, payload_off, &mut d)?;
+                    } else {
+                        skip_op(tag, &mut d)?;
+                    }
+                }
+                Ok(())
+            }
+            REC_CHECKPOINT => Ok(()),
+            _ => Err(Bad("unknown record kind")),
+        }
+    }
+
     fn apply_op(&mut self, seg: u32, payload_off: u64, d: &mut Dec<'_>) -> Result<(), Bad> {
         match d.u8()? {
             OP_MESSAGE => {
@@ -1142,6 +1166,28 @@ fn unwritable(path: &Path, e: std::io::Error) -> StoreError {
     }
 }
 
+/// The newest segment that starts with a whole checkpoint: replay takes the
+/// state from there, and only messages from the segments before it.
+fn newest_checkpoint(log_dir: &Path, ids: &[u32]) -> Option<u32> {
+    ids.iter().rev().copied().find(|&id| {
+        let Ok(file) = File::open(log_dir.join(segment_name(id))) else {
+            return false;
+        };
+        let mut header = [0u8; HEADER];
+        if file.read_exact_at(&mut header, 0).is_err() {
+            return false;
+        }
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4"));
+        if len > MAX_RECORD {
+            return false;
+        }
+        let mut record = vec![0u8; HEADER + len as usize];
+        file.read_exact_at(&mut record, 0).is_ok()
+            && check_record(&record, 0).is_ok()
+            && record.get(HEADER) == Some(&REC_CHECKPOINT)
+    })
+}
+
 /// What a segment scan left to do once the start is known to go ahead.
 enum Repair {
     /// Cut a torn tail off.
@@ -1165,6 +1211,7 @@ pub(super) fn open(
         ..State::default()
     };
     let mut repairs = Vec::new();
+    let newest_checkpoint = newest_checkpoint(&log_dir, &ids);
     if ids.is_empty() {
         check_loss(&log_dir, 0, acknowledged, accept_loss)?;
         state.resume_secret = rand::random::<[u8; 32]>().to_vec();
@@ -1193,13 +1240,18 @@ pub(super) fn open(
         while at < bytes.len() {
             match check_record(&bytes, at) {
                 Ok(end) => {
-                    state
-                        .apply_record(id, (at + HEADER) as u64, &bytes[at + HEADER..end])
-                        .map_err(|Bad(why)| StoreError::Damaged {
-                            path: path.clone(),
-                            offset: at as u64,
-                            reason: why.into(),
-                        })?;
+                    let payload = &bytes[at + HEADER..end];
+                    let payload_off = (at + HEADER) as u64;
+                    let applied = if newest_checkpoint.is_some_and(|newest| id < newest) {
+                        state.skim_record(id, payload_off, payload)
+                    } else {
+                        state.apply_record(id, payload_off, payload)
+                    };
+                    applied.map_err(|Bad(why)| StoreError::Damaged {
+                        path: path.clone(),
+                        offset: at as u64,
+                        reason: why.into(),
+                    })?;
                     at = end;
                 }
                 Err(RecordError::Torn) if last => {
