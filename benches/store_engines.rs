@@ -278,12 +278,7 @@ fn fill(dir: &Path, channels: u64, messages: u64) {
                 }))
             })
             .collect();
-        last = loop {
-            match store.submit(ops, ()) {
-                Ok(ticket) => break ticket,
-                Err(e) => panic!("{e}"),
-            }
-        };
+        last = store.submit(ops, ()).unwrap();
         if last % 64 == 0 {
             rt.block_on(store.wait_durable(last)).unwrap();
         }

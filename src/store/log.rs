@@ -1328,6 +1328,7 @@ pub(super) fn open(
         buf: Vec::new(),
         compaction: None,
         segment_bytes,
+        checkpoint_bytes: 0,
         needs_roll: true,
     };
     // A new segment, starting with a checkpoint of what was replayed: the
@@ -1385,6 +1386,10 @@ struct LogBackend {
     buf: Vec<u8>,
     compaction: Option<Compaction>,
     segment_bytes: u64,
+    /// The size of the newest checkpoint: a segment holds at least four
+    /// times that, so checkpoints stay a small part of what is written
+    /// however much state there is.
+    checkpoint_bytes: u64,
     /// The last write failed midway: start a new segment before the next.
     needs_roll: bool,
 }
@@ -1435,6 +1440,7 @@ impl LogBackend {
         self.current = id;
         self.file = Some(file);
         self.len = buf.len() as u64;
+        self.checkpoint_bytes = buf.len() as u64;
         self.needs_roll = false;
         Ok(())
     }
@@ -1652,7 +1658,7 @@ impl Backend for LogBackend {
         ops: &mut dyn Iterator<Item = &Op>,
         commit_seq: u64,
     ) -> Result<bool, StoreError> {
-        if self.needs_roll || self.len >= self.segment_bytes {
+        if self.needs_roll || self.len >= self.segment_bytes.max(4 * self.checkpoint_bytes) {
             self.roll()?;
         }
         self.buf.clear();
