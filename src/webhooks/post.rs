@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
-use serde_json::{json, Value};
+
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -73,17 +73,13 @@ pub(crate) fn stored_event(topic: &Topic, event: &Event) -> Option<Op> {
         _ => return None,
     };
     // The push's data exactly as sessions get it.
-    let frame = event.push()?.frame(crate::codec::Encoding::Json);
-    let push: Value = serde_json::from_slice(&crate::codec::payload_of(&frame)).ok()?;
-    let body = json!({
-        "event": name,
-        "eventId": format!("EV{}", crate::ids::new_id()),
-        "timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        "data": push.get("data").cloned().unwrap_or(Value::Null),
-    });
+    let event_id = format!("EV{}", crate::ids::new_id());
+    let timestamp = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+    let body = event.push()?.webhook_body(&event_id, &timestamp);
+    debug_assert!(body.starts_with(&format!("{{\"event\":\"{name}\"")));
     Some(Op::QueueWebhookEvent {
         channel_sid,
-        body: Arc::from(body.to_string()),
+        body: Arc::from(body),
     })
 }
 
@@ -115,6 +111,14 @@ pub(crate) fn spawn_senders(
         spawn(Box::pin(sender.run(changed.clone(), shutdown.clone())));
     }
     spawn(Box::pin(prune(outbox, urls, progress_rx, shutdown)));
+}
+
+/// What a sender reads of a stored body (the rest is skipped unparsed).
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    event: String,
+    event_id: String,
 }
 
 struct Sender {
@@ -164,7 +168,8 @@ impl Sender {
                 continue;
             }
             for row in batch {
-                if self.wants(&row.body) && self.deliver(&row, &shutdown).await.is_err() {
+                let head = serde_json::from_str::<Head>(&row.body).unwrap_or_default();
+                if self.wants(&head) && self.deliver(&row, &head, &shutdown).await.is_err() {
                     return;
                 }
                 cursor = row.seq;
@@ -181,23 +186,22 @@ impl Sender {
         }
     }
 
-    fn wants(&self, body: &str) -> bool {
-        let Some(events) = &self.events else {
-            return true;
-        };
-        let name = serde_json::from_str::<Value>(body)
-            .ok()
-            .and_then(|b| b.get("event")?.as_str().map(str::to_owned));
-        name.is_some_and(|name| events.contains(&name))
+    fn wants(&self, head: &Head) -> bool {
+        match &self.events {
+            None => true,
+            Some(events) => events.iter().any(|e| *e == head.event),
+        }
     }
 
     /// Sends one event until the URL accepts it (or it is given up).
     /// `Err` only on shutdown.
-    async fn deliver(&self, row: &WebhookEventRow, shutdown: &CancellationToken) -> Result<(), ()> {
-        let event_id = serde_json::from_str::<Value>(&row.body)
-            .ok()
-            .and_then(|b| b.get("eventId")?.as_str().map(str::to_owned))
-            .unwrap_or_default();
+    async fn deliver(
+        &self,
+        row: &WebhookEventRow,
+        head: &Head,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ()> {
+        let event_id = head.event_id.as_str();
         let signed = signature(&self.secret, row.body.as_bytes());
         let first_try = Instant::now();
         let mut backoff = FIRST_BACKOFF;
@@ -207,7 +211,7 @@ impl Sender {
                 .post(&*self.url)
                 .timeout(ATTEMPT_TIMEOUT)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(EVENT_ID_HEADER, &event_id)
+                .header(EVENT_ID_HEADER, event_id)
                 .header(SIGNATURE_HEADER, &signed)
                 .body(row.body.clone())
                 .send();
