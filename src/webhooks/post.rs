@@ -189,7 +189,7 @@ impl Sender {
     fn wants(&self, head: &Head) -> bool {
         match &self.events {
             None => true,
-            Some(events) => events.iter().any(|e| *e == head.event),
+            Some(events) => events.contains(&head.event),
         }
     }
 
