@@ -34,6 +34,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600 + 60);
 /// Events read from the store at a time.
 const BATCH: usize = 256;
+/// Longest a sender goes without writing its cursor while it makes progress.
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
 /// The store side of post-event webhooks: small on purpose, so that any
 /// engine (or store) can provide it.
@@ -167,23 +169,36 @@ impl Sender {
                 }
                 continue;
             }
+            // The cursor is written once per batch, and at least every
+            // CURSOR_EVERY while a batch is slow: after a crash at most
+            // that much is sent again (at least once; receivers
+            // deduplicate on eventId).
+            let mut saved_at = Instant::now();
+            let last = batch.last().map_or(cursor, |row| row.seq);
             for row in batch {
                 let head = serde_json::from_str::<Head>(&row.body).unwrap_or_default();
                 if self.wants(&head) && self.deliver(&row, &head, &shutdown).await.is_err() {
+                    self.save_cursor(cursor);
                     return;
                 }
                 cursor = row.seq;
-                if let Err(e) = self.outbox.save(vec![Op::WebhookCursor {
-                    url: self.url.clone(),
-                    seq: cursor,
-                }]) {
-                    // Not saved: after a restart the event is sent again
-                    // (at least once).
-                    tracing::debug!(url = %self.url, error = %e, "webhook cursor not saved");
+                if cursor == last || saved_at.elapsed() >= CURSOR_EVERY {
+                    self.save_cursor(cursor);
+                    saved_at = Instant::now();
                 }
-                self.progress.send_replace(());
             }
         }
+    }
+
+    fn save_cursor(&self, seq: u64) {
+        if let Err(e) = self.outbox.save(vec![Op::WebhookCursor {
+            url: self.url.clone(),
+            seq,
+        }]) {
+            // Not saved: after a restart those events are sent again.
+            tracing::debug!(url = %self.url, error = %e, "webhook cursor not saved");
+        }
+        self.progress.send_replace(());
     }
 
     fn wants(&self, head: &Head) -> bool {
