@@ -6,11 +6,14 @@
 # bounded (--duration).
 #
 #   cargo build --release --workspace --bins
-#   load-tests/compare.sh [fanout|chat40k|chat10k|idle ...]   (default: all four)
+#   load-tests/compare.sh [fanout|chat40k|chat10k|idle|churn ...]   (default: the first four;
+#   churn runs against the broker only)
 #
 # Env: ROUNDS (default 3); SERVERS (default "switchboard uws"; a broker entry
 #      may name its durability, e.g. "switchboard:memory switchboard:fsync
-#      uws"); DURABILITY (of a bare "switchboard"; default memory); OUT (report
+#      uws", and a binary of its own, to alternate two builds:
+#      "switchboard:memory@/tmp/old/switchboard switchboard:memory@/tmp/new/switchboard",
+#      labelled by the binary's folder name); DURABILITY (of a bare "switchboard"; default memory); OUT (report
 #      folder, default /tmp/switchboard-compare); BROKER, LOAD (binaries);
 #      SWITCHBOARD_JWT_SECRET; RUST_LOG (broker; default warn).
 #
@@ -43,6 +46,7 @@ scenario_args() {
     chat40k) echo "--duration 60 chat --engagements 500 --rate 20000 --typing-share 0.1 --run 10" ;;
     chat10k) echo "--duration 60 chat --engagements 500 --rate 5000 --typing-share 0.1 --run 10" ;;
     idle) echo "--duration 60 idle --connections 10000 --hold 5" ;;
+    churn) echo "--duration 60 churn --rate 6000 --total 30000 --concurrency 2000" ;;
     *) return 1 ;;
     esac
 }
@@ -50,10 +54,10 @@ scenario_args() {
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=(fanout chat40k chat10k idle)
 for s in "${scenarios[@]}"; do
-    scenario_args "$s" >/dev/null || { echo "unknown scenario $s (fanout chat40k chat10k idle)" >&2; exit 2; }
+    scenario_args "$s" >/dev/null || { echo "unknown scenario $s (fanout chat40k chat10k idle churn)" >&2; exit 2; }
 done
 for srv in "${servers[@]}"; do
-    case $srv in
+    case ${srv%%@*} in
     switchboard | switchboard:fsync | switchboard:os | switchboard:memory | uws) ;;
     *) echo "unknown server $srv (switchboard[:fsync|os|memory] or uws)" >&2; exit 2 ;;
     esac
@@ -61,14 +65,24 @@ done
 
 # run SCENARIO SERVER ROUND
 run() {
-    local scenario=$1 srv=$2 round=$3 kind=${2%%:*} durability=$DURABILITY
+    local scenario=$1 srv=$2 round=$3 bin=$BROKER tag=""
+    if [[ $srv == *@* ]]; then
+        bin=${srv#*@}
+        srv=${srv%%@*}
+        tag="-$(basename "$(dirname "$bin")")"
+    fi
+    local kind=${srv%%:*} durability=$DURABILITY
     [[ $srv == *:* ]] && durability=${srv#*:}
     local label=$kind
-    [ "$kind" = switchboard ] && label="switchboard-$durability"
+    [ "$kind" = switchboard ] && label="switchboard-$durability$tag"
     local base="$OUT/$scenario.$label.r$round"
+    if [ "$scenario" = churn ] && [ "$kind" = uws ]; then
+        echo "== round $round, churn, uws: skipped (the peer has no engagements)"
+        return 0
+    fi
     # shellcheck disable=SC2046
     set -- $(scenario_args "$scenario")
-    start_server "$kind" "$durability"
+    BROKER=$bin start_server "$kind" "$durability"
     echo "== round $round, $scenario, $label (pid $SPID, $URL; load average $(cut -d' ' -f1-3 /proc/loadavg))"
     taskset -c 1 "$LOAD" --target "$kind" --url "$URL" --server-pid "$SPID" --quiet \
         --json-out "$base.json" "$@" >"$base.txt" || echo "(exit status $?)"
