@@ -604,6 +604,7 @@ impl Engine for RedisEngine {
                 principal.identity.clone(),
                 principal.role.as_str().to_owned(),
                 if principal.anonymous { "1" } else { "0" }.to_owned(),
+                self.config.identities.idle_ttl_secs.max(1).to_string(),
             ],
         );
         let principal = principal.clone();
@@ -714,7 +715,13 @@ impl Engine for RedisEngine {
         }
         self.delivery.close_session(session);
         let Some(id) = session.identity() else { return };
-        let call = self.call(|s| &s.detach, vec![id.to_string()]);
+        let call = self.call(
+            |s| &s.detach,
+            vec![
+                id.to_string(),
+                self.config.identities.idle_ttl_secs.max(1).to_string(),
+            ],
+        );
         tokio::spawn(async move {
             if let Err(e) = call.await {
                 tracing::debug!(error = %e, "session count not lowered; it goes with this node's heartbeat");

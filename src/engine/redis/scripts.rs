@@ -6,10 +6,11 @@ use redis::Script;
 
 const PRELUDE: &str = include_str!("prelude.lua");
 
-/// A:1 identity, 2 role, 3 anonymous ("1"/"0") → `{"role","anon"}`.
+/// A:1 identity, 2 role, 3 anonymous ("1"/"0"), 4 idle TTL (s) →
+/// `{"role","anon"}`. A new identity expires unless a session attaches.
 const IDENTIFY: &str = r#"
 local k = P .. ':id:' .. A(1)
-redis.call('HSETNX', k, 'role', A(2))
+if redis.call('HSETNX', k, 'role', A(2)) == 1 then redis.call('EXPIRE', k, A(4)) end
 redis.call('HSETNX', k, 'anon', A(3))
 local h = redis.call('HMGET', k, 'role', 'anon')
 return cjson.encode({ role = h[1], anon = (h[2] == '1') })
@@ -22,6 +23,7 @@ local id = A(1)
 local sk = P .. ':ids:' .. id
 if live_sum(sk) >= tonumber(A(2)) then return 'E:full' end
 redis.call('HINCRBY', sk, NODE, 1)
+for _, k in ipairs({ P .. ':id:' .. id, P .. ':idd:' .. id }) do redis.call('PERSIST', k) end
 local h = redis.call('HMGET', P .. ':id:' .. id, 'x', 'eng', 'eat')
 local chans = {}
 for _, sid in ipairs(redis.call('SMEMBERS', P .. ':idc:' .. id)) do
@@ -33,10 +35,17 @@ return cjson.encode({
 })
 "#;
 
-/// A:1 identity. A session ended.
+/// A:1 identity, 2 idle TTL (s). A session ended; an identity left with
+/// no session, no channel and no engagement is forgotten after the TTL
+/// (an anonymous customer's resume token then gives a fresh identity).
 const DETACH: &str = r#"
-local sk = P .. ':ids:' .. A(1)
+local id = A(1)
+local sk = P .. ':ids:' .. id
 if tonumber(redis.call('HINCRBY', sk, NODE, -1)) <= 0 then redis.call('HDEL', sk, NODE) end
+if live_sum(sk) == 0 and redis.call('SCARD', P .. ':idc:' .. id) == 0
+    and not redis.call('HGET', P .. ':id:' .. id, 'eng') then
+  for _, k in ipairs({ P .. ':id:' .. id, P .. ':idd:' .. id }) do redis.call('EXPIRE', k, A(2)) end
+end
 return 'OK'
 "#;
 
