@@ -86,9 +86,13 @@ pub(crate) async fn run_session(
         ctx: None,
         token_expires: None,
     };
-    // Boxed: the running loop needs far more state than a session that
-    // has ended, and the future's size is what every session pays.
-    let ended = Box::pin(reader.run(&mut socket, &mut frames, leftover, &shutdown)).await;
+    // Not boxed: the running loop is most of what the task's allocation
+    // holds, and one allocation per session is cheaper than two. What runs
+    // before and after it (the handshake, the close) is boxed instead, so
+    // that it does not add to the size every idle session pays.
+    let ended = reader
+        .run(&mut socket, &mut frames, leftover, &shutdown)
+        .await;
     outbox.close(ended);
     let reason = outbox.closing().unwrap_or(ended);
     // Nothing more is pushed to a closing session: stop fanning out to it
@@ -105,11 +109,15 @@ pub(crate) async fn run_session(
     if reason != CloseReason::ClientGone {
         let deadline = Instant::now() + grace;
         let closed = tokio::select! {
-            closed = socket.finish(&outbox, reason, deadline) => closed,
+            closed = Box::pin(socket.finish(&outbox, reason, deadline)) => closed,
             _ = shutdown.cancelled(), if reason != CloseReason::Shutdown => false,
         };
         if closed && reason != CloseReason::ClientClosed {
-            let _ = tokio::time::timeout(CLOSE_GRACE, socket.linger(&mut frames)).await;
+            let _ = Box::pin(tokio::time::timeout(
+                CLOSE_GRACE,
+                socket.linger(&mut frames),
+            ))
+            .await;
         }
     }
     broker.metrics.session_closed();
