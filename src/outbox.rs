@@ -23,8 +23,11 @@ use std::io::{self, IoSlice};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+
+use futures_util::task::AtomicWaker;
 
 use crate::metrics::Metrics;
 
@@ -111,9 +114,16 @@ const WRITEV_FRAMES: usize = 64;
 
 pub struct Outbox {
     state: Mutex<State>,
-    /// Wakes the session's writer; `notify_one` keeps a permit when the
-    /// writer is busy, so no wake-up is lost.
-    wake: Notify,
+    /// Wakes the session's writer (the session's task, or a TLS session's
+    /// writer task). Polled, not awaited: a waiting session keeps no wait
+    /// future of its own, only its place in here.
+    writer: AtomicWaker,
+    /// Set with every wake-up of the writer, taken by [`Self::poll_wanted`],
+    /// so that a wake-up while the writer is busy is not lost.
+    wanted: AtomicBool,
+    /// Wakes the session's task when a close is asked for (it is the writer
+    /// too on plain TCP; a TLS session's task only waits for this).
+    owner: AtomicWaker,
     limits: OutboxLimits,
     metrics: Arc<Metrics>,
 }
@@ -268,7 +278,9 @@ impl Outbox {
     pub fn new(limits: OutboxLimits, metrics: Arc<Metrics>) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
+            writer: AtomicWaker::new(),
+            wanted: AtomicBool::new(false),
+            owner: AtomicWaker::new(),
             limits,
             metrics,
         }
@@ -300,7 +312,7 @@ impl Outbox {
                 Err(_) => state.add(frame, Kind::Required),
             }
             drop(state);
-            self.wake.notify_one();
+            self.wake();
             return true;
         }
         let must_deliver = state.queue.len() - state.droppable - state.replayed;
@@ -311,12 +323,13 @@ impl Outbox {
             state.closing = Some(CloseReason::SlowConsumer);
             drop(state);
             self.metrics.slow_consumer_closed();
-            self.wake.notify_one();
+            self.wake();
+            self.owner.wake();
             return false;
         }
         state.add(frame, Kind::Required);
         drop(state);
-        self.wake.notify_one();
+        self.wake();
         true
     }
 
@@ -331,7 +344,7 @@ impl Outbox {
         }
         state.add(frame, Kind::Replayed);
         drop(state);
-        self.wake.notify_one();
+        self.wake();
         true
     }
 
@@ -371,7 +384,7 @@ impl Outbox {
         let mut state = self.state.lock();
         state.holds = state.holds.saturating_sub(1);
         drop(state);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Queues a frame the broker may drop under pressure (typing). Returns
@@ -390,7 +403,7 @@ impl Outbox {
                     state.add(frame, Kind::Required);
                     state.front_written = n;
                     drop(state);
-                    self.wake.notify_one();
+                    self.wake();
                     return true;
                 }
                 Err(_) => {}
@@ -406,7 +419,7 @@ impl Outbox {
         }
         state.add(frame, Kind::Droppable);
         drop(state);
-        self.wake.notify_one();
+        self.wake();
         true
     }
 
@@ -418,7 +431,8 @@ impl Outbox {
             state.closing = Some(reason);
         }
         drop(state);
-        self.wake.notify_one();
+        self.wake();
+        self.owner.wake();
     }
 
     pub fn closing(&self) -> Option<CloseReason> {
@@ -429,10 +443,36 @@ impl Outbox {
         self.closing().is_some()
     }
 
-    /// Resolves when there may be work for the writer (frames queued, a
-    /// recovery released, a close asked for).
-    pub(crate) async fn wanted(&self) {
-        self.wake.notified().await
+    fn wake(&self) {
+        self.wanted.store(true, Ordering::Release);
+        self.writer.wake();
+    }
+
+    /// Ready when there may be work for the writer (frames queued, a
+    /// recovery released, a close asked for) since it last looked.
+    pub(crate) fn poll_wanted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.wanted.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.writer.register(cx.waker());
+        // Checked again: a wake-up between the swap and the registration
+        // would otherwise be missed.
+        if self.wanted.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Ready once a close has been asked for.
+    pub(crate) fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        if let Some(reason) = self.closing() {
+            return Poll::Ready(reason);
+        }
+        self.owner.register(cx.waker());
+        match self.closing() {
+            Some(reason) => Poll::Ready(reason),
+            None => Poll::Pending,
+        }
     }
 
     /// Writes as much of the queue as `socket` takes now, without waiting.
