@@ -1,7 +1,9 @@
-//! Why the store is SQLite: the broker's message writes run through the
-//! store it ships (`switchboard::store::Store`: SQLite in WAL mode, one
-//! writer thread, group commit) and through redb, the other embedded
-//! candidate, committing the same messages in the same batches.
+//! Which storage the store uses: the broker's message writes run through
+//! the store it ships (`switchboard::store::Store`: one writer thread,
+//! group commit) with each of its two engines (the segment log, and SQLite
+//! in WAL mode), and through redb (a copy-on-write B-tree) and fjall (an
+//! LSM tree: a journal append plus a memtable), the other embedded
+//! candidates, committing the same messages in the same batches.
 //!
 //! The workload is the one that costs: 500 channels whose messages
 //! interleave (each batch takes the next message of each channel in turn),
@@ -25,7 +27,7 @@ use serde_json::Value;
 use switchboard::auth::Role;
 use switchboard::config::Durability;
 use switchboard::metrics::Metrics;
-use switchboard::store::{Op, Store, StoredMessage};
+use switchboard::store::{Op, Store, StoreEngine, StoredMessage};
 
 const CHANNELS: u64 = 500;
 
@@ -70,24 +72,33 @@ trait Engine {
     fn commit(&mut self, batch: &[StoredMessage]);
 }
 
-struct Sqlite {
+/// The broker's store, with one of its engines.
+struct Shipped {
     store: Store,
     rt: tokio::runtime::Runtime,
 }
 
-impl Sqlite {
-    fn open(dir: &Path, durability: Durability) -> Sqlite {
-        let (store, _) =
-            Store::open(dir, durability, 0, Arc::new(Metrics::default()), false).unwrap();
+impl Shipped {
+    fn open(dir: &Path, durability: Durability, engine: StoreEngine) -> Shipped {
+        let (store, _) = Store::open_with(
+            dir,
+            durability,
+            0,
+            Arc::new(Metrics::default()),
+            false,
+            engine,
+            32 << 20,
+        )
+        .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        Sqlite { store, rt }
+        Shipped { store, rt }
     }
 }
 
-impl Engine for Sqlite {
+impl Engine for Shipped {
     fn commit(&mut self, batch: &[StoredMessage]) {
         let mut last = 0;
         for m in batch {
@@ -139,6 +150,52 @@ impl Engine for Redb {
     }
 }
 
+struct Fjall {
+    keyspace: fjall::Keyspace,
+    messages: fjall::PartitionHandle,
+    by_age: fjall::PartitionHandle,
+    durability: fjall::PersistMode,
+}
+
+impl Fjall {
+    fn open(dir: &Path, durability: Durability) -> Fjall {
+        let keyspace = fjall::Config::new(dir).open().unwrap();
+        let messages = keyspace
+            .open_partition("messages", Default::default())
+            .unwrap();
+        let by_age = keyspace
+            .open_partition("messages_by_age", Default::default())
+            .unwrap();
+        let durability = match durability {
+            Durability::Fsync => fjall::PersistMode::SyncData,
+            // Written to the OS, not fsynced: what `os` promises.
+            _ => fjall::PersistMode::Buffer,
+        };
+        Fjall {
+            keyspace,
+            messages,
+            by_age,
+            durability,
+        }
+    }
+}
+
+impl Engine for Fjall {
+    fn commit(&mut self, batch: &[StoredMessage]) {
+        let mut tx = self.keyspace.batch().durability(Some(self.durability));
+        for m in batch {
+            let mut key = m.channel_sid.as_bytes().to_vec();
+            key.extend_from_slice(&m.index.to_be_bytes());
+            let value = serde_json::to_vec(m).unwrap();
+            let mut age = m.created_ms.to_be_bytes().to_vec();
+            age.extend_from_slice(&key);
+            tx.insert(&self.messages, key, value);
+            tx.insert(&self.by_age, age, []);
+        }
+        tx.commit().unwrap();
+    }
+}
+
 /// Commits `total` messages in batches of `batch`; returns (messages/s,
 /// CPU µs per message).
 fn run(engine: &mut dyn Engine, batch: usize, total: u64) -> (f64, f64) {
@@ -164,11 +221,13 @@ fn main() {
             // Enough commits to average over, enough messages for the
             // tables to grow well past one page per channel.
             let total = (batch as u64 * 2000).clamp(2000, 40_000);
-            for engine_name in ["sqlite", "redb"] {
+            for engine_name in ["log", "sqlite", "redb", "fjall"] {
                 let dir = root.join(format!("{engine_name}-{durability:?}-{batch}"));
                 let mut engine: Box<dyn Engine> = match engine_name {
-                    "sqlite" => Box::new(Sqlite::open(&dir, durability)),
-                    _ => Box::new(Redb::open(&dir, durability)),
+                    "log" => Box::new(Shipped::open(&dir, durability, StoreEngine::Log)),
+                    "sqlite" => Box::new(Shipped::open(&dir, durability, StoreEngine::Sqlite)),
+                    "redb" => Box::new(Redb::open(&dir, durability)),
+                    _ => Box::new(Fjall::open(&dir, durability)),
                 };
                 let (rate, cpu) = run(engine.as_mut(), batch, total);
                 println!("| {engine_name} | {durability:?} | {batch} | {rate:.0} | {cpu:.1} |");

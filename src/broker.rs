@@ -11,6 +11,8 @@ use crate::config::{Config, ConfigError};
 use crate::delivery::session::SessionHandle;
 use crate::delivery::Delivery;
 use crate::engine::embedded::Embedded;
+use crate::engine::redis::RedisEngine;
+use crate::engine::Engine;
 use crate::error::ActionError;
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -54,8 +56,23 @@ impl Broker {
         })?;
         let config = Arc::new(config);
         let delivery = Arc::new(Delivery::new(&config, metrics.clone()));
-        let (engine, resume_secret) =
-            Embedded::open(config.clone(), delivery.clone(), metrics.clone())?;
+        type Opened = (
+            Arc<dyn Engine>,
+            Arc<dyn crate::webhooks::WebhookOutbox>,
+            Option<Vec<u8>>,
+        );
+        let (engine, webhook_outbox, resume_secret): Opened = match config.cluster.redis_url {
+            // Several nodes on one Redis: the shared engine.
+            Some(_) => {
+                let (engine, secret) = RedisEngine::open(config.clone(), delivery.clone())?;
+                (engine.clone(), engine, Some(secret))
+            }
+            None => {
+                let (engine, secret) =
+                    Embedded::open(config.clone(), delivery.clone(), metrics.clone())?;
+                (engine.clone(), engine, secret)
+            }
+        };
         let auth =
             Authenticator::from_config(&config, resume_secret.as_deref()).map_err(|message| {
                 ConfigError::Invalid {
@@ -63,7 +80,6 @@ impl Broker {
                     message,
                 }
             })?;
-        let webhook_outbox: Arc<dyn crate::webhooks::WebhookOutbox> = engine.clone();
         let node = Arc::new(Node::new(
             config.clone(),
             auth,

@@ -39,6 +39,9 @@ pub enum ConfigError {
     Limits(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The shared engine cannot be reached at start.
+    #[error("{0}")]
+    Cluster(String),
     /// The hardening sections (`[rate_limits]`, `[admission]`, `[jwt]`,
     /// `[tls]`, `[validation]`, `allowed_origins`).
     #[error("invalid {section}: {message}")]
@@ -83,6 +86,9 @@ pub struct Config {
     pub jwt: crate::auth::JwtConfig,
     pub tls: Option<crate::tls::TlsConfig>,
     pub validation: crate::validate::ValidationConfig,
+    /// Several nodes sharing one Redis (`[cluster]`); absent: the embedded
+    /// engine.
+    pub cluster: Cluster,
     // ---- backends in the loop (docs/integrations.md) ----
     /// The server HTTP API under `/api/v1/`.
     pub api: ApiConfig,
@@ -116,6 +122,7 @@ impl Default for Config {
             jwt: Default::default(),
             tls: None,
             validation: Default::default(),
+            cluster: Cluster::default(),
             api: ApiConfig::default(),
             webhooks: Default::default(),
             accept_data_loss: false,
@@ -271,6 +278,64 @@ impl History {
     /// `GetMessages` pages) is always part of what the store still has.
     pub fn window(&self) -> usize {
         self.memory_messages.min(self.max_messages as usize)
+    }
+}
+
+/// `[cluster]`: several nodes acting as one broker on a shared Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// `redis://host:port/db` (`SWITCHBOARD_REDIS_URL`, `--redis-url`).
+    /// Unset: one node with the embedded engine.
+    pub redis_url: Option<String>,
+    /// Prefix of every key and pub/sub channel, so that several brokers
+    /// can share one Redis.
+    pub key_prefix: String,
+    /// A command that needs Redis fails with `unavailable` after this long
+    /// (the contract allows 2 s).
+    pub command_timeout_ms: u64,
+    /// Time to open a connection to Redis.
+    pub connect_timeout_ms: u64,
+    /// How often a node says it is alive; what it holds for its sessions
+    /// (session counts, observers) expires 3 heartbeats after it stops.
+    pub heartbeat_ms: u64,
+    /// Events kept per topic for nodes to fill pub/sub gaps from.
+    pub event_log_len: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            redis_url: None,
+            key_prefix: "switchboard".into(),
+            command_timeout_ms: 1500,
+            connect_timeout_ms: 1000,
+            heartbeat_ms: 1000,
+            event_log_len: 10_000,
+        }
+    }
+}
+
+impl Cluster {
+    fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(format!("redis_url {url:?} must start with redis://"));
+            }
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+            return Err("key_prefix must be non-empty, without spaces".into());
+        }
+        if self.command_timeout_ms == 0 || self.command_timeout_ms > 2000 {
+            return Err("command_timeout_ms must be between 1 and 2000".into());
+        }
+        if self.connect_timeout_ms == 0 || self.heartbeat_ms == 0 || self.event_log_len < 100 {
+            return Err(
+                "connect_timeout_ms and heartbeat_ms must be greater than 0, event_log_len at least 100"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -457,6 +522,13 @@ impl Config {
         if let Some(tls) = &self.tls {
             tls.validate().map_err(invalid("[tls]"))?;
         }
+        self.cluster.validate().map_err(invalid("[cluster]"))?;
+        if self.cluster.redis_url.is_some() && !self.webhooks.post.is_empty() {
+            return Err(invalid("[cluster]")(
+                "post-event webhooks ([[webhooks.post]]) are not available with a cluster yet"
+                    .into(),
+            ));
+        }
         if let Some(origins) = &self.allowed_origins {
             crate::admission::validate_origins(origins).map_err(invalid("allowed_origins"))?;
         }
@@ -536,6 +608,7 @@ payload = { body = "Thanks for reaching out! An agent will be with you shortly."
         for doc in [
             include_str!("../README.md"),
             include_str!("../docs/security.md"),
+            include_str!("../docs/operations.md"),
         ] {
             let block = doc
                 .split("```toml\n")

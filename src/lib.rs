@@ -25,7 +25,8 @@
 //! - `engine`: the seam: every state change is one engine operation that
 //!   checks, changes and emits its events atomically, and answers once the
 //!   change is durable. `engine/embedded` keeps the state in this process
-//!   and writes through the [`store`].
+//!   and writes through the [`store`]; `engine/redis` (`[cluster]`) is
+//!   several nodes on one Redis, one Lua script per operation.
 //! - [`store`]: durable storage (SQLite under a `Backend` trait, group
 //!   commit on a writer thread, the acknowledged-writes check at start);
 //!   settles each job in ticket order and fails fast when it cannot write.

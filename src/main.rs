@@ -29,6 +29,10 @@ struct Cli {
     /// handed out before.
     #[arg(long)]
     accept_data_loss: bool,
+    /// Redis shared by several nodes (`[cluster] redis_url`), e.g.
+    /// redis://127.0.0.1:6379/0.
+    #[arg(long, value_name = "URL", env = "SWITCHBOARD_REDIS_URL")]
+    redis_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +82,9 @@ fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
         config.data_dir = dir.clone();
     }
     config.accept_data_loss = cli.accept_data_loss;
+    if let Some(url) = cli.redis_url.as_ref().filter(|url| !url.is_empty()) {
+        config.cluster.redis_url = Some(url.clone());
+    }
     config.validate()?;
     Ok(config)
 }
@@ -95,6 +102,7 @@ async fn serve(config: Config) -> ExitCode {
     }
     let durability = config.durability;
     let data_dir = config.data_dir.clone();
+    let cluster = config.cluster.redis_url.clone();
     // Opening the store restores its state before anything is accepted; a
     // store that cannot be read stops the broker here, untouched.
     let broker = match Broker::new(config, ActionRegistry::new()) {
@@ -112,6 +120,9 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     match durability {
+        _ if cluster.is_some() => {
+            tracing::info!(redis = %cluster.as_deref().unwrap_or_default(), "cluster engine on Redis")
+        }
         switchboard::config::Durability::Memory => {
             tracing::warn!("durability = memory: nothing survives a restart")
         }

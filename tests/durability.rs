@@ -134,6 +134,95 @@ async fn kill_9_while_flooding_loses_no_acknowledged_message() {
     }
 }
 
+/// kill -9 again and again on the same data directory while three clients
+/// pipeline writes: every start succeeds (a torn tail never refuses it),
+/// and after the last one every message ever acknowledged is there, in a
+/// history without gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_loop_on_one_data_dir_keeps_every_acknowledged_message() {
+    let config = config_file(
+        "kill-loop.toml",
+        "durability = \"fsync\"\n[rate_limits]\nenabled = false\n",
+    );
+    let dir = fresh_data_dir();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let env = [("SWITCHBOARD_JWT_SECRET", common::SECRET)];
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    let mut resume = Value::Null;
+    let mut sid = String::new();
+    for round in 0..8 {
+        let mut broker = BrokerProcess::start(&args, &env, &dir);
+        let mut tab = Client::open_url(&broker.url, Enc::Json).await.unwrap();
+        if round == 0 {
+            tab.connect(json!({})).await.unwrap();
+            resume = tab.connect_result["resumeToken"].clone();
+            sid = tab.start_engagement().await;
+        } else {
+            tab.connect(json!({"resumeToken": resume})).await.unwrap();
+        }
+        let tab2 = {
+            let mut c = Client::open_url(&broker.url, Enc::MsgPack).await.unwrap();
+            c.connect(json!({"resumeToken": resume})).await.unwrap();
+            c
+        };
+        let mut agent = Client::staff_at(&broker.url, "bob", "agent", Enc::MsgPack).await;
+        if round == 0 {
+            agent
+                .call("JoinChannel", json!({"channelSid": sid}))
+                .await
+                .unwrap();
+        }
+        let acked_total = Arc::new(AtomicUsize::new(0));
+        let who: [&'static str; 3] = match round % 2 {
+            0 => ["a-tab1", "a-tab2", "a-bob"],
+            _ => ["b-tab1", "b-tab2", "b-bob"],
+        };
+        let senders = vec![
+            tokio::spawn(flood(tab, sid.clone(), who[0], acked_total.clone())),
+            tokio::spawn(flood(tab2, sid.clone(), who[1], acked_total.clone())),
+            tokio::spawn(flood(agent, sid.clone(), who[2], acked_total.clone())),
+        ];
+        // A different moment in the stream each round.
+        let target = 200 + round * 97;
+        let waited = tokio::time::timeout(Duration::from_secs(20), async {
+            while acked_total.load(Ordering::Relaxed) < target {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "round {round}: the flood got going");
+        broker.signal("KILL");
+        let _ = broker.wait_exit();
+        for sender in senders {
+            let (mine, _) = sender.await.unwrap();
+            for (index, body) in mine {
+                assert!(
+                    acked.insert(index, body).is_none(),
+                    "round {round}: index {index} acknowledged twice"
+                );
+            }
+        }
+    }
+    let broker = BrokerProcess::start(&args, &env, &dir);
+    let mut agent = Client::staff_at(&broker.url, "bob", "agent", Enc::Json).await;
+    let history = whole_history(&mut agent, &sid).await;
+    assert_gapless(&history, 0, "after the kill loop");
+    for (index, body) in &acked {
+        let stored = history
+            .get(*index as usize)
+            .unwrap_or_else(|| panic!("acknowledged {index} lost"));
+        assert_eq!(stored["body"], body.as_str(), "message {index}");
+    }
+    broker.signal("TERM");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 async fn kill_once(level: &str) {
     let config = config_file(
         &format!("kill-{level}.toml"),

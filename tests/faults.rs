@@ -242,37 +242,30 @@ async fn a_damaged_journal_is_refused_not_rewound() {
     }
     broker.signal("KILL");
     broker.wait_exit();
-    let wal = dir.join("switchboard.db-wal");
-    let mut bytes = std::fs::read(&wal).expect("a journal to damage");
+    // The log's segment that holds the messages (the only one a new store
+    // has written to).
+    let segment = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a log segment to damage");
+    let mut bytes = std::fs::read(&segment).unwrap();
     let at = bytes.len() * 3 / 4;
     bytes[at..at + 64].fill(0x5a);
-    std::fs::write(&wal, &bytes).unwrap();
-    let before: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
+    std::fs::write(&segment, &bytes).unwrap();
+    let before = files_under(&dir);
 
     let (code, stderr) = common::refused_start(&dir, &[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("lost"), "{stderr}");
     assert!(stderr.contains(dir.to_str().unwrap()), "{stderr}");
     assert!(stderr.contains("--accept-data-loss"), "{stderr}");
-    for (name, content) in &before {
-        // The -shm file is SQLite's index of the journal, rebuilt on every
-        // open: not data.
-        if !name.ends_with("-shm") {
-            assert!(
-                std::fs::read(dir.join(name)).unwrap() == *content,
-                "{name} is left untouched"
-            );
-        }
-    }
+    // The damage is named: the file and the offset of the first bad record.
+    assert!(
+        stderr.contains(segment.to_str().unwrap()) && stderr.contains("byte offset"),
+        "{stderr}"
+    );
+    assert!(files_under(&dir) == before, "everything is left untouched");
 
     let broker = common::BrokerProcess::start(
         &["--listen", "127.0.0.1:0", "--accept-data-loss"],
@@ -305,6 +298,22 @@ async fn a_damaged_journal_is_refused_not_rewound() {
     broker.signal("TERM");
     drop(broker);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every file under `dir` with its content.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            let content = std::fs::read(&path).unwrap();
+            out.push((path, content));
+        }
+    }
+    out.sort();
+    out
 }
 
 /// An empty or schema-less database file, or a database that is gone while
@@ -342,9 +351,7 @@ fn empty_schemaless_or_missing_stores_are_refused() {
     });
     broker.signal("TERM");
     drop(broker);
-    for name in ["switchboard.db", "switchboard.db-wal", "switchboard.db-shm"] {
-        let _ = std::fs::remove_file(dir.join(name));
-    }
+    std::fs::remove_dir_all(dir.join("log")).unwrap();
     let (code, stderr) = common::refused_start(&dir, &[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("lost"), "{stderr}");
@@ -380,12 +387,12 @@ async fn a_store_that_cannot_be_written_stops_the_start() {
     c.start_engagement().await;
     broker.signal("TERM");
     drop(broker);
-    let db = dir.join("switchboard.db");
+    let log = dir.join("log");
     match &mount {
         Some(m) => m.set_read_only(true),
         None => {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+            std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o555)).unwrap();
         }
     }
     let (code, stderr) = common::refused_start(&dir, &[]);

@@ -322,6 +322,30 @@ impl Delivery {
         self.channels.remove(sid);
     }
 
+    /// The sessions receiving a channel here (a shared engine stops
+    /// following a channel none of them needs, or makes them reconnect).
+    pub(crate) fn channel_sessions(&self, sid: &str) -> Vec<Arc<SessionHandle>> {
+        self.channel(sid).map_or_else(Vec::new, |topic| {
+            let view = topic.state.lock();
+            view.recipients
+                .values()
+                .map(|r| r.session.clone())
+                .collect()
+        })
+    }
+
+    /// The sessions watching a queue here.
+    pub(crate) fn queue_sessions(&self, name: &str) -> Vec<Arc<SessionHandle>> {
+        self.queues.get(name).map_or_else(Vec::new, |topic| {
+            topic.state.lock().subscribers.values().cloned().collect()
+        })
+    }
+
+    /// Forgets a queue's view (a shared engine no longer follows it).
+    pub(crate) fn forget_queue(&self, name: &str) {
+        self.queues.remove(name);
+    }
+
     /// The index after the newest delivered message of a channel.
     pub(crate) fn next_index(&self, sid: &str) -> Option<u64> {
         self.channel(sid).map(|c| c.state.lock().next_index)

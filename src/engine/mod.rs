@@ -22,6 +22,7 @@
 //!   Nothing an operation needs lives only in one node's memory.
 
 pub(crate) mod embedded;
+pub(crate) mod redis;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -92,7 +93,6 @@ pub(crate) enum Pending<T> {
         waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     },
     /// Decided elsewhere (a shared engine): the answer arrives later.
-    #[allow(dead_code)] // made by shared engines; the embedded one decides at once
     Remote(Pin<Box<dyn Future<Output = Outcome<T>> + Send>>),
 }
 

@@ -20,21 +20,22 @@
 //!
 //! The store knows nothing of channels or sessions: it stores [`Op`]s and
 //! calls back through the two small traits above. Under it, a
-//! `Backend` does the storing (SQLite today, see `sqlite.rs`); the
-//! store's front (tickets, the writer thread, failure handling, the
-//! acknowledged-writes marker) is the same for any backend.
+//! `Backend` does the storing; the store's front (tickets, the writer
+//! thread, failure handling, the acknowledged-writes marker) is the same
+//! for any backend.
 //!
-//! Why SQLite in WAL mode: its two sync levels are exactly the two durable
-//! levels offered. `synchronous = FULL` fsyncs the log on every commit
-//! (survives power loss); `synchronous = NORMAL` writes the log to the OS on
-//! every commit and fsyncs only at checkpoints (survives a crash or kill of
-//! the broker, not of the machine). A reader connection sees committed data
-//! while the writer writes. Measured against redb with this workload
-//! (`benches/store_engines.rs`, figures in docs/benchmarks.md): SQLite is
-//! as fast or faster for small commits, which is where a broker below
-//! saturation lives; redb is cheaper only for commits of hundreds of
-//! messages.
+//! Why a segment log (`log.rs`): a message is one append to a file that
+//! one fsync per group commit makes durable, and an in-memory index finds
+//! it again; no B-tree page is written for it, at commit or at a later
+//! checkpoint. Measured on this workload against SQLite, redb and fjall
+//! (`benches/store_engines.rs`, figures in docs/benchmarks.md). A data
+//! directory made before the log (a `switchboard.db` and no `log/`) keeps
+//! its SQLite store (`sqlite.rs`), read and written as before: nothing is
+//! migrated behind the operator's back. SQLite's two sync levels map to
+//! the durable levels as the log's do: `fsync` syncs on every commit, `os`
+//! hands every commit to the OS.
 
+mod log;
 mod sqlite;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -51,6 +52,32 @@ use tokio::sync::oneshot;
 
 use crate::auth::Role;
 use crate::metrics::Metrics;
+
+/// The SQLite database of a data directory made before the segment log.
+const SQLITE_FILE: &str = "switchboard.db";
+
+/// What stores the data.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEngine {
+    /// The segment log (`log.rs`): every new data directory.
+    Log,
+    /// SQLite (`sqlite.rs`): a data directory made before the log, which
+    /// keeps being read and written as it is (nothing is migrated).
+    Sqlite,
+}
+
+impl StoreEngine {
+    /// The engine a data directory is in: SQLite only for a directory that
+    /// already has its database and no log.
+    pub fn for_dir(dir: &Path) -> StoreEngine {
+        if dir.join(SQLITE_FILE).exists() && !dir.join(log::LOG_DIR).exists() {
+            StoreEngine::Sqlite
+        } else {
+            StoreEngine::Log
+        }
+    }
+}
 
 /// How far an acknowledged write is guaranteed to have gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -91,6 +118,23 @@ pub enum StoreError {
         lost: u64,
         found: u64,
         acknowledged: u64,
+    },
+    #[error(
+        "the store's log file {path} is damaged at byte offset {offset} ({reason}): the writes \
+         recorded from there on, which may include acknowledged ones, cannot be read and would be \
+         lost. It was left untouched. Restore the data directory from a backup, or start with \
+         --accept-data-loss to set the damaged part aside (kept beside it as a .damaged file) and \
+         go on without it"
+    )]
+    Damaged {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("storage I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("storage error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -480,20 +524,59 @@ impl<A: AfterCommit> Store<A> {
         metrics: Arc<Metrics>,
         accept_loss: bool,
     ) -> Result<(Store<A>, Snapshot), StoreError> {
+        Self::open_with(
+            dir,
+            durability,
+            recent_messages,
+            metrics,
+            accept_loss,
+            StoreEngine::for_dir(dir),
+            log::SEGMENT_BYTES,
+        )
+    }
+
+    /// [`Store::open`] with the engine chosen (benchmarks compare them) and
+    /// the log's segment size (tests make it small).
+    #[doc(hidden)]
+    pub fn open_with(
+        dir: &Path,
+        durability: Durability,
+        recent_messages: usize,
+        metrics: Arc<Metrics>,
+        accept_loss: bool,
+        engine: StoreEngine,
+        segment_bytes: u64,
+    ) -> Result<(Store<A>, Snapshot), StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.to_owned(),
             source,
         })?;
-        let path = dir.join("switchboard.db");
         let marker = AckMarker::open(&dir.join(ACK_MARKER_FILE))?;
         let acknowledged = marker.read()?;
-        let opened = sqlite::open(
-            &path,
-            durability,
-            recent_messages,
-            acknowledged,
-            accept_loss,
-        )?;
+        let (path, opened) = match engine {
+            StoreEngine::Sqlite => {
+                let path = dir.join(SQLITE_FILE);
+                let opened = sqlite::open(
+                    &path,
+                    durability,
+                    recent_messages,
+                    acknowledged,
+                    accept_loss,
+                )?;
+                (path, opened)
+            }
+            StoreEngine::Log => {
+                let opened = log::open(
+                    dir,
+                    durability,
+                    recent_messages,
+                    acknowledged,
+                    accept_loss,
+                    segment_bytes,
+                )?;
+                (dir.join(log::LOG_DIR), opened)
+            }
+        };
         let (sender, receiver) = sync_channel::<Job<A>>(QUEUE_BOUND);
         let submit = Arc::new(Mutex::new(Submitter {
             last_ticket: 0,

@@ -1,0 +1,141 @@
+-- Shared by every script. ARGV: prefix, event log length, now (unix ms),
+-- this node's id, ended-channel retention (s), then the script's own.
+-- Keys are built from the prefix (one Redis, not Redis Cluster).
+local P = ARGV[1]
+local EVLEN = ARGV[2]
+local NOW = ARGV[3]
+local NODE = ARGV[4]
+local ENDED_TTL = tonumber(ARGV[5])
+local function A(n) return ARGV[5 + n] end
+local function q(s) return cjson.encode(s) end
+
+-- A sequenced event: appended to the topic's event log (entry id 0-<seq>)
+-- and published as "<seq>|<json>".
+local function emit(topic, json)
+  local key = P .. ':ev:' .. topic
+  local id = redis.call('XADD', key, 'MAXLEN', '~', EVLEN, '0-*', 'e', json)
+  local seq = string.sub(id, 3)
+  redis.call('PUBLISH', key, seq .. '|' .. json)
+  return tonumber(seq)
+end
+
+-- A transient event (typing): published only.
+local function transient(topic, json)
+  redis.call('PUBLISH', P .. ':ev:' .. topic, '-|' .. json)
+end
+
+local function seq_of(topic)
+  local last = redis.call('XREVRANGE', P .. ':ev:' .. topic, '+', '-', 'COUNT', 1)
+  if #last == 0 then return 0 end
+  return tonumber(string.sub(last[1][1], 3))
+end
+
+-- The sum of a per-node count hash over live nodes (a dead node's counts
+-- are dropped: its heartbeat key expired).
+local function live_sum(key)
+  local flat = redis.call('HGETALL', key)
+  local sum = 0
+  for i = 1, #flat, 2 do
+    if redis.call('EXISTS', P .. ':node:' .. flat[i]) == 1 then
+      sum = sum + tonumber(flat[i + 1])
+    else
+      redis.call('HDEL', key, flat[i])
+    end
+  end
+  return sum
+end
+
+local function members(sid)
+  local flat = redis.call('HGETALL', P .. ':chm:' .. sid)
+  local list = {}
+  for i = 1, #flat, 2 do list[#list + 1] = { identity = flat[i], role = flat[i + 1] } end
+  table.sort(list, function(a, b) return a.identity < b.identity end)
+  return list
+end
+
+local function members_json(sid)
+  local list = members(sid)
+  local parts = {}
+  for i, m in ipairs(list) do
+    parts[i] = '{"identity":' .. q(m.identity) .. ',"role":' .. q(m.role) .. '}'
+  end
+  return '[' .. table.concat(parts, ',') .. ']'
+end
+
+local function updated(sid)
+  return '{"t":"updated","sid":' .. q(sid) .. ',"mem":' .. members_json(sid) .. '}'
+end
+
+local function channel_state(sid)
+  local h = redis.call('HMGET', P .. ':ch:' .. sid, 'next', 'closed', 'q')
+  return {
+    sid = sid,
+    seq = seq_of('c:' .. sid),
+    next = tonumber(h[1] or '0'),
+    closed = (h[2] == '1'),
+    exists = (h[3] ~= false),
+    mem = members(sid),
+  }
+end
+
+-- Ends a typing period now. The key stays a while as "ended", so that the
+-- timer of the node that began the period does not announce its end again.
+local function end_typing(sid, id)
+  local key = P .. ':ty:' .. sid .. ':' .. id
+  local token = redis.call('GET', key)
+  if token and token ~= 'ended' then
+    redis.call('SET', key, 'ended', 'PX', 60000)
+    transient('c:' .. sid, '{"t":"typing_off","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
+  end
+end
+
+local function abandoned(sid)
+  return redis.call('HLEN', P .. ':chm:' .. sid) == 0 and live_sum(P .. ':cho:' .. sid) == 0
+end
+
+-- The channel takes nothing more; its keys go after the retention.
+local function retire(sid)
+  local ch = P .. ':ch:' .. sid
+  redis.call('HSET', ch, 'closed', '1', 'ended', NOW)
+  local queue = redis.call('HGET', ch, 'q')
+  if queue then redis.call('ZREM', P .. ':q:' .. queue, sid) end
+  emit('c:' .. sid, '{"t":"closed"}')
+  for _, k in ipairs({ ch, P .. ':chm:' .. sid, P .. ':cho:' .. sid, P .. ':msgs:' .. sid, P .. ':ev:c:' .. sid }) do
+    redis.call('EXPIRE', k, ENDED_TTL)
+  end
+end
+
+-- Takes an identity out of a channel: one memberLeft after every message
+-- already accepted (scripts run one at a time). `ending`: the channel is
+-- being ended for everyone (no per-member updates, retired once after).
+local function remove(id, sid, reason, ended_reason, tell, ending)
+  if redis.call('SREM', P .. ':idc:' .. id, sid) == 0 then return false end
+  redis.call('HDEL', P .. ':idd:' .. id, sid)
+  local idk = P .. ':id:' .. id
+  local is_eng = redis.call('HGET', idk, 'eng') == sid
+  if is_eng then redis.call('HDEL', idk, 'eng', 'eat') end
+  local ch = P .. ':ch:' .. sid
+  local queue = redis.call('HGET', ch, 'q')
+  if redis.call('HDEL', P .. ':chm:' .. sid, id) == 1 then
+    end_typing(sid, id)
+    emit('c:' .. sid, '{"t":"left","sid":' .. q(sid) .. ',"id":' .. q(id) .. ',"why":' .. q(reason) .. '}')
+    local closed = redis.call('HGET', ch, 'closed') == '1'
+    if not is_eng and not closed and not ending and queue then
+      emit('q:' .. queue, updated(sid))
+    end
+    if not closed and not ending and abandoned(sid) then retire(sid) end
+  end
+  if is_eng or tell then
+    local ended = '{"t":"ended","sid":' .. q(sid) .. ',"why":' .. q(ended_reason) .. '}'
+    if is_eng and queue then
+      redis.call('ZREM', P .. ':q:' .. queue, sid)
+      emit('q:' .. queue, ended)
+    end
+    if reason == 'restart' then
+      emit('i:' .. id, '{"t":"restarted","sid":' .. q(sid) .. '}')
+    else
+      emit('i:' .. id, ended)
+    end
+  end
+  return true
+end

@@ -1,0 +1,343 @@
+//! The Lua scripts: one per state change, each one atomic step in Redis
+//! (checks, counters, appends and the publish of its events). A script
+//! answers `E:<code>[:<detail>]` for a refusal, anything else for success.
+
+use redis::Script;
+
+const PRELUDE: &str = include_str!("prelude.lua");
+
+/// A:1 identity, 2 role, 3 anonymous ("1"/"0"), 4 idle TTL (s) →
+/// `{"role","anon"}`. A new identity expires unless a session attaches.
+const IDENTIFY: &str = r#"
+local k = P .. ':id:' .. A(1)
+if redis.call('HSETNX', k, 'role', A(2)) == 1 then redis.call('EXPIRE', k, A(4)) end
+redis.call('HSETNX', k, 'anon', A(3))
+local h = redis.call('HMGET', k, 'role', 'anon')
+return cjson.encode({ role = h[1], anon = (h[2] == '1') })
+"#;
+
+/// A:1 identity, 2 most sessions per identity. Counts the session on this
+/// node and answers the identity's state with its topics' positions.
+const ATTACH: &str = r#"
+local id = A(1)
+local sk = P .. ':ids:' .. id
+if live_sum(sk) >= tonumber(A(2)) then return 'E:full' end
+redis.call('HINCRBY', sk, NODE, 1)
+for _, k in ipairs({ P .. ':id:' .. id, P .. ':idd:' .. id }) do redis.call('PERSIST', k) end
+local h = redis.call('HMGET', P .. ':id:' .. id, 'x', 'eng', 'eat')
+local chans = {}
+for _, sid in ipairs(redis.call('SMEMBERS', P .. ':idc:' .. id)) do
+  chans[#chans + 1] = channel_state(sid)
+end
+return cjson.encode({
+  seq = seq_of('i:' .. id), x = (h[1] == '1'), eng = h[2] or '', eat = h[3] or '',
+  chans = chans, drafts = redis.call('HGETALL', P .. ':idd:' .. id),
+})
+"#;
+
+/// A:1 identity, 2 idle TTL (s). A session ended; an identity left with
+/// no session, no channel and no engagement is forgotten after the TTL
+/// (an anonymous customer's resume token then gives a fresh identity).
+const DETACH: &str = r#"
+local id = A(1)
+local sk = P .. ':ids:' .. id
+if tonumber(redis.call('HINCRBY', sk, NODE, -1)) <= 0 then redis.call('HDEL', sk, NODE) end
+if live_sum(sk) == 0 and redis.call('SCARD', P .. ':idc:' .. id) == 0
+    and not redis.call('HGET', P .. ':id:' .. id, 'eng') then
+  for _, k in ipairs({ P .. ':id:' .. id, P .. ':idd:' .. id }) do redis.call('EXPIRE', k, A(2)) end
+end
+return 'OK'
+"#;
+
+/// A:1 sid → the channel's state and position.
+const CHANNEL: &str = r#"
+return cjson.encode(channel_state(A(1)))
+"#;
+
+/// A:1 queue → its position and open engagements.
+const QUEUE: &str = r#"
+local queue = A(1)
+local open = {}
+for _, sid in ipairs(redis.call('ZRANGE', P .. ':q:' .. queue, 0, -1)) do
+  local h = redis.call('HMGET', P .. ':ch:' .. sid, 'cust', 'form', 'at')
+  if h[1] then
+    open[#open + 1] = { sid = sid, id = h[1], form = h[2], at = h[3], mem = members(sid) }
+  end
+end
+return cjson.encode({ seq = seq_of('q:' .. queue), open = open })
+"#;
+
+/// A:1 identity, 2 new sid, 3 queue, 4 formData (JSON), 5 startedAt.
+const START: &str = r#"
+local id, sid, queue, form, at = A(1), A(2), A(3), A(4), A(5)
+local idk = P .. ':id:' .. id
+local eng = redis.call('HGET', idk, 'eng')
+if eng then return 'E:engaged:' .. eng end
+redis.call('HSET', P .. ':ch:' .. sid, 'q', queue, 'cust', id, 'form', form, 'at', at, 'next', 0)
+redis.call('HSET', P .. ':chm:' .. sid, id, 'customer')
+redis.call('SADD', P .. ':idc:' .. id, sid)
+redis.call('HSET', idk, 'eng', sid, 'eat', at)
+redis.call('ZADD', P .. ':q:' .. queue, 0, sid)
+emit('c:' .. sid, '{"t":"opened","id":' .. q(id) .. '}')
+local started = '{"t":"started","sid":' .. q(sid) .. ',"id":' .. q(id) .. ',"form":' .. form
+  .. ',"at":' .. q(at) .. ',"q":' .. q(queue) .. '}'
+emit('i:' .. id, started)
+emit('q:' .. queue, started)
+return 'OK'
+"#;
+
+/// A:1 identity.
+const RESTART: &str = r#"
+local id = A(1)
+local eng = redis.call('HGET', P .. ':id:' .. id, 'eng')
+if not eng then return 'E:no_engagement' end
+remove(id, eng, 'restart', 'restart', false, false)
+return eng
+"#;
+
+/// A:1 sid, 2 member who must be in it ("" for none), 3 reason.
+const END: &str = r#"
+local sid, member, reason = A(1), A(2), A(3)
+local ch = P .. ':ch:' .. sid
+if redis.call('EXISTS', ch) == 0 then
+  if member ~= '' then return 'E:not_a_member' end
+  return 'E:not_found'
+end
+if member ~= '' and redis.call('HEXISTS', P .. ':chm:' .. sid, member) == 0 then return 'E:not_a_member' end
+if redis.call('HGET', ch, 'closed') == '1' then return 'E:not_found' end
+for _, m in ipairs(members(sid)) do
+  remove(m.identity, sid, 'ended', reason, true, true)
+end
+retire(sid)
+return 'OK'
+"#;
+
+/// A:1 identity, 2 role, 3 sid, 4 most members.
+const JOIN: &str = r#"
+local id, role, sid = A(1), A(2), A(3)
+local ch = P .. ':ch:' .. sid
+local h = redis.call('HMGET', ch, 'q', 'closed', 'next')
+if not h[1] or h[2] == '1' then return 'E:not_found' end
+local chm = P .. ':chm:' .. sid
+if redis.call('HEXISTS', chm, id) == 0 then
+  if redis.call('HLEN', chm) >= tonumber(A(4)) then return 'E:full' end
+  redis.call('HSET', chm, id, role)
+  redis.call('SADD', P .. ':idc:' .. id, sid)
+  local joined = emit('c:' .. sid, '{"t":"joined","sid":' .. q(sid) .. ',"id":' .. q(id) .. ',"r":' .. q(role) .. '}')
+  emit('q:' .. h[1], updated(sid))
+  emit('i:' .. id, '{"t":"member_of","sid":' .. q(sid) .. ',"seq":' .. joined .. '}')
+end
+return cjson.encode({ mem = members(sid), last = tonumber(h[3]) - 1 })
+"#;
+
+/// A:1 identity, 2 sid, 3 reason.
+const LEAVE: &str = r#"
+if not remove(A(1), A(2), A(3), A(3), false, false) then return 'E:not_a_member' end
+return 'OK'
+"#;
+
+/// A:1 identity, 2 role, 3 sid, 4 by broker ("1"), 5 the message's JSON
+/// after its index (`"sid":…}`), 6 most messages kept.
+/// → the message's index.
+const POST: &str = r#"
+local id, role, sid = A(1), A(2), A(3)
+local ch = P .. ':ch:' .. sid
+local h = redis.call('HMGET', ch, 'q', 'closed')
+-- An ended channel is as good as gone (customers cannot tell either from
+-- someone else's).
+if not h[1] or h[2] == '1' then return 'E:no_channel' end
+local member = h[2] ~= '1' and redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 1
+local by_broker = A(4) == '1' and role == 'service' and h[2] ~= '1'
+if not member and not by_broker then return 'E:not_a_member' end
+local index = redis.call('HINCRBY', ch, 'next', 1) - 1
+local json = '{"t":"msg","i":' .. index .. ',' .. A(5)
+redis.call('XADD', P .. ':msgs:' .. sid, 'MAXLEN', A(6), '0-' .. (index + 1), 'e', json)
+end_typing(sid, id)
+emit('c:' .. sid, json)
+return tostring(index)
+"#;
+
+/// A:1 identity, 2 "toggle" or "minimize", 3 origin → "1"/"0" expanded.
+const WIDGET: &str = r#"
+local idk = P .. ':id:' .. A(1)
+local was = redis.call('HGET', idk, 'x') == '1'
+local now = (A(2) == 'toggle') and not was
+if now ~= was then
+  redis.call('HSET', idk, 'x', now and '1' or '0')
+  emit('i:' .. A(1), '{"t":"widget","x":' .. tostring(now) .. ',"o":' .. q(A(3)) .. '}')
+end
+return now and '1' or '0'
+"#;
+
+/// A:1 identity, 2 sid, 3 body ("" clears), 4 origin.
+const DRAFT: &str = r#"
+local id, sid, body = A(1), A(2), A(3)
+if redis.call('SISMEMBER', P .. ':idc:' .. id, sid) == 0 then return 'E:not_a_member' end
+if body == '' then
+  redis.call('HDEL', P .. ':idd:' .. id, sid)
+else
+  redis.call('HSET', P .. ':idd:' .. id, sid, body)
+end
+emit('i:' .. id, '{"t":"draft","sid":' .. q(sid) .. ',"b":' .. q(body) .. ',"o":' .. q(A(4)) .. '}')
+return 'OK'
+"#;
+
+/// A:1 identity, 2 sid, 3 window (ms), 4 token of this typing period.
+/// → "1" when a period began (the caller ends it), "0" when extended.
+const TYPING: &str = r#"
+local id, sid = A(1), A(2)
+local h = redis.call('HMGET', P .. ':ch:' .. sid, 'q', 'closed')
+if not h[1] then return 'E:no_channel' end
+if h[2] == '1' or redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 0 then return 'E:not_a_member' end
+local key = P .. ':ty:' .. sid .. ':' .. id
+local current = redis.call('GET', key)
+if not current or current == 'ended' then
+  redis.call('SET', key, A(4), 'PX', A(3))
+  transient('c:' .. sid, '{"t":"typing_on","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
+  return '1'
+end
+redis.call('PEXPIRE', key, A(3))
+return '0'
+"#;
+
+/// A:1 identity, 2 sid, 3 token. → the ms left of this period, or "0"
+/// when it ended now (typingEnded published) or was already over.
+const TYPING_END: &str = r#"
+local id, sid = A(1), A(2)
+local key = P .. ':ty:' .. sid .. ':' .. id
+local token = redis.call('GET', key)
+if token == A(3) then return tostring(math.max(redis.call('PTTL', key), 1)) end
+if not token and redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 1 then
+  transient('c:' .. sid, '{"t":"typing_off","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
+end
+return '0'
+"#;
+
+/// A:1 sid. This node's sessions observe the channel once more.
+const OBSERVE: &str = r#"
+local sid = A(1)
+local h = redis.call('HMGET', P .. ':ch:' .. sid, 'q', 'closed')
+if not h[1] or h[2] == '1' then return 'E:not_found' end
+redis.call('HINCRBY', P .. ':cho:' .. sid, NODE, 1)
+return cjson.encode(channel_state(sid))
+"#;
+
+/// A:1 sid. One observer less; an abandoned channel is retired.
+const UNOBSERVE: &str = r#"
+local sid = A(1)
+local ch = P .. ':ch:' .. sid
+local cho = P .. ':cho:' .. sid
+if tonumber(redis.call('HINCRBY', cho, NODE, -1)) <= 0 then redis.call('HDEL', cho, NODE) end
+if redis.call('EXISTS', ch) == 1 and redis.call('HGET', ch, 'closed') ~= '1' and abandoned(sid) then
+  retire(sid)
+end
+return 'OK'
+"#;
+
+/// A:1 identity, 2 sid, 3 before, 4 limit, 5 subscriber here ("1"),
+/// 6 staff ("1"), 7 any reader ("1": the server API) →
+/// `{"msgs":[json…],"more":bool}`.
+const HISTORY: &str = r#"
+local id, sid, before, limit = A(1), A(2), A(3), tonumber(A(4))
+local h = redis.call('HMGET', P .. ':ch:' .. sid, 'q', 'closed')
+if not h[1] then
+  if A(6) == '1' or A(7) == '1' then return 'E:not_found' end
+  return 'E:not_a_member'
+end
+local member = redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 1
+if not (A(7) == '1' or member or A(5) == '1' or (A(6) == '1' and h[2] == '1')) then
+  return 'E:not_a_member'
+end
+local msgs = {}
+if before ~= '0' then
+  local rows = redis.call('XREVRANGE', P .. ':msgs:' .. sid, '0-' .. before, '-', 'COUNT', limit + 1)
+  for i = math.min(#rows, limit), 1, -1 do msgs[#msgs + 1] = rows[i][2][2] end
+  return cjson.encode({ msgs = msgs, more = #rows > limit })
+end
+return cjson.encode({ msgs = msgs, more = false })
+"#;
+
+/// A:1 sid → the channel as the server API shows it.
+const CHANNEL_REPORT: &str = r#"
+local h = redis.call('HMGET', P .. ':ch:' .. A(1), 'q', 'at', 'form', 'next', 'closed', 'ended')
+if not h[1] then return 'E:not_found' end
+return cjson.encode({
+  q = h[1], at = h[2], form = h[3], next = tonumber(h[4] or '0'), closed = (h[5] == '1'),
+  ended = tonumber(h[6] or '0'), mem = members(A(1)),
+})
+"#;
+
+/// A:1 identity → the identity as the server API shows it (sessions on
+/// every live node).
+const IDENTITY_REPORT: &str = r#"
+local h = redis.call('HMGET', P .. ':id:' .. A(1), 'role', 'x', 'eng', 'eat')
+if not h[1] then return 'E:not_found' end
+return cjson.encode({
+  role = h[1], x = (h[2] == '1'), eng = h[3] or '', eat = h[4] or '',
+  sessions = live_sum(P .. ':ids:' .. A(1)),
+})
+"#;
+
+/// A:1 identity. Its sessions on every node are closed (4003) → how many
+/// there were.
+const DISCONNECT: &str = r#"
+local n = live_sum(P .. ':ids:' .. A(1))
+emit('i:' .. A(1), '{"t":"disconnect"}')
+return tostring(n)
+"#;
+
+pub(super) struct Scripts {
+    pub identify: Script,
+    pub attach: Script,
+    pub detach: Script,
+    pub channel: Script,
+    pub queue: Script,
+    pub start: Script,
+    pub restart: Script,
+    pub end: Script,
+    pub join: Script,
+    pub leave: Script,
+    pub post: Script,
+    pub widget: Script,
+    pub draft: Script,
+    pub typing: Script,
+    pub typing_end: Script,
+    pub observe: Script,
+    pub unobserve: Script,
+    pub history: Script,
+    pub channel_report: Script,
+    pub identity_report: Script,
+    pub disconnect: Script,
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+impl Scripts {
+    pub(super) fn new() -> Scripts {
+        Scripts {
+            identify: script(IDENTIFY),
+            attach: script(ATTACH),
+            detach: script(DETACH),
+            channel: script(CHANNEL),
+            queue: script(QUEUE),
+            start: script(START),
+            restart: script(RESTART),
+            end: script(END),
+            join: script(JOIN),
+            leave: script(LEAVE),
+            post: script(POST),
+            widget: script(WIDGET),
+            draft: script(DRAFT),
+            typing: script(TYPING),
+            typing_end: script(TYPING_END),
+            observe: script(OBSERVE),
+            unobserve: script(UNOBSERVE),
+            history: script(HISTORY),
+            channel_report: script(CHANNEL_REPORT),
+            identity_report: script(IDENTITY_REPORT),
+            disconnect: script(DISCONNECT),
+        }
+    }
+}

@@ -1,0 +1,699 @@
+//! Several nodes on one Redis acting as one broker: each test starts its
+//! own `redis-server` (free loopback port, own directory, AOF with
+//! `appendfsync always`) and two or three nodes on it, and talks to them
+//! over real WebSockets.
+
+mod cluster_support;
+mod common;
+
+use std::time::Duration;
+
+use cluster_support::{node, Redis};
+use common::{assert_gapless, read_until, token, Client, Enc};
+use serde_json::{json, Value};
+
+const NO_LIMITS: &str = "[rate_limits]\nenabled = false\n";
+
+/// A customer on node A and an agent on node B chat: every message
+/// reaches both, with contiguous indexes, in one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_and_an_agent_on_two_nodes_chat() {
+    let redis = Redis::start();
+    let a = node(&redis, NO_LIMITS).await;
+    let b = node(&redis, NO_LIMITS).await;
+    let mut customer = a.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut agent = b.staff("agent-1", "agent").await;
+    let joined = agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    assert_eq!(joined["members"].as_array().unwrap().len(), 2, "{joined}");
+    let joined = customer.push("memberJoined").await;
+    assert_eq!(joined["identity"], "agent-1");
+    for i in 0..10 {
+        let (who, body) = if i % 2 == 0 {
+            (&mut customer, format!("c{i}"))
+        } else {
+            (&mut agent, format!("a{i}"))
+        };
+        let posted = who
+            .call("SendMessage", json!({"channelSid": sid, "body": body}))
+            .await
+            .unwrap();
+        assert_eq!(posted["index"], i);
+    }
+    let seen_by_customer = read_until(&mut customer, 9).await;
+    let seen_by_agent = read_until(&mut agent, 9).await;
+    assert_gapless(&seen_by_customer, 0, "customer on A");
+    assert_gapless(&seen_by_agent, 0, "agent on B");
+    let bodies = |m: &[Value]| m.iter().map(|m| m["body"].clone()).collect::<Vec<_>>();
+    assert_eq!(bodies(&seen_by_customer), bodies(&seen_by_agent));
+    // History on either node.
+    let page = agent
+        .call("GetMessages", json!({"channelSid": sid, "limit": 5}))
+        .await
+        .unwrap();
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 5);
+    assert_eq!(messages[0]["index"], 5);
+    assert_eq!(page["hasMore"], true);
+}
+
+/// Two writers on two nodes post concurrently: no index is handed out
+/// twice, and observers on both nodes see one identical order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_on_two_nodes_get_one_order() {
+    let redis = Redis::start();
+    let a = node(&redis, NO_LIMITS).await;
+    let b = node(&redis, NO_LIMITS).await;
+    let mut customer = a.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut agent = b.staff("agent-2", "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    let mut watch_a = a.staff("watch-a", "agent").await;
+    let mut watch_b = b.staff("watch-b", "agent").await;
+    for w in [&mut watch_a, &mut watch_b] {
+        w.call("Subscribe", json!({"channel": sid})).await.unwrap();
+    }
+    const EACH: u64 = 100;
+    let post = |mut client: Client, tag: &'static str, sid: String| async move {
+        let mut indexes = Vec::new();
+        for i in 0..EACH {
+            let id = client
+                .send(
+                    "SendMessage",
+                    json!({"channelSid": sid, "body": format!("{tag}{i}")}),
+                )
+                .await;
+            let reply = client.reply(id).await;
+            indexes.push(reply["result"]["index"].as_u64().expect("acknowledged"));
+        }
+        indexes
+    };
+    let (from_a, from_b) = tokio::join!(
+        tokio::spawn(post(customer, "a", sid.clone())),
+        tokio::spawn(post(agent, "b", sid.clone()))
+    );
+    let mut all: Vec<u64> = from_a.unwrap().into_iter().chain(from_b.unwrap()).collect();
+    all.sort();
+    assert_eq!(all, (0..2 * EACH).collect::<Vec<_>>(), "every index once");
+    let seen_a = read_until(&mut watch_a, 2 * EACH - 1).await;
+    let seen_b = read_until(&mut watch_b, 2 * EACH - 1).await;
+    assert_gapless(&seen_a, 0, "observer on A");
+    assert_gapless(&seen_b, 0, "observer on B");
+    assert_eq!(seen_a, seen_b, "one order on both nodes");
+}
+
+/// Tabs of one identity on two nodes share widget state, drafts and the
+/// engagement (its start and restart pushed to both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_of_one_identity_on_two_nodes_share_state() {
+    let redis = Redis::start();
+    let a = node(&redis, NO_LIMITS).await;
+    let b = node(&redis, NO_LIMITS).await;
+    let jwt = token("cust-1", "customer", 3600);
+    let mut tab_a = a.staff_token(&jwt).await;
+    let mut tab_b = b.staff_token(&jwt).await;
+    let sid = tab_a.start_engagement().await;
+    let started = tab_b.push("engagementStarted").await;
+    assert_eq!(started["channelSid"], sid.as_str());
+    // Widget: toggled on A, pushed to B (not to A itself).
+    let toggled = tab_a.call("ToggleChatVisibility", json!({})).await.unwrap();
+    let pushed = tab_b.push("widgetStateChanged").await;
+    assert_eq!(pushed["expanded"], toggled["expanded"]);
+    tab_a
+        .no_push("widgetStateChanged", Duration::from_millis(300))
+        .await;
+    // Draft on B, pushed to A.
+    tab_b
+        .call(
+            "SetInputText",
+            json!({"channelSid": sid, "body": "half a sen"}),
+        )
+        .await
+        .unwrap();
+    let draft = tab_a.push("inputTextSet").await;
+    assert_eq!(draft["body"], "half a sen");
+    // Messages from B reach A's tab (the channel was followed on A from
+    // the engagement's start).
+    tab_b
+        .call("SendMessage", json!({"channelSid": sid, "body": "from b"}))
+        .await
+        .unwrap();
+    let m = tab_a.push("messageAdded").await;
+    assert_eq!(m["body"], "from b");
+    // A third tab, on B, sees all of it in its Connect.
+    let mut tab_c = Client::open_url(&b.url(), Enc::Json).await.unwrap();
+    let connected = tab_c.connect(json!({"token": jwt})).await.unwrap();
+    assert_eq!(connected["engagement"]["channelSid"], sid.as_str());
+    assert_eq!(connected["engagement"]["lastIndex"], 0);
+    assert_eq!(connected["widget"]["expanded"], toggled["expanded"]);
+    assert_eq!(connected["inputText"][&sid], "half a sen");
+    // Restart on A: B's tabs are told.
+    tab_a.call("RestartEngagement", json!({})).await.unwrap();
+    let restarted = tab_b.push("engagementRestarted").await;
+    assert_eq!(restarted["channelSid"], sid.as_str());
+    tab_c.push("engagementRestarted").await;
+}
+
+/// Redis unreachable at start: the node refuses to start and names the
+/// URL.
+#[test]
+fn a_node_that_cannot_reach_redis_at_start_says_so() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let (code, stderr) =
+        common::refused_start(&common::fresh_data_dir(), &["--redis-url", url.as_str()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains(&url), "names the URL: {stderr}");
+}
+
+fn addr_of(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .parse()
+        .unwrap()
+}
+
+async fn readyz(url: &str) -> String {
+    let request = b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    common::raw_exchange(addr_of(url), request, Duration::from_secs(5)).await
+}
+
+/// Sends one message and times its answer.
+async fn timed_send(
+    client: &mut Client,
+    sid: &str,
+    body: String,
+) -> (Result<Value, Value>, Duration) {
+    let began = std::time::Instant::now();
+    let result = client
+        .call("SendMessage", json!({"channelSid": sid, "body": body}))
+        .await;
+    (result, began.elapsed())
+}
+
+/// Redis stopped under writes: every command that needs it fails with
+/// `unavailable` within 2 s, `/readyz` says 503 on both nodes, nothing
+/// hangs; Redis started again on the same AOF: both nodes resume by
+/// themselves and every acknowledged message is there, delivered once,
+/// in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_and_restarted_under_writes() {
+    let mut redis = Redis::start();
+    let a = node(&redis, NO_LIMITS).await;
+    let b = node(&redis, NO_LIMITS).await;
+    let mut customer = a.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut observer = b.staff("observer", "agent").await;
+    observer
+        .call("Subscribe", json!({"channel": sid}))
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let (result, _) = timed_send(&mut customer, &sid, format!("before {i}")).await;
+        acked.push(result.unwrap()["index"].as_u64().unwrap());
+    }
+    redis.stop();
+    let mut refused = 0;
+    for i in 0..10 {
+        let (result, took) = timed_send(&mut customer, &sid, format!("during {i}")).await;
+        assert!(took < Duration::from_secs(2), "answered in {took:?}");
+        match result {
+            Ok(r) => acked.push(r["index"].as_u64().unwrap()),
+            Err(e) => {
+                assert_eq!(e["code"], "unavailable", "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "writes are refused while Redis is down");
+    // Other commands too, on the other node.
+    let began = std::time::Instant::now();
+    let e = observer
+        .call("GetMessages", json!({"channelSid": sid}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], "unavailable", "{e}");
+    assert!(began.elapsed() < Duration::from_secs(2));
+    for url in [a.url(), b.url()] {
+        let mut ready = readyz(&url).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !ready.starts_with("HTTP/1.1 503") && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            ready = readyz(&url).await;
+        }
+        assert!(ready.starts_with("HTTP/1.1 503"), "not ready: {ready}");
+    }
+
+    redis.resume();
+    let resumed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let (result, took) = timed_send(&mut customer, &sid, "after".into()).await;
+            assert!(took < Duration::from_secs(2), "answered in {took:?}");
+            match result {
+                Ok(r) => return r["index"].as_u64().unwrap(),
+                Err(e) => {
+                    assert_eq!(e["code"], "unavailable", "{e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("resumes once Redis is back");
+    acked.push(resumed);
+    for url in [a.url(), b.url()] {
+        let mut ready = readyz(&url).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !ready.starts_with("HTTP/1.1 200") && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            ready = readyz(&url).await;
+        }
+        assert!(ready.starts_with("HTTP/1.1 200"), "ready again: {ready}");
+    }
+    let seen = read_until(&mut observer, resumed).await;
+    assert_gapless(&seen, 0, "observer on B");
+    let seen: Vec<u64> = seen.iter().map(|m| m["index"].as_u64().unwrap()).collect();
+    for index in &acked {
+        assert!(seen.contains(index), "acknowledged {index} delivered");
+    }
+    // And in history, read on the other node after the restart.
+    let page = observer
+        .call("GetMessages", json!({"channelSid": sid, "limit": 100}))
+        .await
+        .unwrap();
+    let stored: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["index"].as_u64().unwrap())
+        .collect();
+    for index in &acked {
+        assert!(stored.contains(index), "acknowledged {index} stored");
+    }
+}
+
+/// The pub/sub connections dropped (`CLIENT KILL TYPE pubsub`) while a
+/// writer posts: observers on both nodes still get every message once,
+/// in order (gaps filled from the event log, the rest caught up after the
+/// reconnect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_loss_fills_gaps_without_duplicates_or_reordering() {
+    let redis = Redis::start();
+    let a = node(&redis, NO_LIMITS).await;
+    let b = node(&redis, NO_LIMITS).await;
+    let mut customer = a.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut watch_a = a.staff("watch-a", "agent").await;
+    let mut watch_b = b.staff("watch-b", "agent").await;
+    for w in [&mut watch_a, &mut watch_b] {
+        w.call("Subscribe", json!({"channel": sid})).await.unwrap();
+    }
+    const TOTAL: u64 = 300;
+    let mut killed_total = 0;
+    for i in 0..TOTAL {
+        customer
+            .call(
+                "SendMessage",
+                json!({"channelSid": sid, "body": format!("m{i}")}),
+            )
+            .await
+            .unwrap();
+        customer.pushes.clear();
+        if i % 60 == 30 {
+            let killed = redis.command("CLIENT KILL TYPE pubsub").unwrap();
+            killed_total += killed
+                .trim()
+                .trim_start_matches(':')
+                .parse::<u32>()
+                .expect("a count");
+        }
+    }
+    assert!(killed_total >= 2, "pub/sub connections were dropped");
+    for (name, w) in [("A", &mut watch_a), ("B", &mut watch_b)] {
+        let seen = read_until(w, TOTAL - 1).await;
+        assert_eq!(seen.len() as u64, TOTAL, "node {name}: each once");
+        assert_gapless(&seen, 0, name);
+        w.no_push("messageAdded", Duration::from_millis(300)).await;
+    }
+}
+
+/// `RestartEngagement` on node B while the same customer's tab on node A
+/// floods `SendMessage`: none of its messages is delivered after its
+/// `memberLeft`, and every acknowledged one is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_on_one_node_while_another_floods() {
+    let redis = Redis::start();
+    let a = node(&redis, NO_LIMITS).await;
+    let b = node(&redis, NO_LIMITS).await;
+    let jwt = token("cust-r", "customer", 3600);
+    let mut flooder = a.staff_token(&jwt).await;
+    let mut restarter = b.staff_token(&jwt).await;
+    let sid = flooder.start_engagement().await;
+    restarter.push("engagementStarted").await;
+    let mut agent = b.staff("agent-r", "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    let sid2 = sid.clone();
+    let flood = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for i in 0..200 {
+            let id = flooder
+                .send(
+                    "SendMessage",
+                    json!({"channelSid": sid2, "body": format!("f{i}")}),
+                )
+                .await;
+            let reply = flooder.reply(id).await;
+            match reply.get("result") {
+                Some(r) => acked.push(r["index"].as_u64().unwrap()),
+                None => {
+                    assert_eq!(reply["error"]["code"], "not_a_member", "{reply}");
+                    break;
+                }
+            }
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    restarter
+        .call("RestartEngagement", json!({}))
+        .await
+        .unwrap();
+    let acked = flood.await.unwrap();
+    // The agent's view: messages, then the memberLeft, then nothing from
+    // the customer.
+    let mut delivered = Vec::new();
+    loop {
+        let frame = agent.read_frame().await.expect("pushes");
+        match frame["event"].as_str() {
+            Some("messageAdded") => delivered.push(frame["data"]["index"].as_u64().unwrap()),
+            Some("memberLeft") => {
+                assert_eq!(frame["data"]["identity"], "cust-r");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        delivered, acked,
+        "every acknowledged message, before memberLeft"
+    );
+    agent
+        .no_push("messageAdded", Duration::from_millis(500))
+        .await;
+}
+
+/// History, `after` and `recover` on the other node; a resume token made
+/// on one node works on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_and_resume_on_the_other_node() {
+    let redis = Redis::start();
+    let a = node(&redis, NO_LIMITS).await;
+    let b = node(&redis, NO_LIMITS).await;
+    let mut customer = a.customer().await;
+    let resume = customer.connect_result["resumeToken"].clone();
+    let identity = customer.identity();
+    let sid = customer.start_engagement().await;
+    for i in 0..5 {
+        customer
+            .call(
+                "SendMessage",
+                json!({"channelSid": sid, "body": format!("m{i}")}),
+            )
+            .await
+            .unwrap();
+    }
+    drop(customer);
+    let mut again = Client::open_url(&b.url(), Enc::Json).await.unwrap();
+    let connected = again
+        .connect(json!({"resumeToken": resume, "recover": {&sid: 1}}))
+        .await
+        .unwrap();
+    assert_eq!(connected["identity"], identity.as_str());
+    assert_eq!(connected["recovered"][&sid], true, "{connected}");
+    let missed = read_until(&mut again, 4).await;
+    assert_gapless(&missed, 2, "recovered on B");
+    // An observer on B subscribes with `after`.
+    let mut observer = b.staff("obs", "agent").await;
+    let sub = observer
+        .call("Subscribe", json!({"channel": sid, "after": 2}))
+        .await
+        .unwrap();
+    assert_eq!(sub["recovered"], true, "{sub}");
+    let missed = read_until(&mut observer, 4).await;
+    assert_gapless(&missed, 3, "after on B");
+    // Live after the recovery, from node A.
+    let mut agent = a.staff("agent-x", "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    agent
+        .call("SendMessage", json!({"channelSid": sid, "body": "live"}))
+        .await
+        .unwrap();
+    assert_eq!(again.push("messageAdded").await["index"], 5);
+    assert_eq!(observer.push("messageAdded").await["index"], 5);
+}
+
+/// `kill -9` of a node under writes: its client reconnects to the other
+/// node (once the dead node's session count has expired with its
+/// heartbeat) and recovers; no acknowledged message is lost and no index
+/// is handed out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_writes_loses_nothing_acknowledged() {
+    let redis = Redis::start();
+    let toml = "[rate_limits]\nenabled = false\n[admission]\nmax_sessions_per_identity = 1\n";
+    let config = common::config_file(
+        &format!("cluster-kill-{}.toml", redis.port),
+        &format!("{toml}{}", redis.cluster_toml()),
+    );
+    let dying = common::BrokerProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("SWITCHBOARD_JWT_SECRET", common::SECRET)],
+        &common::fresh_data_dir(),
+    );
+    let survivor = node(&redis, toml).await;
+    let mut customer = Client::open_url(&dying.url, Enc::Json).await.unwrap();
+    customer.connect(json!({})).await.unwrap();
+    let resume = customer.connect_result["resumeToken"].clone();
+    let sid = customer.start_engagement().await;
+    let mut agent = survivor.staff("agent-k", "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let posted = customer
+            .call(
+                "SendMessage",
+                json!({"channelSid": sid, "body": format!("m{i}")}),
+            )
+            .await
+            .unwrap();
+        acked.push(posted["index"].as_u64().unwrap());
+    }
+    // Writes in flight when the node dies.
+    let mut in_flight = Vec::new();
+    for i in 0..20 {
+        in_flight.push(
+            customer
+                .send(
+                    "SendMessage",
+                    json!({"channelSid": sid, "body": format!("f{i}")}),
+                )
+                .await,
+        );
+    }
+    dying.signal("KILL");
+    let mut seen_by_customer = -1i64;
+    while let Some(frame) = customer.read_frame().await {
+        if frame["event"] == "messageAdded" {
+            seen_by_customer = frame["data"]["index"].as_i64().unwrap();
+        } else if let Some(index) = frame["result"]["index"].as_u64() {
+            acked.push(index);
+        }
+    }
+    // To the other node; the dead node's session stops counting once its
+    // heartbeat key expires.
+    let reconnected = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let mut c = Client::open_url(&survivor.url(), Enc::Json).await.unwrap();
+            match c
+                .connect(json!({"resumeToken": resume, "recover": {&sid: seen_by_customer}}))
+                .await
+            {
+                Ok(_) => return c,
+                Err(e) => {
+                    assert_eq!(e["code"], "rate_limited", "{e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the dead node's session count expires");
+    let mut customer = reconnected;
+    assert_eq!(customer.connect_result["recovered"][&sid], true);
+    let posted = customer
+        .call("SendMessage", json!({"channelSid": sid, "body": "after"}))
+        .await
+        .unwrap();
+    let last = posted["index"].as_u64().unwrap();
+    acked.push(last);
+    let recovered = read_until(&mut customer, last).await;
+    assert_gapless(&recovered, (seen_by_customer + 1) as u64, "recovered");
+    let seen = read_until(&mut agent, last).await;
+    assert_gapless(&seen, 0, "the agent on the surviving node");
+    let seen: Vec<u64> = seen.iter().map(|m| m["index"].as_u64().unwrap()).collect();
+    for index in &acked {
+        assert!(seen.contains(index), "acknowledged {index} delivered");
+    }
+}
+
+/// Queue consoles on one node hear engagements started, picked up and
+/// ended on the others; an agent on node B ends a chat for a customer on
+/// node A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_pushes_and_end_engagement_across_nodes() {
+    let redis = Redis::start();
+    let a = node(&redis, NO_LIMITS).await;
+    let b = node(&redis, NO_LIMITS).await;
+    let mut console = b.staff("watcher", "agent").await;
+    console
+        .call("Subscribe", json!({"channel": "queue:default"}))
+        .await
+        .unwrap();
+    let mut customer = a.customer().await;
+    let resume = customer.connect_result["resumeToken"].clone();
+    let sid = customer.start_engagement().await;
+    let started = console.push("engagementStarted").await;
+    assert_eq!(started["channelSid"], sid.as_str());
+    let mut agent = a.staff("alice", "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    let updated = console.push("engagementUpdated").await;
+    assert_eq!(
+        updated["members"],
+        json!([
+            {"identity": "alice", "role": "agent"},
+            {"identity": customer.identity(), "role": "customer"},
+        ])
+    );
+    // A console that subscribes on a third node lists it with its members.
+    let c = node(&redis, NO_LIMITS).await;
+    let mut late = c.staff("late", "agent").await;
+    let queued = late
+        .call("Subscribe", json!({"channel": "queue:default"}))
+        .await
+        .unwrap();
+    assert_eq!(queued["engagements"][0]["channelSid"], sid.as_str());
+    assert_eq!(queued["engagements"][0]["members"], updated["members"]);
+    let mut tab = Client::open_url(&b.url(), Enc::Json).await.unwrap();
+    let r = tab.connect(json!({ "resumeToken": resume })).await.unwrap();
+    assert_eq!(r["engagement"]["channelSid"], sid.as_str());
+    assert_eq!(r["engagement"]["members"], updated["members"]);
+    let mut other = b.staff("bob", "agent").await;
+    assert_eq!(
+        other
+            .fails("EndEngagement", json!({"channelSid": sid}))
+            .await,
+        "not_a_member"
+    );
+    agent
+        .call(
+            "EndEngagement",
+            json!({"channelSid": sid, "reason": "resolved"}),
+        )
+        .await
+        .unwrap();
+    for c in [&mut customer, &mut tab] {
+        let ended = c.push("engagementEnded").await;
+        assert_eq!(ended, json!({"channelSid": sid, "reason": "resolved"}));
+    }
+    assert_eq!(console.push("engagementEnded").await["reason"], "resolved");
+    assert_eq!(late.push("engagementEnded").await["reason"], "resolved");
+    assert_eq!(
+        customer
+            .fails("SendMessage", json!({"channelSid": sid, "body": "x"}))
+            .await,
+        "not_a_member"
+    );
+    assert_eq!(
+        agent
+            .fails("SendMessage", json!({"channelSid": sid, "body": "x"}))
+            .await,
+        "not_found"
+    );
+}
+
+/// Typing on one node shows on the other, and ends by itself after the
+/// window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_crosses_nodes_and_ends_by_itself() {
+    let redis = Redis::start();
+    let extra = format!("{NO_LIMITS}[typing]\nwindow_ms = 300\n");
+    let a = node(&redis, &extra).await;
+    let b = node(&redis, &extra).await;
+    let mut customer = a.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut agent = b.staff("agent-t", "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    // Typing is transient (never logged): node B hears it once it has
+    // subscribed to the channel, which a first message shows.
+    customer
+        .call("SendMessage", json!({"channelSid": sid, "body": "hello"}))
+        .await
+        .unwrap();
+    agent.push("messageAdded").await;
+    customer
+        .call("SendTyping", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    let typing = agent.push("typingStarted").await;
+    assert_eq!(typing["identity"], customer.identity());
+    let ended = agent.push("typingEnded").await;
+    assert_eq!(ended["identity"], customer.identity());
+    // A message ends typing at once.
+    customer
+        .call("SendTyping", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    agent.push("typingStarted").await;
+    customer
+        .call("SendMessage", json!({"channelSid": sid, "body": "hi"}))
+        .await
+        .unwrap();
+    agent.push("typingEnded").await;
+    agent.push("messageAdded").await;
+    // Once: the period's timer does not end it again.
+    agent
+        .no_push("typingEnded", Duration::from_millis(700))
+        .await;
+    customer
+        .no_push("typingStarted", Duration::from_millis(10))
+        .await;
+}
