@@ -517,6 +517,28 @@ impl RedisEngine {
         Pending::Remote(Box::pin(future))
     }
 
+    /// A session count that could not be lowered: once Redis answers
+    /// again, this node's count of the identity is set to what it is here
+    /// (idempotent, unlike the decrement that failed), so that a Redis
+    /// outage does not leave sessions counted that are gone.
+    async fn recount_sessions(self: Arc<Self>, identity: Arc<str>) {
+        let mut wait = Duration::from_millis(250);
+        while !self.stop.is_cancelled() {
+            tokio::time::sleep(wait).await;
+            let here = self.delivery.identity_sessions(&identity).len();
+            let set = self
+                .call(
+                    |s| &s.sessions,
+                    vec![identity.to_string(), here.to_string()],
+                )
+                .await;
+            if set.is_ok() {
+                return;
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
     async fn typing_period(self: Arc<Self>, actor: Arc<str>, sid: Arc<str>, token: String) {
         let mut wait = self.config.typing_window();
         loop {
@@ -722,9 +744,10 @@ impl Engine for RedisEngine {
                 self.config.identities.idle_ttl_secs.max(1).to_string(),
             ],
         );
+        let engine = self.engine();
         tokio::spawn(async move {
-            if let Err(e) = call.await {
-                tracing::debug!(error = %e, "session count not lowered; it goes with this node's heartbeat");
+            if call.await.is_err() {
+                engine.recount_sessions(id).await;
             }
         });
     }
