@@ -255,6 +255,20 @@ impl RedisEngine {
             )
             .await;
             let ok = matches!(set, Ok(Ok(())));
+            if ok {
+                let now = Utc::now().timestamp_millis().max(0) as u64;
+                let probe = tokio::time::timeout(
+                    timeout,
+                    redis::cmd("PUBLISH")
+                        .arg(engine.fanout.probe_channel())
+                        .arg(now)
+                        .query_async::<i64>(&mut conn),
+                )
+                .await;
+                if let Ok(Ok(receivers)) = probe {
+                    engine.fanout.probed(receivers, now, every * 3);
+                }
+            }
             if ok != engine.up.swap(ok, Ordering::Relaxed) {
                 if ok {
                     tracing::info!(redis = %engine.url, "Redis reachable again");
