@@ -579,6 +579,24 @@ impl RedisEngine {
     }
 }
 
+/// A session counted in Redis by an attach that may not finish.
+struct Counted {
+    engine: Arc<RedisEngine>,
+    identity: Arc<str>,
+    settled: bool,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.engine.clone().recount_sessions(self.identity.clone()));
+        }
+    }
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(reply: &str) -> Outcome<T> {
     serde_json::from_str(reply)
         .map_err(|e| EngineError::Internal(format!("unreadable shared engine reply: {e}")))
@@ -683,16 +701,27 @@ impl Engine for RedisEngine {
         let actor = actor.clone();
         let recover = recover.clone();
         Self::remote(async move {
+            // The script counts the session; if this attach is given up
+            // before the session is known here (the client went, or the
+            // answer was lost), the count is set right from what this node
+            // holds.
+            let mut counted = Counted {
+                engine: engine.clone(),
+                identity: actor.id.clone(),
+                settled: false,
+            };
             let state: AttachState = match call.await? {
                 Ok(reply) => parse(&reply)?,
                 Err(_) => {
+                    counted.settled = true;
                     return Err(EngineError::Full(format!(
                     "identity {} already has {max} sessions (admission.max_sessions_per_identity)",
                     actor.id
-                )))
+                )));
                 }
             };
             session.set_identity(actor.id.clone());
+            counted.settled = true;
             engine.delivery.attach_identity(&session, &actor.id);
             engine
                 .fanout
