@@ -697,3 +697,40 @@ async fn typing_crosses_nodes_and_ends_by_itself() {
         .no_push("typingStarted", Duration::from_millis(10))
         .await;
 }
+
+/// A session that ends while Redis is away stops counting once Redis is
+/// back (its count could not be lowered then): the identity's next session
+/// is not refused for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_during_an_outage_stops_counting() {
+    let mut redis = Redis::start();
+    let a = node(
+        &redis,
+        "[rate_limits]\nenabled = false\n[admission]\nmax_sessions_per_identity = 1\n",
+    )
+    .await;
+    let jwt = token("cust-s", "customer", 3600);
+    let tab = a.staff_token(&jwt).await;
+    redis.stop();
+    drop(tab);
+    // The node notices the closed socket and fails to lower the count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.resume();
+    let again = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let mut c = Client::open_url(&a.url(), Enc::Json).await.unwrap();
+            match c.connect(json!({"token": jwt})).await {
+                Ok(_) => return c,
+                Err(e) => {
+                    assert!(
+                        e["code"] == "rate_limited" || e["code"] == "unavailable",
+                        "{e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(again.is_ok(), "the ended session stopped counting");
+}

@@ -49,6 +49,14 @@ end
 return 'OK'
 "#;
 
+/// A:1 identity, 2 this node's sessions of it now. Puts the node's count
+/// right after a session count could not be lowered (Redis was away).
+const SESSIONS: &str = r#"
+local sk = P .. ':ids:' .. A(1)
+if tonumber(A(2)) > 0 then redis.call('HSET', sk, NODE, A(2)) else redis.call('HDEL', sk, NODE) end
+return 'OK'
+"#;
+
 /// A:1 sid → the channel's state and position.
 const CHANNEL: &str = r#"
 return cjson.encode(channel_state(A(1)))
@@ -290,6 +298,7 @@ pub(super) struct Scripts {
     pub identify: Script,
     pub attach: Script,
     pub detach: Script,
+    pub sessions: Script,
     pub channel: Script,
     pub queue: Script,
     pub start: Script,
@@ -320,6 +329,7 @@ impl Scripts {
             identify: script(IDENTIFY),
             attach: script(ATTACH),
             detach: script(DETACH),
+            sessions: script(SESSIONS),
             channel: script(CHANNEL),
             queue: script(QUEUE),
             start: script(START),
