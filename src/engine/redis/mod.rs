@@ -659,8 +659,10 @@ impl Engine for RedisEngine {
                 principal.role.as_str().to_owned(),
                 if principal.anonymous { "1" } else { "0" }.to_owned(),
                 self.config.identities.idle_ttl_secs.max(1).to_string(),
+                self.config.identities.max_anonymous.to_string(),
             ],
         );
+        let cap = self.config.identities.max_anonymous;
         let principal = principal.clone();
         Self::remote(async move {
             #[derive(Deserialize)]
@@ -668,9 +670,11 @@ impl Engine for RedisEngine {
                 role: Role,
                 anon: bool,
             }
-            let reply = call
-                .await?
-                .map_err(|Refused(code)| EngineError::Internal(code))?;
+            let reply = call.await?.map_err(|Refused(_)| {
+                EngineError::Full(format!(
+                    "the broker holds its maximum of {cap} anonymous identities; retry later"
+                ))
+            })?;
             let found: Identified = parse(&reply)?;
             if found.role != principal.role {
                 return Err(EngineError::Unauthorized(format!(
