@@ -734,3 +734,22 @@ async fn a_session_ended_during_an_outage_stops_counting() {
     .await;
     assert!(again.is_ok(), "the ended session stopped counting");
 }
+
+/// `[identities] max_anonymous` counts the anonymous identities of every
+/// node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anonymous_cap_holds_across_nodes() {
+    let redis = Redis::start();
+    let extra = "[identities]\nmax_anonymous = 2\n";
+    let a = node(&redis, extra).await;
+    let b = node(&redis, extra).await;
+    let first = a.customer().await;
+    let resume = first.connect_result["resumeToken"].clone();
+    let _second = b.customer().await;
+    let mut third = Client::open_url(&a.url(), Enc::Json).await.unwrap();
+    let err = third.call("Connect", json!({})).await.unwrap_err();
+    assert_eq!(err["code"], "rate_limited", "{err}");
+    // A known one still connects, on the other node.
+    let mut again = Client::open_url(&b.url(), Enc::Json).await.unwrap();
+    again.connect(json!({"resumeToken": resume})).await.unwrap();
+}
