@@ -297,6 +297,26 @@ impl<'a, T: Serialize> Push<'a, T> {
         self.event
     }
 
+    /// The push as a post-event webhook's JSON body:
+    /// `{"event", "eventId", "timestamp", "data"}`.
+    pub(crate) fn webhook_body(&self, event_id: &str, timestamp: &str) -> String {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct WebhookBody<'a, T> {
+            event: &'a str,
+            event_id: &'a str,
+            timestamp: &'a str,
+            data: &'a T,
+        }
+        serde_json::to_string(&WebhookBody {
+            event: self.event,
+            event_id,
+            timestamp,
+            data: self.data(),
+        })
+        .expect("wire data serializes")
+    }
+
     /// The frame for one encoding; the bytes are shared with every other
     /// recipient of the same encoding.
     pub fn frame(&self, encoding: Encoding) -> Bytes {

@@ -192,6 +192,17 @@ pub(crate) enum EventPush<'a> {
 }
 
 impl EventPush<'_> {
+    /// The push as a post-event webhook's body (see `codec::Push`).
+    pub(crate) fn webhook_body(&self, event_id: &str, timestamp: &str) -> String {
+        match self {
+            EventPush::Message(p) => p.webhook_body(event_id, timestamp),
+            EventPush::Member(p) => p.webhook_body(event_id, timestamp),
+            EventPush::Channel(p) => p.webhook_body(event_id, timestamp),
+            EventPush::Started(p) => p.webhook_body(event_id, timestamp),
+            EventPush::Widget(p) => p.webhook_body(event_id, timestamp),
+        }
+    }
+
     pub(crate) fn frame(&self, encoding: crate::codec::Encoding) -> bytes::Bytes {
         match self {
             EventPush::Message(p) => p.frame(encoding),

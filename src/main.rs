@@ -131,8 +131,14 @@ async fn serve(config: Config) -> ExitCode {
     let local = server.local_addr().unwrap_or(addr);
     // One line on stdout, for scripts and tests that start the broker on
     // port 0 and need to know where it is.
-    println!("switchboard listening on {local}");
-    let _ = std::io::stdout().flush();
+    // Written, not `println!`ed: a stdout that cannot be written (a full
+    // disk under a redirect, a closed pipe) must not panic the broker.
+    let mut stdout = std::io::stdout();
+    if let Err(e) =
+        writeln!(stdout, "switchboard listening on {local}").and_then(|()| stdout.flush())
+    {
+        tracing::warn!(error = %e, "cannot write the listening line to stdout");
+    }
     tracing::info!(%local, "listening");
     let broker = server.broker().clone();
     server.run(shutdown_signal()).await;

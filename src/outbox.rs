@@ -15,6 +15,7 @@
 //! [`Outbox::push_droppable`], which keeps them in order with everything else
 //! but refuses them when the queue is under pressure.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -23,8 +24,11 @@ use std::io::{self, IoSlice};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+
+use futures_util::task::AtomicWaker;
 
 use crate::metrics::Metrics;
 
@@ -97,6 +101,48 @@ impl fmt::Display for CloseReason {
     }
 }
 
+thread_local! {
+    /// The outboxes written to under this thread's [`Cork`], if one is on.
+    static CORK: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+}
+
+/// While one is alive on a thread, pushes made on that thread to idle
+/// sessions are queued instead of written one by one, and written when it
+/// is dropped: each session then gets one `writev` for everything a burst
+/// of work sent it (a publisher's 32 pipelined messages to 1,000 observers
+/// make 1,000 writes, not 32,000). A session's task runs each of its polls
+/// under one, as an event loop flushes once per turn. Nested corks are one.
+pub(crate) struct Cork {
+    outer: bool,
+}
+
+impl Cork {
+    pub(crate) fn new() -> Cork {
+        let outer = CORK.with(|cork| {
+            let mut cork = cork.borrow_mut();
+            let outer = cork.is_none();
+            if outer {
+                *cork = Some(Vec::new());
+            }
+            outer
+        });
+        Cork { outer }
+    }
+}
+
+impl Drop for Cork {
+    fn drop(&mut self) {
+        if self.outer {
+            let dirty = CORK
+                .with(|cork| cork.borrow_mut().take())
+                .unwrap_or_default();
+            for outbox in dirty {
+                outbox.flush_corked();
+            }
+        }
+    }
+}
+
 /// Bounds of one outbox, from `[limits]`.
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxLimits {
@@ -111,9 +157,16 @@ const WRITEV_FRAMES: usize = 64;
 
 pub struct Outbox {
     state: Mutex<State>,
-    /// Wakes the session's writer; `notify_one` keeps a permit when the
-    /// writer is busy, so no wake-up is lost.
-    wake: Notify,
+    /// Wakes the session's writer (the session's task, or a TLS session's
+    /// writer task). Polled, not awaited: a waiting session keeps no wait
+    /// future of its own, only its place in here.
+    writer: AtomicWaker,
+    /// Set with every wake-up of the writer, taken by [`Self::poll_wanted`],
+    /// so that a wake-up while the writer is busy is not lost.
+    wanted: AtomicBool,
+    /// Wakes the session's task when a close is asked for (it is the writer
+    /// too on plain TCP; a TLS session's task only waits for this).
+    owner: AtomicWaker,
     limits: OutboxLimits,
     metrics: Arc<Metrics>,
 }
@@ -150,6 +203,8 @@ struct State {
     /// The socket a publisher may write to directly (plain TCP only; a TLS
     /// session's frames go through its writer task).
     socket: Option<Arc<TcpStream>>,
+    /// Queued under a [`Cork`] and listed for its flush.
+    corked: bool,
 }
 
 /// How far [`Outbox::write_to`] got.
@@ -268,7 +323,9 @@ impl Outbox {
     pub fn new(limits: OutboxLimits, metrics: Arc<Metrics>) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
+            writer: AtomicWaker::new(),
+            wanted: AtomicBool::new(false),
+            owner: AtomicWaker::new(),
             limits,
             metrics,
         }
@@ -282,13 +339,18 @@ impl Outbox {
     /// Queues a frame that must not be dropped, or writes it at once when
     /// nothing is waiting before it. Returns `false` when the session is
     /// closing (or has just been closed for overflowing).
-    pub fn push(&self, frame: Bytes) -> bool {
+    pub fn push(self: &Arc<Self>, frame: Bytes) -> bool {
         let len = frame.len();
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return false;
         }
-        if let Some(socket) = state.direct() {
+        if state.direct().is_some() {
+            if self.cork_in(&mut state) {
+                state.add(frame, Kind::Required);
+                return true;
+            }
+            let socket = state.direct().expect("checked");
             match socket.try_write(&frame) {
                 Ok(n) if n == len => return true,
                 Ok(n) => {
@@ -300,7 +362,7 @@ impl Outbox {
                 Err(_) => state.add(frame, Kind::Required),
             }
             drop(state);
-            self.wake.notify_one();
+            self.wake();
             return true;
         }
         let must_deliver = state.queue.len() - state.droppable - state.replayed;
@@ -311,12 +373,17 @@ impl Outbox {
             state.closing = Some(CloseReason::SlowConsumer);
             drop(state);
             self.metrics.slow_consumer_closed();
-            self.wake.notify_one();
+            self.wake();
+            self.owner.wake();
             return false;
         }
         state.add(frame, Kind::Required);
+        // A cork's flush will write it (and wake the writer if it must).
+        let corked = state.corked;
         drop(state);
-        self.wake.notify_one();
+        if !corked {
+            self.wake();
+        }
         true
     }
 
@@ -331,7 +398,7 @@ impl Outbox {
         }
         state.add(frame, Kind::Replayed);
         drop(state);
-        self.wake.notify_one();
+        self.wake();
         true
     }
 
@@ -371,16 +438,20 @@ impl Outbox {
         let mut state = self.state.lock();
         state.holds = state.holds.saturating_sub(1);
         drop(state);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Queues a frame the broker may drop under pressure (typing). Returns
     /// whether it was queued.
-    pub fn push_droppable(&self, frame: Bytes) -> bool {
+    pub fn push_droppable(self: &Arc<Self>, frame: Bytes) -> bool {
         let len = frame.len();
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return false;
+        }
+        if state.direct().is_some() && self.cork_in(&mut state) {
+            state.add(frame, Kind::Droppable);
+            return true;
         }
         if let Some(socket) = state.direct() {
             match socket.try_write(&frame) {
@@ -390,7 +461,7 @@ impl Outbox {
                     state.add(frame, Kind::Required);
                     state.front_written = n;
                     drop(state);
-                    self.wake.notify_one();
+                    self.wake();
                     return true;
                 }
                 Err(_) => {}
@@ -405,8 +476,11 @@ impl Outbox {
             return false;
         }
         state.add(frame, Kind::Droppable);
+        let corked = state.corked;
         drop(state);
-        self.wake.notify_one();
+        if !corked {
+            self.wake();
+        }
         true
     }
 
@@ -418,7 +492,8 @@ impl Outbox {
             state.closing = Some(reason);
         }
         drop(state);
-        self.wake.notify_one();
+        self.wake();
+        self.owner.wake();
     }
 
     pub fn closing(&self) -> Option<CloseReason> {
@@ -429,10 +504,66 @@ impl Outbox {
         self.closing().is_some()
     }
 
-    /// Resolves when there may be work for the writer (frames queued, a
-    /// recovery released, a close asked for).
-    pub(crate) async fn wanted(&self) {
-        self.wake.notified().await
+    /// Under a [`Cork`] on this thread: lists the outbox for the cork's
+    /// flush (once) and says the frame is to be queued, not written now.
+    fn cork_in(self: &Arc<Self>, state: &mut State) -> bool {
+        CORK.with(|cork| match cork.borrow_mut().as_mut() {
+            Some(dirty) => {
+                if !state.corked {
+                    state.corked = true;
+                    dirty.push(self.clone());
+                }
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Writes what a cork held back, as far as the socket takes it; the
+    /// writer gets the rest.
+    fn flush_corked(&self) {
+        let mut state = self.state.lock();
+        state.corked = false;
+        let blocked = match state.socket.clone() {
+            Some(socket) => !matches!(state.write_queue(&socket), Ok(Progress::Idle)),
+            None => true,
+        };
+        drop(state);
+        if blocked {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        self.wanted.store(true, Ordering::Release);
+        self.writer.wake();
+    }
+
+    /// Ready when there may be work for the writer (frames queued, a
+    /// recovery released, a close asked for) since it last looked.
+    pub(crate) fn poll_wanted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.wanted.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.writer.register(cx.waker());
+        // Checked again: a wake-up between the swap and the registration
+        // would otherwise be missed.
+        if self.wanted.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Ready once a close has been asked for.
+    pub(crate) fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        if let Some(reason) = self.closing() {
+            return Poll::Ready(reason);
+        }
+        self.owner.register(cx.waker());
+        match self.closing() {
+            Some(reason) => Poll::Ready(reason),
+            None => Poll::Pending,
+        }
     }
 
     /// Writes as much of the queue as `socket` takes now, without waiting.
@@ -491,15 +622,15 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn outbox(frames: usize) -> Outbox {
-        Outbox::new(
+    fn outbox(frames: usize) -> Arc<Outbox> {
+        Arc::new(Outbox::new(
             OutboxLimits {
                 frames,
                 bytes: 1 << 20,
                 typing_frames: 2,
             },
             Arc::new(Metrics::default()),
-        )
+        ))
     }
 
     fn frame(text: &'static str) -> Bytes {
@@ -583,14 +714,14 @@ mod tests {
     async fn an_overflow_keeps_the_frame_on_the_wire_whole() {
         use tokio::io::AsyncReadExt;
         let (socket, mut client) = socket_pair().await;
-        let o = Outbox::new(
+        let o = Arc::new(Outbox::new(
             OutboxLimits {
                 frames: 4,
                 bytes: 64 << 20,
                 typing_frames: 2,
             },
             Arc::new(Metrics::default()),
-        );
+        ));
         o.write_directly_to(socket.clone());
         // Frames of distinct bytes, until the socket stops taking them and
         // the queue overflows.
@@ -620,5 +751,28 @@ mod tests {
         for (i, chunk) in all.chunks(1 << 20).enumerate() {
             assert!(chunk.iter().all(|&b| b == i as u8), "frame {i} in order");
         }
+    }
+
+    #[tokio::test]
+    async fn under_a_cork_pushes_wait_for_its_end_then_go_out_in_order() {
+        use tokio::io::AsyncReadExt;
+        let (socket, mut client) = socket_pair().await;
+        let o = outbox(8);
+        o.write_directly_to(socket.clone());
+        {
+            let _cork = Cork::new();
+            let _inner = Cork::new();
+            assert!(o.push(frame("a")));
+            assert!(o.push_droppable(frame("b")));
+            assert!(o.push(frame("c")));
+            assert_eq!(o.len(), 3, "held while the cork is on");
+        }
+        assert!(o.is_written(), "written when it ends");
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abc");
+        // Without a cork, a push to the idle socket goes out at once.
+        assert!(o.push(frame("d")));
+        assert!(o.is_empty());
     }
 }

@@ -148,20 +148,29 @@ struct State {
     exempt: bool,
 }
 
-/// One session's limits. Only the session's own reader task (and actions it
-/// runs) touch it, so the lock is never contended; it only makes it `Sync`.
-pub struct SessionLimiter {
-    config: Option<RateLimits>,
-    state: Mutex<Option<State>>,
+/// One session's limits: nothing (one null pointer) when limits are off,
+/// otherwise its buckets and the few settings they need, not a copy of the
+/// whole `[rate_limits]` table, since every idle session pays for them.
+/// Only the session's own task (and actions it runs) touch it, so the lock
+/// is never contended; it only makes it `Sync`.
+pub struct SessionLimiter(Option<Box<Limited>>);
+
+struct Limited {
+    close_after_rejections: u32,
+    rejection_window: Duration,
+    /// Roles the limits do not apply to, one bit per `Role`.
+    exempt_roles: u8,
+    state: Mutex<State>,
+}
+
+fn role_bit(role: Role) -> u8 {
+    1 << role as u8
 }
 
 impl SessionLimiter {
     /// No limits (internal use, and `enabled = false`).
     pub fn unlimited() -> Self {
-        SessionLimiter {
-            config: None,
-            state: Mutex::new(None),
-        }
+        SessionLimiter(None)
     }
 
     pub fn new(config: &RateLimits) -> Self {
@@ -170,9 +179,11 @@ impl SessionLimiter {
         }
         let now = Instant::now();
         let c = config;
-        SessionLimiter {
-            config: Some(c.clone()),
-            state: Mutex::new(Some(State {
+        SessionLimiter(Some(Box::new(Limited {
+            close_after_rejections: c.close_after_rejections,
+            rejection_window: Duration::from_millis(c.rejection_window_ms),
+            exempt_roles: c.exempt_roles.iter().fold(0, |m, r| m | role_bit(*r)),
+            state: Mutex::new(State {
                 commands: TokenBucket::new(c.commands_per_sec, c.commands_burst, now),
                 actions: [
                     TokenBucket::new(c.messages_per_sec, c.messages_burst, now),
@@ -182,93 +193,73 @@ impl SessionLimiter {
                 window_start: now,
                 rejections: 0,
                 exempt: false,
-            })),
-        }
+            }),
+        })))
     }
 
     /// Called once the session knows its role: exempt roles stop counting.
     pub fn set_role(&self, role: Role) {
-        let exempt = self
-            .config
-            .as_ref()
-            .is_some_and(|c| c.exempt_roles.contains(&role));
-        if let Some(state) = self.state.lock().as_mut() {
-            state.exempt = exempt;
+        if let Some(limited) = &self.0 {
+            limited.state.lock().exempt = limited.exempt_roles & role_bit(role) != 0;
         }
     }
 
     /// One incoming frame, before it is decoded or run.
     pub fn check_frame(&self) -> Result<(), ActionError> {
-        let mut guard = self.state.lock();
-        let Some(state) = guard.as_mut().filter(|s| !s.exempt) else {
+        let Some(limited) = &self.0 else {
             return Ok(());
         };
+        let mut state = limited.state.lock();
+        if state.exempt {
+            return Ok(());
+        }
         let now = Instant::now();
         if state.commands.try_take(now) {
             return Ok(());
         }
         let wait = state.commands.retry_after();
-        let error = rejected(self.config.as_ref(), state, now, "commands", wait);
-        Err(error)
+        Err(limited.rejected(&mut state, now, "commands", wait))
     }
 
     /// One run of `action` (directly or through a custom action).
     pub fn check_action(&self, action: &str) -> Result<(), ActionError> {
-        let Some(slot) = action_bucket(action) else {
+        let (Some(limited), Some(slot)) = (&self.0, action_bucket(action)) else {
             return Ok(());
         };
-        let mut guard = self.state.lock();
-        let Some(state) = guard.as_mut().filter(|s| !s.exempt) else {
+        let mut state = limited.state.lock();
+        if state.exempt {
             return Ok(());
-        };
+        }
         let now = Instant::now();
         if state.actions[slot].try_take(now) {
             return Ok(());
         }
         let wait = state.actions[slot].retry_after();
-        Err(rejected(
-            self.config.as_ref(),
-            state,
-            now,
-            ACTION_KEYS[slot],
-            wait,
-        ))
+        Err(limited.rejected(&mut state, now, ACTION_KEYS[slot], wait))
     }
 
     /// Whether the session has been refused so often, so fast, that it
     /// should be closed with 4029.
     pub fn is_abusive(&self) -> bool {
-        let Some(config) = &self.config else {
-            return false;
-        };
-        self.state
-            .lock()
-            .as_ref()
-            .is_some_and(|s| s.rejections >= config.close_after_rejections)
+        self.0.as_ref().is_some_and(|limited| {
+            limited.state.lock().rejections >= limited.close_after_rejections
+        })
     }
 }
 
-fn rejected(
-    config: Option<&RateLimits>,
-    state: &mut State,
-    now: Instant,
-    what: &str,
-    wait: Duration,
-) -> ActionError {
-    if let Some(config) = config {
-        if now.saturating_duration_since(state.window_start)
-            > Duration::from_millis(config.rejection_window_ms)
-        {
+impl Limited {
+    fn rejected(&self, state: &mut State, now: Instant, what: &str, wait: Duration) -> ActionError {
+        if now.saturating_duration_since(state.window_start) > self.rejection_window {
             state.window_start = now;
             state.rejections = 0;
         }
+        state.rejections = state.rejections.saturating_add(1);
+        ActionError::RateLimited(format!(
+            "too many {} (rate_limits.{what}_per_sec); retry in {} ms",
+            what.replace('_', " "),
+            wait.as_millis().max(1)
+        ))
     }
-    state.rejections = state.rejections.saturating_add(1);
-    ActionError::RateLimited(format!(
-        "too many {} (rate_limits.{what}_per_sec); retry in {} ms",
-        what.replace('_', " "),
-        wait.as_millis().max(1)
-    ))
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::admission::{Admission, Refusal};
 use crate::broker::Broker;
 use crate::connection::run_session;
 use crate::http::{self, close_lingering, Response};
+use crate::outbox::Cork;
 use crate::tls::Stream;
 
 /// Pending connections the kernel queues before accept (tokio's default is
@@ -196,7 +197,15 @@ async fn handle_connection(
     // idle session's task holds nothing but what the session needs.
     let upgraded = Box::pin(handshake(&broker, tcp, peer, loopback, tls, &shutdown)).await;
     if let Some(upgraded) = upgraded {
-        run_session(broker, upgraded, peer, shutdown).await;
+        // Each poll of the session runs under a cork: what it sends to
+        // idle sessions (its replies, its fan-out) is written once per
+        // session when the poll ends.
+        let mut session = std::pin::pin!(run_session(broker, upgraded, peer, shutdown));
+        std::future::poll_fn(|cx| {
+            let _cork = Cork::new();
+            session.as_mut().poll(cx)
+        })
+        .await;
     }
 }
 

@@ -697,3 +697,59 @@ async fn typing_crosses_nodes_and_ends_by_itself() {
         .no_push("typingStarted", Duration::from_millis(10))
         .await;
 }
+
+/// A session that ends while Redis is away stops counting once Redis is
+/// back (its count could not be lowered then): the identity's next session
+/// is not refused for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_during_an_outage_stops_counting() {
+    let mut redis = Redis::start();
+    let a = node(
+        &redis,
+        "[rate_limits]\nenabled = false\n[admission]\nmax_sessions_per_identity = 1\n",
+    )
+    .await;
+    let jwt = token("cust-s", "customer", 3600);
+    let tab = a.staff_token(&jwt).await;
+    redis.stop();
+    drop(tab);
+    // The node notices the closed socket and fails to lower the count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.resume();
+    let again = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let mut c = Client::open_url(&a.url(), Enc::Json).await.unwrap();
+            match c.connect(json!({"token": jwt})).await {
+                Ok(_) => return c,
+                Err(e) => {
+                    assert!(
+                        e["code"] == "rate_limited" || e["code"] == "unavailable",
+                        "{e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(again.is_ok(), "the ended session stopped counting");
+}
+
+/// `[identities] max_anonymous` counts the anonymous identities of every
+/// node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anonymous_cap_holds_across_nodes() {
+    let redis = Redis::start();
+    let extra = "[identities]\nmax_anonymous = 2\n";
+    let a = node(&redis, extra).await;
+    let b = node(&redis, extra).await;
+    let first = a.customer().await;
+    let resume = first.connect_result["resumeToken"].clone();
+    let _second = b.customer().await;
+    let mut third = Client::open_url(&a.url(), Enc::Json).await.unwrap();
+    let err = third.call("Connect", json!({})).await.unwrap_err();
+    assert_eq!(err["code"], "rate_limited", "{err}");
+    // A known one still connects, on the other node.
+    let mut again = Client::open_url(&b.url(), Enc::Json).await.unwrap();
+    again.connect(json!({"resumeToken": resume})).await.unwrap();
+}

@@ -23,6 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -44,6 +45,14 @@ use crate::ws::{self, FrameReader, Inbound, ReadError};
 
 use held::HeldReplies;
 use socket::{Read, Socket};
+
+/// What woke a waiting session's socket side.
+enum Io {
+    /// Something to write, a close asked for, or the socket writable again.
+    Wanted,
+    /// Bytes read (frames in `inbound`), or the end of the connection.
+    Read(Read),
+}
 
 /// How long a closing session waits for its last frames and the peer's
 /// close reply before the socket is dropped.
@@ -86,9 +95,13 @@ pub(crate) async fn run_session(
         ctx: None,
         token_expires: None,
     };
-    // Boxed: the running loop needs far more state than a session that
-    // has ended, and the future's size is what every session pays.
-    let ended = Box::pin(reader.run(&mut socket, &mut frames, leftover, &shutdown)).await;
+    // Not boxed: the running loop is most of what the task's allocation
+    // holds, and one allocation per session is cheaper than two. What runs
+    // before and after it (the handshake, the close) is boxed instead, so
+    // that it does not add to the size every idle session pays.
+    let ended = reader
+        .run(&mut socket, &mut frames, leftover, &shutdown)
+        .await;
     outbox.close(ended);
     let reason = outbox.closing().unwrap_or(ended);
     // Nothing more is pushed to a closing session: stop fanning out to it
@@ -105,11 +118,15 @@ pub(crate) async fn run_session(
     if reason != CloseReason::ClientGone {
         let deadline = Instant::now() + grace;
         let closed = tokio::select! {
-            closed = socket.finish(&outbox, reason, deadline) => closed,
+            closed = Box::pin(socket.finish(&outbox, reason, deadline)) => closed,
             _ = shutdown.cancelled(), if reason != CloseReason::Shutdown => false,
         };
         if closed && reason != CloseReason::ClientClosed {
-            let _ = tokio::time::timeout(CLOSE_GRACE, socket.linger(&mut frames)).await;
+            let _ = Box::pin(tokio::time::timeout(
+                CLOSE_GRACE,
+                socket.linger(&mut frames),
+            ))
+            .await;
         }
     }
     broker.metrics.session_closed();
@@ -168,7 +185,6 @@ impl Reader<'_> {
             }
         }
         drop(leftover);
-        let write_side = socket.write_side();
         loop {
             if !inbound.is_empty() {
                 last_rx = Instant::now();
@@ -203,8 +219,6 @@ impl Reader<'_> {
                     self.flush_held(&mut held).await;
                     return CloseReason::Shutdown;
                 }
-                _ = outbox.wanted() => {}
-                _ = write_side.writable(), if blocked => {}
                 _ = async {
                     match room {
                         Some(room) => { let _ = room.await; }
@@ -237,12 +251,35 @@ impl Reader<'_> {
                             .min(next_ping),
                     );
                 }
-                read = socket.read(frames, &mut inbound), if readable => {
-                    last_rx = Instant::now();
-                    match read {
-                        Read::Frames => {}
-                        Read::Gone => return CloseReason::ClientGone,
-                        Read::Refused(e) => return self.refused(e),
+                // The socket and the outbox, polled rather than awaited:
+                // their wake-ups live in the socket's registration and the
+                // outbox, so a waiting session stores no future for them.
+                io = std::future::poll_fn(|cx| {
+                    let writes = socket.writes_itself();
+                    if writes && outbox.poll_wanted(cx).is_ready() {
+                        return Poll::Ready(Io::Wanted);
+                    }
+                    if !writes && outbox.poll_closing(cx).is_ready() {
+                        return Poll::Ready(Io::Wanted);
+                    }
+                    if blocked && socket.poll_writable(cx).is_ready() {
+                        return Poll::Ready(Io::Wanted);
+                    }
+                    if readable {
+                        if let Poll::Ready(read) = socket.poll_read(cx, frames, &mut inbound) {
+                            return Poll::Ready(Io::Read(read));
+                        }
+                    }
+                    Poll::Pending
+                }) => match io {
+                    Io::Wanted => {}
+                    Io::Read(read) => {
+                        last_rx = Instant::now();
+                        match read {
+                            Read::Frames => {}
+                            Read::Gone => return CloseReason::ClientGone,
+                            Read::Refused(e) => return self.refused(e),
+                        }
                     }
                 }
             }

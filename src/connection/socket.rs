@@ -13,11 +13,13 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -81,13 +83,19 @@ impl Socket {
         }
     }
 
-    /// Waits for bytes and cuts the frames they complete into `out`.
-    /// Cancel-safe: nothing read is lost if the wait is dropped.
-    pub(super) async fn read(&mut self, frames: &mut FrameReader, out: &mut Vec<Inbound>) -> Read {
+    /// Reads what has arrived and cuts the frames it completes into `out`;
+    /// pending (the task woken by the socket) when nothing has. Polled, not
+    /// awaited, so that a waiting session keeps no read future.
+    pub(super) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        frames: &mut FrameReader,
+        out: &mut Vec<Inbound>,
+    ) -> Poll<Read> {
         match self {
             Socket::Plain(tcp) => loop {
-                if tcp.readable().await.is_err() {
-                    return Read::Gone;
+                if ready!(tcp.poll_read_ready(cx)).is_err() {
+                    return Poll::Ready(Read::Gone);
                 }
                 let read = SCRATCH.with(|scratch| {
                     let mut scratch = scratch.borrow_mut();
@@ -97,21 +105,40 @@ impl Socket {
                             Ok(()) => Read::Frames,
                             Err(e) => Read::Refused(e),
                         }),
+                        // Readiness is cleared: the next poll registers.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                         Err(_) => Some(Read::Gone),
                     }
                 });
                 if let Some(read) = read {
-                    return read;
+                    return Poll::Ready(read);
                 }
             },
-            Socket::Tls { read, buf, .. } => match read.read(buf).await {
-                Ok(0) | Err(_) => Read::Gone,
-                Ok(n) => match frames.feed(&buf[..n], out) {
-                    Ok(()) => Read::Frames,
-                    Err(e) => Read::Refused(e),
-                },
-            },
+            Socket::Tls { read, buf, .. } => {
+                let mut filled = ReadBuf::new(buf);
+                match ready!(Pin::new(read).poll_read(cx, &mut filled)) {
+                    Err(_) => Poll::Ready(Read::Gone),
+                    Ok(()) if filled.filled().is_empty() => Poll::Ready(Read::Gone),
+                    Ok(()) => Poll::Ready(match frames.feed(filled.filled(), out) {
+                        Ok(()) => Read::Frames,
+                        Err(e) => Read::Refused(e),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Waits for bytes (see [`Self::poll_read`]).
+    async fn read(&mut self, frames: &mut FrameReader, out: &mut Vec<Inbound>) -> Read {
+        std::future::poll_fn(|cx| self.poll_read(cx, frames, out)).await
+    }
+
+    /// Ready when a blocked plain socket can be written again (never for
+    /// TLS, whose writer task waits itself).
+    pub(super) fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Socket::Plain(tcp) => tcp.poll_write_ready(cx).map(|_| ()),
+            Socket::Tls { .. } => Poll::Pending,
         }
     }
 
@@ -124,13 +151,10 @@ impl Socket {
         }
     }
 
-    /// What waits for a blocked plain socket to be writable again, while
-    /// the socket itself is busy reading.
-    pub(super) fn write_side(&self) -> WriteSide {
-        match self {
-            Socket::Plain(tcp) => WriteSide(Some(tcp.clone())),
-            Socket::Tls { .. } => WriteSide(None),
-        }
+    /// Whether this task writes the outbox (plain TCP) or a writer task
+    /// does (TLS).
+    pub(super) fn writes_itself(&self) -> bool {
+        matches!(self, Socket::Plain(_))
     }
 
     /// Ends the session's writing: writes what is queued, then the close
@@ -207,22 +231,6 @@ impl Drop for Socket {
     }
 }
 
-/// A plain session's socket, for waiting until it is writable.
-pub(super) struct WriteSide(Option<Arc<TcpStream>>);
-
-impl WriteSide {
-    /// Resolves when the socket can be written again (never for TLS, whose
-    /// writer task waits itself).
-    pub(super) async fn writable(&self) {
-        match &self.0 {
-            Some(tcp) => {
-                let _ = tcp.writable().await;
-            }
-            None => std::future::pending().await,
-        }
-    }
-}
-
 async fn write_all(tcp: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         tcp.writable().await?;
@@ -253,7 +261,7 @@ async fn tls_writer(mut write: WriteHalf<TlsStream>, outbox: Arc<Outbox>) {
                 }
                 return;
             }
-            outbox.wanted().await;
+            std::future::poll_fn(|cx| outbox.poll_wanted(cx)).await;
             continue;
         }
         for frame in frames.drain(..) {

@@ -22,10 +22,11 @@ pub struct SessionHandle {
     /// The identity, once `Connect` has succeeded.
     identity: Mutex<Option<Arc<str>>>,
     /// What the session receives beyond its identity's pushes: channels as
-    /// a member's session, channels and queues it observes. Only the
+    /// a member's session, channels and queues it observes (allocated with
+    /// the first: most sessions of a busy broker are idle customers). Only the
     /// delivery changes it, under the topic's lock; a session that ends
     /// is taken out of each.
-    topics: Mutex<Topics>,
+    topics: Mutex<Option<Box<Topics>>>,
     /// Per-session rate limits (see `rate_limit`).
     pub rate: crate::rate_limit::SessionLimiter,
 }
@@ -47,7 +48,7 @@ impl SessionHandle {
             outbox,
             peer,
             identity: Mutex::new(None),
-            topics: Mutex::new(Topics::default()),
+            topics: Mutex::new(None),
             rate: crate::rate_limit::SessionLimiter::unlimited(),
         }
     }
@@ -81,40 +82,75 @@ impl SessionHandle {
     }
 
     pub(crate) fn add_subscription(&self, topic: Arc<str>) -> bool {
-        self.topics.lock().subscribed.insert(topic)
+        self.topics
+            .lock()
+            .get_or_insert_with(Box::default)
+            .subscribed
+            .insert(topic)
     }
 
     pub(crate) fn remove_subscription(&self, topic: &str) -> bool {
-        self.topics.lock().subscribed.remove(topic)
+        self.topics
+            .lock()
+            .as_mut()
+            .is_some_and(|t| t.subscribed.remove(topic))
     }
 
     pub(crate) fn add_membership(&self, channel: Arc<str>) {
-        self.topics.lock().member_of.insert(channel);
+        self.topics
+            .lock()
+            .get_or_insert_with(Box::default)
+            .member_of
+            .insert(channel);
     }
 
     pub(crate) fn remove_membership(&self, channel: &str) {
-        self.topics.lock().member_of.remove(channel);
+        if let Some(topics) = self.topics.lock().as_mut() {
+            topics.member_of.remove(channel);
+        }
     }
 
     /// Everything the session receives, emptied (it is ending).
     pub(crate) fn take_topics(&self) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
-        let mut topics = self.topics.lock();
-        (
-            topics.subscribed.drain().collect(),
-            topics.member_of.drain().collect(),
-        )
+        match self.topics.lock().take() {
+            Some(topics) => (
+                topics.subscribed.into_iter().collect(),
+                topics.member_of.into_iter().collect(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        }
     }
 
     /// The channels and queues it observes.
     pub(crate) fn subscriptions(&self) -> Vec<Arc<str>> {
-        self.topics.lock().subscribed.iter().cloned().collect()
+        self.topics
+            .lock()
+            .as_ref()
+            .map(|t| t.subscribed.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn is_subscribed(&self, topic: &str) -> bool {
-        self.topics.lock().subscribed.contains(topic)
+        self.topics
+            .lock()
+            .as_ref()
+            .is_some_and(|t| t.subscribed.contains(topic))
     }
 
     pub fn subscription_count(&self) -> usize {
-        self.topics.lock().subscribed.len()
+        self.topics
+            .lock()
+            .as_ref()
+            .map_or(0, |t| t.subscribed.len())
+    }
+}
+#[cfg(test)]
+mod tests {
+    /// Every connected session holds one of these for its whole life, idle
+    /// or not: what is rarely used is boxed on first use.
+    #[test]
+    fn a_session_handle_stays_small() {
+        assert!(std::mem::size_of::<super::SessionHandle>() <= 160);
+        assert_eq!(std::mem::size_of::<crate::rate_limit::SessionLimiter>(), 8);
     }
 }

@@ -131,11 +131,13 @@ pub(crate) fn signature(secret: &str, body: &[u8]) -> String {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = mac.finalize().into_bytes();
     let mut out = String::with_capacity(7 + 64);
     out.push_str("sha256=");
     for byte in digest {
-        out.push_str(&format!("{byte:02x}"));
+        out.push(HEX[usize::from(byte >> 4)] as char);
+        out.push(HEX[usize::from(byte & 15)] as char);
     }
     out
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
-use serde_json::{json, Value};
+
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +34,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600 + 60);
 /// Events read from the store at a time.
 const BATCH: usize = 256;
+/// Longest a sender goes without writing its cursor while it makes progress.
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
 /// The store side of post-event webhooks: small on purpose, so that any
 /// engine (or store) can provide it.
@@ -73,17 +75,13 @@ pub(crate) fn stored_event(topic: &Topic, event: &Event) -> Option<Op> {
         _ => return None,
     };
     // The push's data exactly as sessions get it.
-    let frame = event.push()?.frame(crate::codec::Encoding::Json);
-    let push: Value = serde_json::from_slice(&crate::codec::payload_of(&frame)).ok()?;
-    let body = json!({
-        "event": name,
-        "eventId": format!("EV{}", crate::ids::new_id()),
-        "timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        "data": push.get("data").cloned().unwrap_or(Value::Null),
-    });
+    let event_id = format!("EV{}", crate::ids::new_id());
+    let timestamp = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+    let body = event.push()?.webhook_body(&event_id, &timestamp);
+    debug_assert!(body.starts_with(&format!("{{\"event\":\"{name}\"")));
     Some(Op::QueueWebhookEvent {
         channel_sid,
-        body: Arc::from(body.to_string()),
+        body: Arc::from(body),
     })
 }
 
@@ -115,6 +113,14 @@ pub(crate) fn spawn_senders(
         spawn(Box::pin(sender.run(changed.clone(), shutdown.clone())));
     }
     spawn(Box::pin(prune(outbox, urls, progress_rx, shutdown)));
+}
+
+/// What a sender reads of a stored body (the rest is skipped unparsed).
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    event: String,
+    event_id: String,
 }
 
 struct Sender {
@@ -163,41 +169,54 @@ impl Sender {
                 }
                 continue;
             }
+            // The cursor is written once per batch, and at least every
+            // CURSOR_EVERY while a batch is slow: after a crash at most
+            // that much is sent again (at least once; receivers
+            // deduplicate on eventId).
+            let mut saved_at = Instant::now();
+            let last = batch.last().map_or(cursor, |row| row.seq);
             for row in batch {
-                if self.wants(&row.body) && self.deliver(&row, &shutdown).await.is_err() {
+                let head = serde_json::from_str::<Head>(&row.body).unwrap_or_default();
+                if self.wants(&head) && self.deliver(&row, &head, &shutdown).await.is_err() {
+                    self.save_cursor(cursor);
                     return;
                 }
                 cursor = row.seq;
-                if let Err(e) = self.outbox.save(vec![Op::WebhookCursor {
-                    url: self.url.clone(),
-                    seq: cursor,
-                }]) {
-                    // Not saved: after a restart the event is sent again
-                    // (at least once).
-                    tracing::debug!(url = %self.url, error = %e, "webhook cursor not saved");
+                if cursor == last || saved_at.elapsed() >= CURSOR_EVERY {
+                    self.save_cursor(cursor);
+                    saved_at = Instant::now();
                 }
-                self.progress.send_replace(());
             }
         }
     }
 
-    fn wants(&self, body: &str) -> bool {
-        let Some(events) = &self.events else {
-            return true;
-        };
-        let name = serde_json::from_str::<Value>(body)
-            .ok()
-            .and_then(|b| b.get("event")?.as_str().map(str::to_owned));
-        name.is_some_and(|name| events.contains(&name))
+    fn save_cursor(&self, seq: u64) {
+        if let Err(e) = self.outbox.save(vec![Op::WebhookCursor {
+            url: self.url.clone(),
+            seq,
+        }]) {
+            // Not saved: after a restart those events are sent again.
+            tracing::debug!(url = %self.url, error = %e, "webhook cursor not saved");
+        }
+        self.progress.send_replace(());
+    }
+
+    fn wants(&self, head: &Head) -> bool {
+        match &self.events {
+            None => true,
+            Some(events) => events.contains(&head.event),
+        }
     }
 
     /// Sends one event until the URL accepts it (or it is given up).
     /// `Err` only on shutdown.
-    async fn deliver(&self, row: &WebhookEventRow, shutdown: &CancellationToken) -> Result<(), ()> {
-        let event_id = serde_json::from_str::<Value>(&row.body)
-            .ok()
-            .and_then(|b| b.get("eventId")?.as_str().map(str::to_owned))
-            .unwrap_or_default();
+    async fn deliver(
+        &self,
+        row: &WebhookEventRow,
+        head: &Head,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ()> {
+        let event_id = head.event_id.as_str();
         let signed = signature(&self.secret, row.body.as_bytes());
         let first_try = Instant::now();
         let mut backoff = FIRST_BACKOFF;
@@ -207,7 +226,7 @@ impl Sender {
                 .post(&*self.url)
                 .timeout(ATTEMPT_TIMEOUT)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(EVENT_ID_HEADER, &event_id)
+                .header(EVENT_ID_HEADER, event_id)
                 .header(SIGNATURE_HEADER, &signed)
                 .body(row.body.clone())
                 .send();

@@ -50,6 +50,14 @@ impl TestServer {
         actions: ActionRegistry,
     ) -> TestServer {
         let mut config = Config::from_toml(toml).expect("test config");
+        // Opt-in: the same suites on the Redis engine (every broker a
+        // node of its own, kept apart by its key prefix).
+        if let Ok(url) = std::env::var("SWITCHBOARD_TEST_REDIS_URL") {
+            if config.cluster.redis_url.is_none() {
+                config.cluster.redis_url = Some(url);
+                config.cluster.key_prefix = format!("t{:016x}", rand::random::<u64>());
+            }
+        }
         config.jwt_secret = Some(SECRET.into());
         config.listen = "127.0.0.1:0".into();
         config.data_dir = data_dir.to_owned();

@@ -61,6 +61,8 @@ impl AfterCommit for Deliveries {
     fn settled(self, durable: bool) {
         // A failed write's events are never shown.
         if durable {
+            // One write per recipient for all of the job's events.
+            let _cork = crate::outbox::Cork::new();
             for (topic, event) in &self.events {
                 self.delivery.deliver(topic, event);
             }

@@ -13,7 +13,7 @@
 //! so that their clients reconnect and recover from history.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,10 @@ pub(super) struct Fanout {
     feeds: DashMap<String, Arc<Feed>>,
     sink: Mutex<Option<PubSubSink>>,
     connected: AtomicBool,
+    /// Set (unix ms) when a probe went out unanswered; 0 once it came back.
+    probe_waiting_since: AtomicU64,
+    /// Asks the pub/sub loop to drop its connection and start over.
+    restart: tokio::sync::Notify,
     connect_timeout: Duration,
     command_timeout: Duration,
     engine: Mutex<Option<Weak<dyn Apply>>>,
@@ -112,6 +116,8 @@ impl Fanout {
             feeds: DashMap::new(),
             sink: Mutex::new(None),
             connected: AtomicBool::new(false),
+            probe_waiting_since: AtomicU64::new(0),
+            restart: tokio::sync::Notify::new(),
             connect_timeout,
             command_timeout,
             engine: Mutex::new(None),
@@ -226,12 +232,13 @@ impl Fanout {
             // The sink first: a topic followed from now on subscribes
             // itself; the ones listed below are subscribed here.
             *self.sink.lock() = Some(sink.clone());
-            let channels: Vec<String> = self
+            let mut channels: Vec<String> = self
                 .feeds
                 .iter()
                 .map(|f| self.channel_name(&f.key))
                 .collect();
-            if !channels.is_empty() {
+            channels.push(self.probe_channel());
+            {
                 let mut sink = sink.clone();
                 let subscribed =
                     tokio::time::timeout(self.command_timeout, sink.subscribe(&channels)).await;
@@ -247,8 +254,18 @@ impl Fanout {
             for feed in &feeds {
                 self.catch_up(feed);
             }
-            while let Some(msg) = stream.next().await {
-                self.on_message(msg.get_channel_name(), msg.get_payload_bytes());
+            self.probe_waiting_since.store(0, Ordering::Relaxed);
+            loop {
+                tokio::select! {
+                    msg = stream.next() => match msg {
+                        Some(msg) => self.on_message(msg.get_channel_name(), msg.get_payload_bytes()),
+                        None => break,
+                    },
+                    _ = self.restart.notified() => {
+                        tracing::warn!("pub/sub connection silent (its probes do not come back); reconnecting");
+                        break;
+                    }
+                }
             }
             self.connected.store(false, Ordering::Relaxed);
             *self.sink.lock() = None;
@@ -256,7 +273,44 @@ impl Fanout {
         }
     }
 
+    /// This node's own probe channel: the heartbeat publishes to it, and
+    /// the pub/sub connection must hear it (a connection can stall without
+    /// closing, after a failover or behind a broken middlebox).
+    pub(super) fn probe_channel(&self) -> String {
+        format!("{}:probe:{}", self.prefix, self.node)
+    }
+
+    /// A probe went out and reached `receivers` subscribers (now: unix
+    /// ms). Restarts the pub/sub connection when Redis says nobody listens
+    /// or probes stop coming back for `patience`.
+    pub(super) fn probed(&self, receivers: i64, now: u64, patience: Duration) {
+        if !self.connected() {
+            return;
+        }
+        if receivers == 0 {
+            self.restart.notify_one();
+            return;
+        }
+        let since = match self.probe_waiting_since.compare_exchange(
+            0,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => now,
+            Err(since) => since,
+        };
+        if now.saturating_sub(since) > patience.as_millis() as u64 {
+            self.probe_waiting_since.store(0, Ordering::Relaxed);
+            self.restart.notify_one();
+        }
+    }
+
     fn on_message(self: &Arc<Self>, channel: &str, payload: &[u8]) {
+        if channel == self.probe_channel() {
+            self.probe_waiting_since.store(0, Ordering::Relaxed);
+            return;
+        }
         let Some(key) = channel
             .strip_prefix(&self.prefix)
             .and_then(|rest| rest.strip_prefix(":ev:"))

@@ -255,6 +255,20 @@ impl RedisEngine {
             )
             .await;
             let ok = matches!(set, Ok(Ok(())));
+            if ok {
+                let now = Utc::now().timestamp_millis().max(0) as u64;
+                let probe = tokio::time::timeout(
+                    timeout,
+                    redis::cmd("PUBLISH")
+                        .arg(engine.fanout.probe_channel())
+                        .arg(now)
+                        .query_async::<i64>(&mut conn),
+                )
+                .await;
+                if let Ok(Ok(receivers)) = probe {
+                    engine.fanout.probed(receivers, now, every * 3);
+                }
+            }
             if ok != engine.up.swap(ok, Ordering::Relaxed) {
                 if ok {
                     tracing::info!(redis = %engine.url, "Redis reachable again");
@@ -517,6 +531,28 @@ impl RedisEngine {
         Pending::Remote(Box::pin(future))
     }
 
+    /// A session count that could not be lowered: once Redis answers
+    /// again, this node's count of the identity is set to what it is here
+    /// (idempotent, unlike the decrement that failed), so that a Redis
+    /// outage does not leave sessions counted that are gone.
+    async fn recount_sessions(self: Arc<Self>, identity: Arc<str>) {
+        let mut wait = Duration::from_millis(250);
+        while !self.stop.is_cancelled() {
+            tokio::time::sleep(wait).await;
+            let here = self.delivery.identity_sessions(&identity).len();
+            let set = self
+                .call(
+                    |s| &s.sessions,
+                    vec![identity.to_string(), here.to_string()],
+                )
+                .await;
+            if set.is_ok() {
+                return;
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
     async fn typing_period(self: Arc<Self>, actor: Arc<str>, sid: Arc<str>, token: String) {
         let mut wait = self.config.typing_window();
         loop {
@@ -539,6 +575,24 @@ impl RedisEngine {
                 // own expiry ends it.
                 _ => return,
             }
+        }
+    }
+}
+
+/// A session counted in Redis by an attach that may not finish.
+struct Counted {
+    engine: Arc<RedisEngine>,
+    identity: Arc<str>,
+    settled: bool,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.engine.clone().recount_sessions(self.identity.clone()));
         }
     }
 }
@@ -604,8 +658,11 @@ impl Engine for RedisEngine {
                 principal.identity.clone(),
                 principal.role.as_str().to_owned(),
                 if principal.anonymous { "1" } else { "0" }.to_owned(),
+                self.config.identities.idle_ttl_secs.max(1).to_string(),
+                self.config.identities.max_anonymous.to_string(),
             ],
         );
+        let cap = self.config.identities.max_anonymous;
         let principal = principal.clone();
         Self::remote(async move {
             #[derive(Deserialize)]
@@ -613,9 +670,11 @@ impl Engine for RedisEngine {
                 role: Role,
                 anon: bool,
             }
-            let reply = call
-                .await?
-                .map_err(|Refused(code)| EngineError::Internal(code))?;
+            let reply = call.await?.map_err(|Refused(_)| {
+                EngineError::Full(format!(
+                    "the broker holds its maximum of {cap} anonymous identities; retry later"
+                ))
+            })?;
             let found: Identified = parse(&reply)?;
             if found.role != principal.role {
                 return Err(EngineError::Unauthorized(format!(
@@ -646,16 +705,27 @@ impl Engine for RedisEngine {
         let actor = actor.clone();
         let recover = recover.clone();
         Self::remote(async move {
+            // The script counts the session; if this attach is given up
+            // before the session is known here (the client went, or the
+            // answer was lost), the count is set right from what this node
+            // holds.
+            let mut counted = Counted {
+                engine: engine.clone(),
+                identity: actor.id.clone(),
+                settled: false,
+            };
             let state: AttachState = match call.await? {
                 Ok(reply) => parse(&reply)?,
                 Err(_) => {
+                    counted.settled = true;
                     return Err(EngineError::Full(format!(
                     "identity {} already has {max} sessions (admission.max_sessions_per_identity)",
                     actor.id
-                )))
+                )));
                 }
             };
             session.set_identity(actor.id.clone());
+            counted.settled = true;
             engine.delivery.attach_identity(&session, &actor.id);
             engine
                 .fanout
@@ -714,10 +784,17 @@ impl Engine for RedisEngine {
         }
         self.delivery.close_session(session);
         let Some(id) = session.identity() else { return };
-        let call = self.call(|s| &s.detach, vec![id.to_string()]);
+        let call = self.call(
+            |s| &s.detach,
+            vec![
+                id.to_string(),
+                self.config.identities.idle_ttl_secs.max(1).to_string(),
+            ],
+        );
+        let engine = self.engine();
         tokio::spawn(async move {
-            if let Err(e) = call.await {
-                tracing::debug!(error = %e, "session count not lowered; it goes with this node's heartbeat");
+            if call.await.is_err() {
+                engine.recount_sessions(id).await;
             }
         });
     }

@@ -118,7 +118,11 @@ local function remove(id, sid, reason, ended_reason, tell, ending)
   local queue = redis.call('HGET', ch, 'q')
   if redis.call('HDEL', P .. ':chm:' .. sid, id) == 1 then
     end_typing(sid, id)
-    emit('c:' .. sid, '{"t":"left","sid":' .. q(sid) .. ',"id":' .. q(id) .. ',"why":' .. q(reason) .. '}')
+    local left = '{"t":"left","sid":' .. q(sid) .. ',"id":' .. q(id) .. ',"why":' .. q(reason) .. '}'
+    emit('c:' .. sid, left)
+    -- Removed by the server: its own sessions did not ask, so they are
+    -- told too (after the channel stops reaching them).
+    if reason == 'removed' then emit('i:' .. id, left) end
     local closed = redis.call('HGET', ch, 'closed') == '1'
     if not is_eng and not closed and not ending and queue then
       emit('q:' .. queue, updated(sid))

@@ -6,10 +6,19 @@ use redis::Script;
 
 const PRELUDE: &str = include_str!("prelude.lua");
 
-/// A:1 identity, 2 role, 3 anonymous ("1"/"0") → `{"role","anon"}`.
+/// A:1 identity, 2 role, 3 anonymous ("1"/"0"), 4 idle TTL (s), 5 most
+/// anonymous identities → `{"role","anon"}`. A new identity expires unless
+/// a session attaches. Anonymous identities are counted in `anon` (score:
+/// when each expires, +inf while it has sessions).
 const IDENTIFY: &str = r#"
 local k = P .. ':id:' .. A(1)
-redis.call('HSETNX', k, 'role', A(2))
+if A(3) == '1' and redis.call('EXISTS', k) == 0 then
+  local anon = P .. ':anon'
+  redis.call('ZREMRANGEBYSCORE', anon, '-inf', '(' .. NOW)
+  if redis.call('ZCARD', anon) >= tonumber(A(5)) then return 'E:full' end
+  redis.call('ZADD', anon, NOW + 1000 * tonumber(A(4)), A(1))
+end
+if redis.call('HSETNX', k, 'role', A(2)) == 1 then redis.call('EXPIRE', k, A(4)) end
 redis.call('HSETNX', k, 'anon', A(3))
 local h = redis.call('HMGET', k, 'role', 'anon')
 return cjson.encode({ role = h[1], anon = (h[2] == '1') })
@@ -22,6 +31,8 @@ local id = A(1)
 local sk = P .. ':ids:' .. id
 if live_sum(sk) >= tonumber(A(2)) then return 'E:full' end
 redis.call('HINCRBY', sk, NODE, 1)
+for _, k in ipairs({ P .. ':id:' .. id, P .. ':idd:' .. id }) do redis.call('PERSIST', k) end
+redis.call('ZADD', P .. ':anon', 'XX', '+inf', id)
 local h = redis.call('HMGET', P .. ':id:' .. id, 'x', 'eng', 'eat')
 local chans = {}
 for _, sid in ipairs(redis.call('SMEMBERS', P .. ':idc:' .. id)) do
@@ -33,10 +44,26 @@ return cjson.encode({
 })
 "#;
 
-/// A:1 identity. A session ended.
+/// A:1 identity, 2 idle TTL (s). A session ended; an identity left with
+/// no session, no channel and no engagement is forgotten after the TTL
+/// (an anonymous customer's resume token then gives a fresh identity).
 const DETACH: &str = r#"
-local sk = P .. ':ids:' .. A(1)
+local id = A(1)
+local sk = P .. ':ids:' .. id
 if tonumber(redis.call('HINCRBY', sk, NODE, -1)) <= 0 then redis.call('HDEL', sk, NODE) end
+if live_sum(sk) == 0 and redis.call('SCARD', P .. ':idc:' .. id) == 0
+    and not redis.call('HGET', P .. ':id:' .. id, 'eng') then
+  for _, k in ipairs({ P .. ':id:' .. id, P .. ':idd:' .. id }) do redis.call('EXPIRE', k, A(2)) end
+  redis.call('ZADD', P .. ':anon', 'XX', NOW + 1000 * tonumber(A(2)), id)
+end
+return 'OK'
+"#;
+
+/// A:1 identity, 2 this node's sessions of it now. Puts the node's count
+/// right after a session count could not be lowered (Redis was away).
+const SESSIONS: &str = r#"
+local sk = P .. ':ids:' .. A(1)
+if tonumber(A(2)) > 0 then redis.call('HSET', sk, NODE, A(2)) else redis.call('HDEL', sk, NODE) end
 return 'OK'
 "#;
 
@@ -281,6 +308,7 @@ pub(super) struct Scripts {
     pub identify: Script,
     pub attach: Script,
     pub detach: Script,
+    pub sessions: Script,
     pub channel: Script,
     pub queue: Script,
     pub start: Script,
@@ -311,6 +339,7 @@ impl Scripts {
             identify: script(IDENTIFY),
             attach: script(ATTACH),
             detach: script(DETACH),
+            sessions: script(SESSIONS),
             channel: script(CHANNEL),
             queue: script(QUEUE),
             start: script(START),
