@@ -110,6 +110,9 @@ async fn an_unreadable_certificate_stops_the_server_with_a_clear_error() {
     std::fs::write(pem.dir.join("key.pem"), "not a key").unwrap();
     let mut config = switchboard::Config::from_toml(&tls_config(&pem)).unwrap();
     config.listen = "127.0.0.1:0".into();
+    // Never the repository's ./data: a store left there by anything else
+    // must not decide this test.
+    config.data_dir = common::fresh_data_dir();
     let broker =
         Arc::new(switchboard::Broker::new(config, switchboard::ActionRegistry::new()).unwrap());
     let err = switchboard::Server::bind(broker, "127.0.0.1:0".parse().unwrap())
