@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use cluster_support::{node, Redis};
-use common::{assert_gapless, read_until, token, Client, Enc};
+use common::{assert_gapless, assert_holds_acked, read_until, token, Client, Enc};
 use serde_json::{json, Value};
 
 const NO_LIMITS: &str = "[rate_limits]\nenabled = false\n";
@@ -282,24 +282,13 @@ async fn redis_stopped_and_restarted_under_writes() {
     }
     let seen = read_until(&mut observer, resumed).await;
     assert_gapless(&seen, 0, "observer on B");
-    let seen: Vec<u64> = seen.iter().map(|m| m["index"].as_u64().unwrap()).collect();
-    for index in &acked {
-        assert!(seen.contains(index), "acknowledged {index} delivered");
-    }
+    assert_holds_acked(&seen, &acked, "delivered");
     // And in history, read on the other node after the restart.
     let page = observer
         .call("GetMessages", json!({"channelSid": sid, "limit": 100}))
         .await
         .unwrap();
-    let stored: Vec<u64> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["index"].as_u64().unwrap())
-        .collect();
-    for index in &acked {
-        assert!(stored.contains(index), "acknowledged {index} stored");
-    }
+    assert_holds_acked(page["messages"].as_array().unwrap(), &acked, "stored");
 }
 
 /// The pub/sub connections dropped (`CLIENT KILL TYPE pubsub`) while a
@@ -563,10 +552,7 @@ async fn a_node_killed_under_writes_loses_nothing_acknowledged() {
     assert_gapless(&recovered, (seen_by_customer + 1) as u64, "recovered");
     let seen = read_until(&mut agent, last).await;
     assert_gapless(&seen, 0, "the agent on the surviving node");
-    let seen: Vec<u64> = seen.iter().map(|m| m["index"].as_u64().unwrap()).collect();
-    for index in &acked {
-        assert!(seen.contains(index), "acknowledged {index} delivered");
-    }
+    assert_holds_acked(&seen, &acked, "delivered");
 }
 
 /// Queue consoles on one node hear engagements started, picked up and

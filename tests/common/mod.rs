@@ -548,6 +548,17 @@ pub fn assert_gapless(messages: &[Value], from: u64, what: &str) {
     }
 }
 
+/// Asserts that every acknowledged index is among `messages`' indexes.
+pub fn assert_holds_acked(messages: &[Value], acked: &[u64], what: &str) {
+    let got: std::collections::HashSet<u64> = messages
+        .iter()
+        .map(|m| m["index"].as_u64().unwrap())
+        .collect();
+    for index in acked {
+        assert!(got.contains(index), "acknowledged {index} {what}");
+    }
+}
+
 /// Reads `messageAdded` pushes until index `last` (inclusive).
 pub async fn read_until(client: &mut Client, last: u64) -> Vec<Value> {
     let mut out = Vec::new();
