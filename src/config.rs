@@ -301,6 +301,9 @@ pub struct Cluster {
     pub heartbeat_ms: u64,
     /// Events kept per topic for nodes to fill pub/sub gaps from.
     pub event_log_len: u64,
+    /// Most post-event webhook events kept in Redis for URLs that have not
+    /// accepted them yet; beyond it the oldest are dropped (and logged).
+    pub webhook_events_max: u64,
 }
 
 impl Default for Cluster {
@@ -312,6 +315,7 @@ impl Default for Cluster {
             connect_timeout_ms: 1000,
             heartbeat_ms: 1000,
             event_log_len: 10_000,
+            webhook_events_max: 1_000_000,
         }
     }
 }
@@ -328,6 +332,9 @@ impl Cluster {
         }
         if self.command_timeout_ms == 0 || self.command_timeout_ms > 2000 {
             return Err("command_timeout_ms must be between 1 and 2000".into());
+        }
+        if self.webhook_events_max < 1000 {
+            return Err("webhook_events_max must be at least 1000".into());
         }
         if self.connect_timeout_ms == 0 || self.heartbeat_ms == 0 || self.event_log_len < 100 {
             return Err(
@@ -523,18 +530,12 @@ impl Config {
             tls.validate().map_err(invalid("[tls]"))?;
         }
         self.cluster.validate().map_err(invalid("[cluster]"))?;
-        if self.cluster.redis_url.is_some() && !self.webhooks.post.is_empty() {
-            return Err(invalid("[cluster]")(
-                "post-event webhooks ([[webhooks.post]]) are not available with a cluster yet"
-                    .into(),
-            ));
-        }
         if let Some(origins) = &self.allowed_origins {
             crate::admission::validate_origins(origins).map_err(invalid("allowed_origins"))?;
         }
         self.api.validate().map_err(invalid("[api]"))?;
         self.webhooks
-            .validate(self.durability)
+            .validate(self.durability, self.cluster.redis_url.is_some())
             .map_err(invalid("[webhooks]"))?;
         Ok(())
     }

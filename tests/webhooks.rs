@@ -1,6 +1,7 @@
 //! Pre- and post-event webhooks against real HTTP receivers (small hyper
 //! servers on free loopback ports inside the test).
 
+mod cluster_support;
 mod common;
 
 use std::convert::Infallible;
@@ -597,4 +598,295 @@ async fn a_pre_event_webhook_too_slow_gets_its_failure_policy_within_the_timeout
         .await
         .unwrap();
     server.shutdown().await;
+}
+
+// ---- post-event webhooks on a cluster (events in Redis) ----
+
+/// Scrapes a node's `/metrics` for its deliveries to `url`.
+async fn deliveries_counted(addr: SocketAddr, url: &str) -> u64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!("switchboard_webhook_deliveries_total{{url=\"{url}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Checks that a channel's `messageAdded` events never go backwards nor
+/// skip ahead (a resend after a failover repeats, it does not reorder),
+/// and answers the indexes seen.
+fn assert_channel_order(received: &[Received]) -> std::collections::BTreeSet<u64> {
+    let mut next = 0u64;
+    let mut seen = std::collections::BTreeSet::new();
+    for r in received {
+        if r.body["event"] != "messageAdded" {
+            continue;
+        }
+        let index = r.body["data"]["index"].as_u64().unwrap();
+        assert!(
+            index <= next,
+            "index {index} before {next} was accepted: {:?}",
+            received
+                .iter()
+                .map(|r| r.body["data"]["index"].clone())
+                .collect::<Vec<_>>()
+        );
+        next = next.max(index + 1);
+        seen.insert(index);
+    }
+    seen
+}
+
+/// Two nodes, one URL: messages posted on both arrive, signed, once each
+/// and in index order; exactly one node at a time delivers, and the two
+/// nodes' `/metrics` add up to what the receiver got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_delivers_each_event_of_every_node_in_channel_order() {
+    let redis = cluster_support::Redis::start();
+    let mut receiver = Receiver::start(|_, _| ok()).await;
+    let url = receiver.url();
+    let config = format!(
+        "[rate_limits]\nenabled = false\n{}",
+        post_config(&[(&url, SECRET_A, None)])
+    );
+    let a = cluster_support::node(&redis, &config).await;
+    let b = cluster_support::node(&redis, &config).await;
+    let mut customer = a.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut agent = b.staff("ann", "agent").await;
+    agent
+        .call("JoinChannel", json!({ "channelSid": sid }))
+        .await
+        .unwrap();
+    const SENT: u64 = 40;
+    for i in 0..SENT {
+        let author = if i % 2 == 0 {
+            &mut customer
+        } else {
+            &mut agent
+        };
+        let posted = author
+            .call(
+                "SendMessage",
+                json!({ "channelSid": sid, "body": format!("m{i}") }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(posted["index"], i);
+    }
+    agent
+        .call(
+            "EndEngagement",
+            json!({ "channelSid": sid, "reason": "resolved" }),
+        )
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    loop {
+        let r = receiver.next().await;
+        assert_signed(&r, SECRET_A);
+        assert_eq!(r.event_id.as_deref(), r.body["eventId"].as_str());
+        assert!(
+            ids.insert(r.event_id.clone().unwrap()),
+            "no event twice without a failure: {:?}",
+            r.body
+        );
+        assert!(r.body["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(r.body["data"]["channelSid"], sid, "{}", r.body);
+        let done = r.body["event"] == "engagementEnded";
+        received.push(r);
+        if done {
+            break;
+        }
+    }
+    let names: Vec<&str> = received
+        .iter()
+        .map(|r| r.body["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names[0], "engagementStarted", "{names:?}");
+    assert_eq!(names[1], "memberJoined", "{names:?}");
+    assert_eq!(names.iter().filter(|n| **n == "memberLeft").count(), 2);
+    let message = received
+        .iter()
+        .find(|r| r.body["event"] == "messageAdded")
+        .unwrap();
+    assert_eq!(message.body["data"]["body"], "m0");
+    assert_eq!(message.body["data"]["authorRole"], "customer");
+    assert_eq!(
+        assert_channel_order(&received),
+        (0..SENT).collect(),
+        "every message once"
+    );
+    // Nothing more is sent: the receiver's count is what the nodes counted.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), receiver.requests.recv())
+            .await
+            .is_err()
+    );
+    let counted = deliveries_counted(a.addr, &url).await + deliveries_counted(b.addr, &url).await;
+    assert_eq!(counted, received.len() as u64);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// `kill -9` of the node holding the URL's lease while the receiver
+/// fails: once the receiver accepts, every acknowledged message's event
+/// arrives through the surviving node, in order, the one in flight
+/// possibly twice (with the same event id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_kill_9_of_the_delivering_node() {
+    let redis = cluster_support::Redis::start();
+    let accepting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = accepting.clone();
+    let mut receiver = Receiver::start(move |_, _| {
+        if gate.load(Ordering::SeqCst) {
+            ok()
+        } else {
+            (503, String::new(), Duration::ZERO)
+        }
+    })
+    .await;
+    let url = receiver.url();
+    let toml = format!(
+        "[rate_limits]\nenabled = false\n{}",
+        post_config(&[(&url, SECRET_A, Some("[\"messageAdded\"]"))])
+    );
+    let config = config_file(
+        &format!("cluster-webhooks-kill-{}.toml", redis.port),
+        &format!("{toml}{}", redis.cluster_toml()),
+    );
+    let dir = fresh_data_dir();
+    let dying = BrokerProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("SWITCHBOARD_JWT_SECRET", common::SECRET)],
+        &dir,
+    );
+    // The node started first takes the lease (the other finds it held).
+    let lease = format!("GET switchboard:wh:lease:{url}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = |answer: Option<String>| {
+        answer.is_some_and(|a| a.starts_with('$') && !a.starts_with("$-1"))
+    };
+    while !held(redis.command(&lease)) {
+        assert!(Instant::now() < deadline, "the first node takes the lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let holder = redis.command(&lease).unwrap();
+    let survivor = cluster_support::node(&redis, &toml).await;
+    let mut customer = Client::open_url(&dying.url, Enc::Json).await.unwrap();
+    customer.connect(json!({})).await.unwrap();
+    let sid = customer.start_engagement().await;
+    let mut agent = survivor.staff("ann", "agent").await;
+    agent
+        .call("JoinChannel", json!({ "channelSid": sid }))
+        .await
+        .unwrap();
+    const SENT: u64 = 30;
+    for i in 0..SENT {
+        let author = if i % 2 == 0 {
+            &mut customer
+        } else {
+            &mut agent
+        };
+        author
+            .call(
+                "SendMessage",
+                json!({ "channelSid": sid, "body": format!("m{i}") }),
+            )
+            .await
+            .unwrap();
+    }
+    // The dying node is stuck on the first event: the receiver fails it.
+    let first = receiver.next().await;
+    assert_eq!(first.body["data"]["index"], 0);
+    assert_eq!(redis.command(&lease).unwrap(), holder, "still its lease");
+    dying.signal("KILL");
+    drop(dying);
+    drop(customer);
+    accepting.store(true, Ordering::SeqCst);
+    let mut received = vec![first];
+    while assert_channel_order(&received).len() < SENT as usize {
+        let r = receiver.next().await;
+        assert_signed(&r, SECRET_A);
+        assert_eq!(r.body["event"], "messageAdded");
+        assert_eq!(r.body["data"]["channelSid"], sid);
+        if r.body["data"]["index"] == 0 {
+            // The event in flight again: the same id.
+            assert_eq!(r.event_id, received[0].event_id);
+        }
+        received.push(r);
+    }
+    assert_eq!(assert_channel_order(&received), (0..SENT).collect());
+    assert_ne!(
+        redis.command(&lease).unwrap(),
+        holder,
+        "the survivor's lease"
+    );
+    // Counted once the survivor has the receiver's answer to the last.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deliveries_counted(survivor.addr, &url).await < SENT {
+        assert!(
+            Instant::now() < deadline,
+            "the survivor counts its deliveries"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    survivor.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Redis stops for longer than a lease lasts: the node's sender neither
+/// crashes nor gives up; once Redis is back it takes the lease again and
+/// delivers what was acknowledged afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_sender_resumes_after_a_redis_outage() {
+    let mut redis = cluster_support::Redis::start();
+    let mut receiver = Receiver::start(|_, _| ok()).await;
+    let config = format!(
+        "[rate_limits]\nenabled = false\n{}",
+        post_config(&[(&receiver.url(), SECRET_A, Some("[\"messageAdded\"]"))])
+    );
+    let node = cluster_support::node(&redis, &config).await;
+    let mut customer = node.customer().await;
+    let sid = customer.start_engagement().await;
+    let send = |body: &'static str| json!({ "channelSid": sid, "body": body });
+    customer.call("SendMessage", send("before")).await.unwrap();
+    let before = receiver.next().await;
+    assert_eq!(before.body["data"]["body"], "before");
+    redis.stop();
+    let error = customer
+        .call("SendMessage", send("during"))
+        .await
+        .unwrap_err();
+    assert_eq!(error["code"], "unavailable");
+    // Longer than the lease's 3 heartbeats: it lapses while Redis is away.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(e) = customer.call("SendMessage", send("after")).await {
+        assert_eq!(e["code"], "unavailable", "{e}");
+        assert!(Instant::now() < deadline, "the node resumes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut after = receiver.next().await;
+    while after.body["data"]["body"] == "before" {
+        // Sent again if Redis went before its cursor was saved: at least
+        // once, the same event id.
+        assert_eq!(after.event_id, before.event_id);
+        after = receiver.next().await;
+    }
+    assert_signed(&after, SECRET_A);
+    assert_eq!(after.body["data"]["body"], "after");
+    assert_eq!(after.body["data"]["index"], 1);
+    node.shutdown().await;
 }

@@ -76,8 +76,14 @@ fn check_url(url: &str) -> Result<(), String> {
 }
 
 impl WebhooksConfig {
-    pub(crate) fn validate(&self, durability: crate::store::Durability) -> Result<(), String> {
-        if !self.post.is_empty() && durability == crate::store::Durability::Memory {
+    /// `clustered`: the events live in Redis, whatever the local store's
+    /// durability.
+    pub(crate) fn validate(
+        &self,
+        durability: crate::store::Durability,
+        clustered: bool,
+    ) -> Result<(), String> {
+        if !self.post.is_empty() && !clustered && durability == crate::store::Durability::Memory {
             return Err(
                 "post-event webhooks deliver stored events: they need durability \"fsync\" or \"os\", not \"memory\"".into(),
             );
@@ -119,7 +125,7 @@ impl WebhooksConfig {
 mod post;
 mod pre;
 
-pub(crate) use post::{spawn_senders, stored_event, WebhookOutbox};
+pub(crate) use post::{spawn_senders, stored_event, webhook_event, Answer, WebhookOutbox};
 pub(crate) use pre::register;
 
 use hmac::{Hmac, Mac};

@@ -1508,8 +1508,12 @@ fn drafts_within_a_page(drafts: &HashMap<Arc<str>, String>) -> serde_json::Map<S
     within
 }
 
-/// The post-event webhook senders' view of the store.
+/// The post-event webhook senders' view of the store. One node: no lease.
 impl crate::webhooks::WebhookOutbox for Embedded {
+    fn stores_events(&self) -> bool {
+        self.webhooks.is_some()
+    }
+
     fn changed(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.webhooks.as_ref().map(|signal| signal.subscribe())
     }
@@ -1518,19 +1522,57 @@ impl crate::webhooks::WebhookOutbox for Embedded {
         &self,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<crate::store::WebhookEventRow>, String> {
-        let store = self.store.as_ref().ok_or("no store")?;
-        store
-            .webhook_events(after, limit)
-            .map_err(|e| e.to_string())
+    ) -> crate::webhooks::Answer<'_, Vec<crate::store::WebhookEventRow>> {
+        let read = self
+            .store
+            .as_ref()
+            .ok_or_else(|| "no store".to_owned())
+            .and_then(|store| {
+                store
+                    .webhook_events(after, limit)
+                    .map_err(|e| e.to_string())
+            });
+        Box::pin(std::future::ready(read))
     }
 
-    fn cursor(&self, url: &str) -> Result<u64, String> {
-        let store = self.store.as_ref().ok_or("no store")?;
-        store.webhook_cursor(url).map_err(|e| e.to_string())
+    fn cursor<'a>(&'a self, url: &'a str) -> crate::webhooks::Answer<'a, u64> {
+        let read = self
+            .store
+            .as_ref()
+            .ok_or_else(|| "no store".to_owned())
+            .and_then(|store| store.webhook_cursor(url).map_err(|e| e.to_string()));
+        Box::pin(std::future::ready(read))
     }
 
-    fn save(&self, ops: Vec<Op>) -> Result<(), String> {
+    fn save_cursor<'a>(&'a self, url: &'a str, seq: u64) -> crate::webhooks::Answer<'a, ()> {
+        let saved = self.save_webhook_ops(vec![Op::WebhookCursor {
+            url: Arc::from(url),
+            seq,
+        }]);
+        Box::pin(std::future::ready(saved))
+    }
+
+    fn prune(&self, upto: u64) -> crate::webhooks::Answer<'_, ()> {
+        let saved = self.save_webhook_ops(vec![Op::PruneWebhookEvents { upto }]);
+        Box::pin(std::future::ready(saved))
+    }
+
+    fn lease_ttl(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    fn hold<'a>(&'a self, _url: &'a str) -> crate::webhooks::Answer<'a, bool> {
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
+    fn release<'a>(&'a self, _url: &'a str) -> crate::webhooks::Answer<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl Embedded {
+    /// Writes webhook bookkeeping (cursor moves, pruning) without waiting.
+    fn save_webhook_ops(&self, ops: Vec<Op>) -> Result<(), String> {
         let store = self.store.as_ref().ok_or("no store")?;
         store
             .submit(

@@ -16,6 +16,7 @@
 //! event log.
 
 mod fanout;
+mod outbox;
 mod scripts;
 mod wire;
 
@@ -65,6 +66,8 @@ pub(crate) struct RedisEngine {
     up: Arc<AtomicBool>,
     stop: CancellationToken,
     me: Weak<RedisEngine>,
+    /// Post-event webhooks' side of the engine.
+    webhooks: outbox::Outbox,
 }
 
 /// A script's refusal: its code and detail (`E:<code>[:<detail>]`).
@@ -192,6 +195,7 @@ impl RedisEngine {
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
             .map_err(unreachable)?;
+        let webhooks = outbox::Outbox::new(client.clone(), connect_timeout, command_timeout);
         let fanout = Fanout::new(
             prefix,
             node.to_string(),
@@ -212,6 +216,7 @@ impl RedisEngine {
             up: Arc::new(AtomicBool::new(true)),
             stop: CancellationToken::new(),
             me: me.clone(),
+            webhooks,
         });
         let apply: Weak<dyn Apply> = Arc::downgrade(&engine) as Weak<dyn Apply>;
         fanout.set_engine(apply);
@@ -295,6 +300,11 @@ impl RedisEngine {
             Utc::now().timestamp_millis().to_string(),
             self.node.to_string(),
             self.config.history.ended_retention_secs.max(1).to_string(),
+            if self.config.webhooks.post.is_empty() {
+                "0".to_owned()
+            } else {
+                cluster.webhook_events_max.to_string()
+            },
         ];
         let timeout = Duration::from_millis(cluster.command_timeout_ms);
         let up = self.up.clone();
@@ -1324,30 +1334,5 @@ impl Engine for RedisEngine {
 
     fn close(&self) {
         self.stop.cancel();
-    }
-}
-
-/// Post-event webhooks keep their events in the embedded store; a cluster
-/// stores none (the configuration refuses `[[webhooks.post]]` with
-/// `[cluster]`).
-impl crate::webhooks::WebhookOutbox for RedisEngine {
-    fn changed(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        None
-    }
-
-    fn pending(
-        &self,
-        _after: u64,
-        _limit: usize,
-    ) -> Result<Vec<crate::store::WebhookEventRow>, String> {
-        Ok(Vec::new())
-    }
-
-    fn cursor(&self, _url: &str) -> Result<u64, String> {
-        Ok(0)
-    }
-
-    fn save(&self, _ops: Vec<crate::store::Op>) -> Result<(), String> {
-        Ok(())
     }
 }

@@ -1,21 +1,38 @@
 -- Shared by every script. ARGV: prefix, event log length, now (unix ms),
--- this node's id, ended-channel retention (s), then the script's own.
+-- this node's id, ended-channel retention (s), most post-event webhook
+-- events kept ("0": no post-event webhook), then the script's own.
 -- Keys are built from the prefix (one Redis, not Redis Cluster).
 local P = ARGV[1]
 local EVLEN = ARGV[2]
 local NOW = ARGV[3]
 local NODE = ARGV[4]
 local ENDED_TTL = tonumber(ARGV[5])
-local function A(n) return ARGV[5 + n] end
+local WHMAX = ARGV[6]
+local function A(n) return ARGV[6 + n] end
 local function q(s) return cjson.encode(s) end
 
+-- The events post-event webhooks receive, by topic kind: each push is
+-- taken from one topic only (as the embedded engine does).
+local WEBHOOK = {
+  c = { msg = true, joined = true, left = true },
+  q = { started = true, ended = true },
+  i = { restarted = true },
+}
+
 -- A sequenced event: appended to the topic's event log (entry id 0-<seq>)
--- and published as "<seq>|<json>".
+-- and published as "<seq>|<json>". One a post-event webhook receives is
+-- also appended to the webhook outbox, atomically with the action.
 local function emit(topic, json)
   local key = P .. ':ev:' .. topic
   local id = redis.call('XADD', key, 'MAXLEN', '~', EVLEN, '0-*', 'e', json)
   local seq = string.sub(id, 3)
   redis.call('PUBLISH', key, seq .. '|' .. json)
+  if WHMAX ~= '0' then
+    local kinds = WEBHOOK[string.sub(topic, 1, 1)]
+    if kinds and kinds[string.match(json, '^{"t":"(%a+)"')] then
+      redis.call('XADD', P .. ':wh:events', 'MAXLEN', '~', WHMAX, '0-*', 'k', topic, 'ms', NOW, 'e', json)
+    end
+  end
   return tonumber(seq)
 end
 

@@ -304,6 +304,48 @@ emit('i:' .. A(1), '{"t":"disconnect"}')
 return tostring(n)
 "#;
 
+/// A:1 url, 2 lease time (ms), 3 a fresh epoch in case there is none →
+/// `<1|0>:<epoch>`: whether this node holds the URL's webhook lease now
+/// (taken when free, renewed when its own), and the webhook epoch (event
+/// ids are unique across a loss of Redis's data).
+const WH_HOLD: &str = r#"
+local key = P .. ':wh:lease:' .. A(1)
+local holder = redis.call('GET', key)
+local held = '0'
+if holder == NODE then
+  redis.call('PEXPIRE', key, A(2))
+  held = '1'
+elseif not holder then
+  redis.call('SET', key, NODE, 'PX', A(2))
+  held = '1'
+end
+local ek = P .. ':wh:epoch'
+local epoch = redis.call('GET', ek)
+if not epoch then
+  epoch = A(3)
+  redis.call('SET', ek, epoch)
+end
+return held .. ':' .. epoch
+"#;
+
+/// A:1 url. Gives the URL's lease up if this node holds it.
+const WH_RELEASE: &str = r#"
+local key = P .. ':wh:lease:' .. A(1)
+if redis.call('GET', key) == NODE then redis.call('DEL', key) end
+return 'OK'
+"#;
+
+/// A:1 url, 2 seq. The URL accepted every event up to seq: only the
+/// lease's holder moves its cursor, and only forward.
+const WH_CURSOR: &str = r#"
+if redis.call('GET', P .. ':wh:lease:' .. A(1)) ~= NODE then return 'E:lease' end
+local ck = P .. ':wh:cursors'
+if tonumber(A(2)) > tonumber(redis.call('HGET', ck, A(1)) or '0') then
+  redis.call('HSET', ck, A(1), A(2))
+end
+return 'OK'
+"#;
+
 pub(super) struct Scripts {
     pub identify: Script,
     pub attach: Script,
@@ -327,6 +369,9 @@ pub(super) struct Scripts {
     pub channel_report: Script,
     pub identity_report: Script,
     pub disconnect: Script,
+    pub wh_hold: Script,
+    pub wh_release: Script,
+    pub wh_cursor: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -358,6 +403,9 @@ impl Scripts {
             channel_report: script(CHANNEL_REPORT),
             identity_report: script(IDENTITY_REPORT),
             disconnect: script(DISCONNECT),
+            wh_hold: script(WH_HOLD),
+            wh_release: script(WH_RELEASE),
+            wh_cursor: script(WH_CURSOR),
         }
     }
 }
