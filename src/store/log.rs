@@ -57,6 +57,20 @@ const MAX_RECORD: u32 = 1 << 30;
 
 const HEADER: usize = 8;
 
+/// A record longer than this is written in two steps, its first
+/// `TORN_SPAN` bytes (header included) made durable before the rest: so a
+/// write a crash interrupts leaves nothing beyond `TORN_SPAN` past its
+/// start unless its header is whole (see [`check_record`]).
+const TORN_SPAN: usize = 1 << 20;
+
+/// With `fsync`, the next segment is prepared in advance under this name:
+/// its whole size written with zeros and synced, so that a commit
+/// overwrites blocks that are already allocated and written and its
+/// `fdatasync` has only data to flush (appending past the end of a file
+/// makes every `fdatasync` also commit the file's size and extents through
+/// the filesystem's journal). Not a segment name: a start deletes it.
+const PREPARED_FILE: &str = "next.prepared";
+
 const REC_BATCH: u8 = 1;
 const REC_CHECKPOINT: u8 = 2;
 
@@ -1092,40 +1106,66 @@ impl State {
 
 /// Why a record at some offset is not a good one.
 enum RecordError {
-    /// Cut short or bad, and nothing but it (or zeros) follows.
+    /// Nothing but zeros from here on: the end of the records (a segment
+    /// written over zeros prepared in advance ends this way).
+    End,
+    /// Cut short or bad, and nothing follows that the write which made it
+    /// could not have reached: a write a crash interrupted.
     Torn,
     Damaged(String),
 }
 
-/// Checks the record at `at`: `Ok(end)` with the payload at
-/// `at + HEADER .. end`.
-fn check_record(bytes: &[u8], at: usize) -> Result<usize, RecordError> {
+/// Where the bytes of a segment that are not zeros end: a preallocated
+/// segment is zeros after its last record.
+fn data_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1)
+}
+
+/// Checks the record at `at` (`data_end` is [`data_end`] of `bytes`):
+/// `Ok(end)` with the payload at `at + HEADER .. end`.
+///
+/// A write interrupted by a crash leaves some of its bytes and not others
+/// (pages reach the disk in any order), over zeros (a preallocated
+/// segment) or over nothing (the end of the file). So a bad record is a
+/// torn one when nothing that is not zero lies beyond what its write could
+/// have covered: its own length if its header is whole, else
+/// [`TORN_SPAN`] (a longer record's first `TORN_SPAN` bytes, header
+/// included, are durable before the rest is written). Anything further is
+/// a record written after it: the bad one is damage.
+fn check_record(bytes: &[u8], at: usize, data_end: usize) -> Result<usize, RecordError> {
+    if data_end <= at {
+        return Err(RecordError::End);
+    }
     let rest = &bytes[at..];
-    let only_zeros_after = |from: usize| bytes[from.min(bytes.len())..].iter().all(|b| *b == 0);
     if rest.len() < HEADER {
         return Err(RecordError::Torn);
     }
     let len = u32::from_le_bytes(rest[..4].try_into().expect("4"));
     let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4"));
-    if len == 0 && crc == 0 && only_zeros_after(at) {
-        return Err(RecordError::Torn);
-    }
     if len > MAX_RECORD {
         return Err(RecordError::Damaged(format!(
             "a record length of {len} bytes is not plausible"
         )));
     }
-    let end = at + HEADER + len as usize;
-    if end > bytes.len() {
+    // No record is empty (a payload starts with its kind): a zero length
+    // is a header that was never written.
+    let reach = if len == 0 {
+        at + TORN_SPAN
+    } else {
+        let end = at + HEADER + len as usize;
+        if end <= bytes.len() && crc32fast::hash(&rest[HEADER..HEADER + len as usize]) == crc {
+            return Ok(end);
+        }
+        end
+    };
+    if data_end <= reach {
         return Err(RecordError::Torn);
     }
-    if crc32fast::hash(&rest[HEADER..HEADER + len as usize]) != crc {
-        if end == bytes.len() || only_zeros_after(end) {
-            return Err(RecordError::Torn);
-        }
-        return Err(RecordError::Damaged("checksum mismatch".into()));
-    }
-    Ok(end)
+    Err(RecordError::Damaged(if len == 0 {
+        "a record header is zeros but records follow".into()
+    } else {
+        "checksum mismatch".into()
+    }))
 }
 
 fn list_segments(log_dir: &Path) -> Result<Vec<u32>, StoreError> {
@@ -1183,7 +1223,7 @@ fn newest_checkpoint(log_dir: &Path, ids: &[u32]) -> Option<u32> {
         }
         let mut record = vec![0u8; HEADER + len as usize];
         file.read_exact_at(&mut record, 0).is_ok()
-            && check_record(&record, 0).is_ok()
+            && check_record(&record, 0, record.len()).is_ok()
             && record.get(HEADER) == Some(&REC_CHECKPOINT)
     })
 }
@@ -1236,9 +1276,10 @@ pub(super) fn open(
                 live_bytes: 0,
             },
         );
+        let data_end = data_end(&bytes);
         let mut at = 0;
         while at < bytes.len() {
-            match check_record(&bytes, at) {
+            match check_record(&bytes, at, data_end) {
                 Ok(end) => {
                     let payload = &bytes[at + HEADER..end];
                     let payload_off = (at + HEADER) as u64;
@@ -1254,16 +1295,27 @@ pub(super) fn open(
                     })?;
                     at = end;
                 }
+                // Zeros prepared for records never written; the file is
+                // cut to its records, as every closed segment is.
+                Err(RecordError::End) if last => {
+                    repairs.push(Repair::Truncate(path.clone(), at as u64));
+                    break;
+                }
                 Err(RecordError::Torn) if last => {
                     tracing::warn!(path = %path.display(), offset = at, "dropping a write cut short by a crash (never acknowledged)");
                     repairs.push(Repair::Truncate(path.clone(), at as u64));
                     break;
                 }
-                Err(RecordError::Torn) | Err(RecordError::Damaged(_)) if accept_loss => {
-                    set_aside(&path, &bytes, at)?;
+                Err(RecordError::End | RecordError::Torn | RecordError::Damaged(_))
+                    if accept_loss =>
+                {
+                    set_aside(&path, &bytes[..data_end.max(at)], at)?;
                     break;
                 }
-                Err(RecordError::Torn) => {
+                // A closed segment was cut to its records and synced before
+                // a newer one existed: zeros or a torn record in it are
+                // damage.
+                Err(RecordError::End | RecordError::Torn) => {
                     return Err(StoreError::Damaged {
                         path,
                         offset: at as u64,
@@ -1312,6 +1364,13 @@ pub(super) fn open(
         state.commit_seq = acknowledged;
     }
     std::fs::create_dir_all(&log_dir).map_err(|e| unwritable(&log_dir, e))?;
+    // A segment being prepared when the last run stopped: never used.
+    let prepared = log_dir.join(PREPARED_FILE);
+    if let Err(e) = std::fs::remove_file(&prepared) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(unwritable(&prepared, e));
+        }
+    }
     let snapshot = state.snapshot(&log_dir, recent_messages)?;
     let state = Arc::new(RwLock::new(state));
     let mut backend = LogBackend {
@@ -1330,6 +1389,8 @@ pub(super) fn open(
         segment_bytes,
         checkpoint_bytes: 0,
         needs_roll: true,
+        prepared_len: 0,
+        preparing: None,
     };
     // A new segment, starting with a checkpoint of what was replayed: the
     // start proves the store can be written, and every older segment is
@@ -1392,11 +1453,52 @@ struct LogBackend {
     checkpoint_bytes: u64,
     /// The last write failed midway: start a new segment before the next.
     needs_roll: bool,
+    /// How far the current segment's file holds prepared zeros (0: it was
+    /// not prepared, and commits append).
+    prepared_len: u64,
+    /// The next segment's file being prepared (`fsync` only).
+    preparing: Option<std::thread::JoinHandle<std::io::Result<File>>>,
+}
+
+/// Writes `size` bytes of zeros to a new [`PREPARED_FILE`] in `dir` and
+/// syncs it with its size and allocation.
+fn prepare_segment(dir: &Path, size: u64) -> std::io::Result<File> {
+    let path = dir.join(PREPARED_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    file.sync_all()?;
+    Ok(file)
+}
+
+impl Drop for LogBackend {
+    fn drop(&mut self) {
+        // Never left writing: a store opened next on this directory
+        // prepares the same file.
+        if let Some(preparing) = self.preparing.take() {
+            let _ = preparing.join();
+        }
+    }
 }
 
 impl LogBackend {
     fn path(&self, seg: u32) -> PathBuf {
         self.dir.join(segment_name(seg))
+    }
+
+    /// How large a segment grows before the next one starts.
+    fn segment_target(&self) -> u64 {
+        self.segment_bytes.max(4 * self.checkpoint_bytes)
     }
 
     /// Starts a new segment with a checkpoint (durable, with the directory
@@ -1405,27 +1507,57 @@ impl LogBackend {
         let id = self.current + 1;
         let path = self.path(id);
         if let Some(old) = &self.file {
-            // The closed segment is complete on disk before a newer one
-            // exists, whatever the durability level: only the newest
-            // segment can ever have a torn tail.
+            // The closed segment is complete on disk, cut to its records,
+            // before a newer one exists, whatever the durability level:
+            // only the newest segment can ever have a torn tail or zeros
+            // after its records.
+            if self.prepared_len > self.len {
+                old.set_len(self.len)
+                    .map_err(|e| unwritable(&self.path(self.current), e))?;
+            }
             old.sync_data()
                 .map_err(|e| unwritable(&self.path(self.current), e))?;
         }
         let mut buf = Vec::new();
         put_record(&mut buf, |b| self.state.read().put_checkpoint(b));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| unwritable(&path, e))?;
-        file.write_all_at(&buf, 0)
-            .and_then(|_| file.sync_data())
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&path);
-                unwritable(&path, e)
-            })?;
+        self.checkpoint_bytes = buf.len() as u64;
+        let (file, prepared_len) = if self.durability == Durability::Fsync {
+            let prepared = match self.preparing.take().map(|p| p.join()) {
+                Some(Ok(Ok(file))) => Ok(file),
+                Some(Ok(Err(e))) => Err(e),
+                Some(Err(_)) => Err(std::io::Error::other("preparing a segment panicked")),
+                None => prepare_segment(&self.dir, self.segment_target()),
+            };
+            let prepared_path = self.dir.join(PREPARED_FILE);
+            let file = prepared
+                .and_then(|file| {
+                    file.write_all_at(&buf, 0)?;
+                    file.sync_data()?;
+                    std::fs::rename(&prepared_path, &path)?;
+                    Ok(file)
+                })
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&prepared_path);
+                    unwritable(&path, e)
+                })?;
+            let len = file.metadata().map_err(|e| unwritable(&path, e))?.len();
+            (file, len)
+        } else {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| unwritable(&path, e))?;
+            file.write_all_at(&buf, 0)
+                .and_then(|_| file.sync_data())
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&path);
+                    unwritable(&path, e)
+                })?;
+            (file, 0)
+        };
         sync_dir(&self.dir)?;
         let file = Arc::new(file);
         self.state.write().segments.insert(
@@ -1440,8 +1572,17 @@ impl LogBackend {
         self.current = id;
         self.file = Some(file);
         self.len = buf.len() as u64;
-        self.checkpoint_bytes = buf.len() as u64;
+        self.prepared_len = prepared_len;
         self.needs_roll = false;
+        if self.durability == Durability::Fsync {
+            // The next segment's zeros are written while this one fills,
+            // off the writer thread: a roll then costs a rename.
+            let (dir, size) = (self.dir.clone(), self.segment_target());
+            self.preparing = std::thread::Builder::new()
+                .name("switchboard-segment".into())
+                .spawn(move || prepare_segment(&dir, size))
+                .ok();
+        }
         Ok(())
     }
 
@@ -1449,13 +1590,26 @@ impl LogBackend {
     fn append(&mut self) -> Result<u64, StoreError> {
         let file = self.file.clone().expect("a segment is open");
         let at = self.len;
-        let written = file.write_all_at(&self.buf, at).and_then(|_| {
-            if self.durability == Durability::Fsync {
-                file.sync_data()
+        let written = if self.durability == Durability::Fsync {
+            // A long record's head (with its header) is durable before
+            // its tail is written: see `TORN_SPAN`.
+            let head = if self.buf.len() > TORN_SPAN {
+                TORN_SPAN
             } else {
-                Ok(())
-            }
-        });
+                self.buf.len()
+            };
+            file.write_all_at(&self.buf[..head], at)
+                .and_then(|_| file.sync_data())
+                .and_then(|_| {
+                    if head < self.buf.len() {
+                        file.write_all_at(&self.buf[head..], at + head as u64)?;
+                        file.sync_data()?;
+                    }
+                    Ok(())
+                })
+        } else {
+            file.write_all_at(&self.buf, at)
+        };
         if let Err(e) = written {
             // Nothing of a failed write may stay: a later record after it
             // would make it look like damage. If even cutting it off fails,
@@ -1463,6 +1617,7 @@ impl LogBackend {
             if file.set_len(at).is_err() {
                 self.needs_roll = true;
             }
+            self.prepared_len = self.prepared_len.min(at);
             return Err(io_error(&self.path(self.current), e));
         }
         self.len += self.buf.len() as u64;
@@ -1552,19 +1707,18 @@ impl LogBackend {
                     .segments
                     .iter()
                     .find(|(id, s)| **id != self.current && s.live > 0 && s.live_bytes * 2 < s.size)
-                    .map(|(id, s)| (*id, s.file.clone()))
+                    .map(|(id, s)| (*id, s.file.clone(), s.size))
             };
-            let Some((seg, file)) = victim else {
+            let Some((seg, file, size)) = victim else {
                 return false;
             };
-            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
             let mut bytes = vec![0u8; size as usize];
             if file.read_exact_at(&mut bytes, 0).is_err() {
                 return false;
             }
             let mut pending = VecDeque::new();
             let mut at = 0;
-            while let Ok(end) = check_record(&bytes, at) {
+            while let Ok(end) = check_record(&bytes, at, bytes.len()) {
                 let payload = &bytes[at + HEADER..end];
                 if payload.first() == Some(&REC_BATCH) {
                     let mut d = Dec::new(&payload[9..]);
@@ -1658,7 +1812,7 @@ impl Backend for LogBackend {
         ops: &mut dyn Iterator<Item = &Op>,
         commit_seq: u64,
     ) -> Result<bool, StoreError> {
-        if self.needs_roll || self.len >= self.segment_bytes.max(4 * self.checkpoint_bytes) {
+        if self.needs_roll || self.len >= self.segment_target() {
             self.roll()?;
         }
         self.buf.clear();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::{check_record, segment_name, LOG_DIR};
+use super::{check_record, data_end, segment_name, LOG_DIR, TORN_SPAN};
 use crate::auth::Role;
 use crate::metrics::Metrics;
 use crate::store::{
@@ -85,13 +85,26 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 /// The start offsets of the records of a segment file.
 fn record_starts(path: &Path) -> Vec<usize> {
     let bytes = std::fs::read(path).unwrap();
+    let end = data_end(&bytes);
     let mut starts = Vec::new();
     let mut at = 0;
-    while at < bytes.len() {
+    while at < end {
         starts.push(at);
-        at = check_record(&bytes, at).ok().expect("a whole record");
+        at = check_record(&bytes, at, end).ok().expect("a whole record");
     }
     starts
+}
+
+/// Where the records of a segment file end (zeros prepared for more may
+/// follow).
+fn records_end(path: &Path) -> usize {
+    let bytes = std::fs::read(path).unwrap();
+    let end = data_end(&bytes);
+    let mut at = 0;
+    while let Ok(next) = check_record(&bytes, at, end) {
+        at = next;
+    }
+    at
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -117,11 +130,14 @@ fn bodies(snapshot: &Snapshot, sid: &str) -> Vec<String> {
 }
 
 /// A log whose last record is cut at every byte offset of that record
-/// starts with everything before it; whole, with it too.
+/// starts with everything before it; whole, with it too. Both as a log
+/// that appends (the file ends where the write stopped) and as one written
+/// over prepared zeros (zeros follow the torn bytes).
 #[test]
 fn a_last_record_cut_at_any_byte_is_dropped_and_the_rest_kept() {
     let dir = fresh_dir("torn");
-    let (store, _) = open(&dir, super::SEGMENT_BYTES, false).unwrap();
+    let segment_bytes = 64 * 1024;
+    let (store, _) = open(&dir, segment_bytes, false).unwrap();
     write(&store, vec![channel("CH1")]);
     for i in 0..5 {
         write(&store, vec![message("CH1", i, 1)]);
@@ -135,33 +151,103 @@ fn a_last_record_cut_at_any_byte_is_dropped_and_the_rest_kept() {
     let starts = record_starts(&segment);
     let last = *starts.last().unwrap();
     let full = std::fs::read(&segment).unwrap();
-    assert!(full.len() - last > 100, "a message record is long enough");
+    let end = records_end(&segment);
+    assert!(end - last > 100, "a message record is long enough");
+    assert!(
+        full.len() >= segment_bytes as usize,
+        "the segment was prepared"
+    );
 
-    for cut in last..=full.len() {
-        let trial = fresh_dir("torn-trial");
-        copy_dir(&dir, &trial);
-        let trial_segment = trial.join(LOG_DIR).join(segment.file_name().unwrap());
-        std::fs::write(&trial_segment, &full[..cut]).unwrap();
-        if cut < full.len() {
-            std::fs::write(trial.join(ACK_MARKER_FILE), &marker_before).unwrap();
+    for zeros_after in [false, true] {
+        for cut in last..=end {
+            let trial = fresh_dir("torn-trial");
+            copy_dir(&dir, &trial);
+            let trial_segment = trial.join(LOG_DIR).join(segment.file_name().unwrap());
+            let mut bytes = full[..cut].to_vec();
+            if zeros_after {
+                bytes.resize(full.len(), 0);
+            }
+            std::fs::write(&trial_segment, &bytes).unwrap();
+            if cut < end {
+                std::fs::write(trial.join(ACK_MARKER_FILE), &marker_before).unwrap();
+            }
+            let what = format!("cut at {cut}, zeros after: {zeros_after}");
+            let (store, snapshot) =
+                open(&trial, segment_bytes, false).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let expected: Vec<String> = (0..if cut == end { 6 } else { 5 })
+                .map(|i| format!("message {i} of CH1"))
+                .collect();
+            assert_eq!(bodies(&snapshot, "CH1"), expected, "{what}");
+            // The torn bytes are gone: the next write is read back after it.
+            write(&store, vec![message("CH1", 6, 1)]);
+            drop(store);
+            let (_, snapshot) = open(&trial, segment_bytes, false).unwrap();
+            assert_eq!(
+                bodies(&snapshot, "CH1").last().map(String::as_str),
+                Some("message 6 of CH1"),
+                "{what}"
+            );
+            let _ = std::fs::remove_dir_all(&trial);
         }
-        let (store, snapshot) = open(&trial, super::SEGMENT_BYTES, false)
-            .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
-        let expected: Vec<String> = (0..if cut == full.len() { 6 } else { 5 })
-            .map(|i| format!("message {i} of CH1"))
-            .collect();
-        assert_eq!(bodies(&snapshot, "CH1"), expected, "cut at {cut}");
-        // The torn bytes are gone: the next write is read back after it.
-        write(&store, vec![message("CH1", 6, 1)]);
-        drop(store);
-        let (_, snapshot) = open(&trial, super::SEGMENT_BYTES, false).unwrap();
-        assert_eq!(
-            bodies(&snapshot, "CH1").last().map(String::as_str),
-            Some("message 6 of CH1"),
-            "cut at {cut}"
-        );
-        let _ = std::fs::remove_dir_all(&trial);
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A crash can keep a write's later pages and lose its first, header
+/// included: zeros where the last record's header was, its other bytes
+/// after them. That write was never acknowledged: the start drops it.
+/// The same zeros before records that reach further than one write can
+/// is damage, refused with the file and offset.
+#[test]
+fn a_lost_header_is_a_torn_write_at_the_end_and_damage_before_it() {
+    let dir = fresh_dir("lost-header");
+    let (store, _) = open(&dir, super::SEGMENT_BYTES, false).unwrap();
+    write(&store, vec![channel("CH1")]);
+    for i in 0..5 {
+        write(&store, vec![message("CH1", i, 1)]);
+    }
+    let marker_before = std::fs::read(dir.join(ACK_MARKER_FILE)).unwrap();
+    write(&store, vec![message("CH1", 5, 1)]);
+    drop(store);
+    let segment = segments(&dir).pop().unwrap();
+    let last = *record_starts(&segment).last().unwrap();
+    let full = std::fs::read(&segment).unwrap();
+
+    let trial = fresh_dir("lost-header-trial");
+    copy_dir(&dir, &trial);
+    let mut bytes = full.clone();
+    bytes[last..last + 8].fill(0);
+    let trial_segment = trial.join(LOG_DIR).join(segment.file_name().unwrap());
+    std::fs::write(&trial_segment, &bytes).unwrap();
+    std::fs::write(trial.join(ACK_MARKER_FILE), &marker_before).unwrap();
+    let (_, snapshot) = open(&trial, super::SEGMENT_BYTES, false).unwrap();
+    let expected: Vec<String> = (0..5).map(|i| format!("message {i} of CH1")).collect();
+    assert_eq!(bodies(&snapshot, "CH1"), expected);
+    let _ = std::fs::remove_dir_all(&trial);
+
+    // Records reaching further than one torn write could after the lost
+    // header: one longer than `TORN_SPAN` (written in two steps).
+    let (store, _) = open(&dir, super::SEGMENT_BYTES, false).unwrap();
+    let bad = records_end(&segments(&dir).pop().unwrap());
+    write(&store, vec![message("CH1", 6, 1)]);
+    let mut long = message("CH1", 7, 1);
+    if let Op::AppendMessage(m) = &mut long {
+        Arc::get_mut(m).unwrap().body = "x".repeat(TORN_SPAN + 4096);
+    }
+    write(&store, vec![long]);
+    drop(store);
+    let segment = segments(&dir).pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[bad..bad + 8].fill(0);
+    std::fs::write(&segment, &bytes).unwrap();
+    match open(&dir, super::SEGMENT_BYTES, false).err() {
+        Some(StoreError::Damaged { path, offset, .. }) => {
+            assert_eq!(path, segment);
+            assert_eq!(offset, bad as u64);
+        }
+        other => panic!("not refused as damage: {other:?}"),
+    }
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing changed");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
