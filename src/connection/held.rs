@@ -34,6 +34,17 @@ impl HeldReplies {
         self.0.is_none()
     }
 
+    /// The newest store ticket a held reply waits for (0: none).
+    pub(super) fn newest_ticket(&self) -> u64 {
+        self.0.as_ref().map_or(0, |q| {
+            q.replies
+                .iter()
+                .rev()
+                .find_map(|(_, _, r)| r.as_ref().ok().and_then(Pending::ticket))
+                .unwrap_or(0)
+        })
+    }
+
     pub(super) fn push(
         &mut self,
         id: u64,

@@ -211,6 +211,7 @@ impl Reader<'_> {
             // Read on while few replies are held and the engine has room;
             // otherwise wait first (backpressure, not errors).
             let room = engine.room();
+            outbox.awaiting(held.newest_ticket());
             let readable = held.len() < MAX_HELD_REPLIES && room.is_none();
             let waiting = !held.is_empty() || room.is_some();
             tokio::select! {
