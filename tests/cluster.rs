@@ -739,3 +739,96 @@ async fn the_anonymous_cap_holds_across_nodes() {
     let mut again = Client::open_url(&b.url(), Enc::Json).await.unwrap();
     again.connect(json!({"resumeToken": resume})).await.unwrap();
 }
+
+/// A channel's history is its event log, trimmed to `[history]
+/// max_messages` entries: pages below `before` skip the membership events
+/// between messages, nothing trimmed comes back, and a recovery reaching
+/// below delivery's window reads the rest from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_recovery_read_the_trimmed_channel_log() {
+    let redis = Redis::start();
+    let toml = format!("{NO_LIMITS}[history]\nmax_messages = 8\nmemory_messages = 2\n");
+    let a = node(&redis, &toml).await;
+    let b = node(&redis, &toml).await;
+    let mut customer = a.customer().await;
+    let resume = customer.connect_result["resumeToken"].clone();
+    let sid = customer.start_engagement().await;
+    let mut agent = b.staff("agent-h", "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    let send = |i: u64| json!({"channelSid": sid, "body": format!("m{i}")});
+    for i in 0..6 {
+        customer.call("SendMessage", send(i)).await.unwrap();
+    }
+    // Two membership events between m5 and m6.
+    let mut visitor = b.staff("agent-v", "agent").await;
+    visitor
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    visitor
+        .call("LeaveChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    for i in 6..12 {
+        customer.call("SendMessage", send(i)).await.unwrap();
+    }
+    let indexes = |page: &Value| -> Vec<u64> {
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["index"].as_u64().unwrap())
+            .collect()
+    };
+    // The log keeps 8 entries: m6..m11 and the two membership events.
+    let all = agent
+        .call("GetMessages", json!({"channelSid": sid, "limit": 100}))
+        .await
+        .unwrap();
+    assert_eq!(indexes(&all), (6..12).collect::<Vec<_>>(), "{all}");
+    assert_eq!(all["hasMore"], false);
+    let newest = agent
+        .call("GetMessages", json!({"channelSid": sid, "limit": 3}))
+        .await
+        .unwrap();
+    assert_eq!(indexes(&newest), [9, 10, 11]);
+    assert_eq!(newest["hasMore"], true);
+    let older = agent
+        .call(
+            "GetMessages",
+            json!({"channelSid": sid, "limit": 3, "before": 9}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(indexes(&older), [6, 7, 8]);
+    assert_eq!(older["hasMore"], false);
+    let bodies: Vec<&str> = older["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["m6", "m7", "m8"]);
+    drop(customer);
+    // Recovery on B from index 6: delivery's window holds 2 messages, the
+    // rest is read from the log.
+    let mut again = Client::open_url(&b.url(), Enc::Json).await.unwrap();
+    let connected = again
+        .connect(json!({"resumeToken": resume, "recover": {&sid: 6}}))
+        .await
+        .unwrap();
+    assert_eq!(connected["recovered"][&sid], true, "{connected}");
+    let missed = read_until(&mut again, 11).await;
+    assert_gapless(&missed, 7, "recovered below the window");
+    assert_eq!(missed[0]["body"], "m7");
+    // From before what the log keeps: not recovered.
+    let mut late = b.staff("agent-late", "agent").await;
+    let sub = late
+        .call("Subscribe", json!({"channel": sid, "after": 2}))
+        .await
+        .unwrap();
+    assert_eq!(sub["recovered"], false, "{sub}");
+}

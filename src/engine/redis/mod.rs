@@ -305,6 +305,7 @@ impl RedisEngine {
             } else {
                 cluster.webhook_events_max.to_string()
             },
+            self.config.history.max_messages.to_string(),
         ];
         let timeout = Duration::from_millis(cluster.command_timeout_ms);
         let up = self.up.clone();
@@ -441,33 +442,55 @@ impl RedisEngine {
         Ok(())
     }
 
-    /// Messages `from..to` of a channel from its capped stream (a
-    /// recovery's part below delivery's window).
+    /// Messages `from..to` of a channel from its log (a recovery's part
+    /// below delivery's window). The log holds the channel's other events
+    /// too; message `i` has a seq above `i`, so the read starts there.
     async fn read_messages(
         &self,
         sid: &str,
         from: u64,
         to: u64,
     ) -> Option<Vec<Arc<StoredMessage>>> {
+        let mut messages = Vec::new();
         if from >= to {
-            return Some(Vec::new());
+            return Some(messages);
         }
-        let rows: Vec<(String, Vec<(String, String)>)> = self
-            .query(
-                redis::cmd("XRANGE")
-                    .arg(self.key(&format!("msgs:{sid}")))
-                    .arg(format!("0-{}", from + 1))
-                    .arg(format!("0-{to}"))
-                    .clone(),
-            )
-            .await
-            .ok()?;
-        Some(
-            rows.iter()
-                .filter_map(|(_, fields)| fields.iter().find(|(f, _)| f == "e"))
-                .filter_map(|(_, json)| wire::message(json))
-                .collect(),
-        )
+        let key = self.key(&format!("ev:c:{sid}"));
+        let count = (to - from) as usize + 16;
+        let mut start = format!("0-{}", from + 1);
+        loop {
+            let rows: Vec<(String, Vec<(String, String)>)> = self
+                .query(
+                    redis::cmd("XRANGE")
+                        .arg(&key)
+                        .arg(&start)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(count)
+                        .clone(),
+                )
+                .await
+                .ok()?;
+            let mut done = rows.len() < count;
+            for (_, fields) in &rows {
+                let message = fields
+                    .iter()
+                    .find(|(f, _)| f == "e")
+                    .and_then(|(_, json)| wire::message(json));
+                match message {
+                    Some(m) if m.index >= to => {
+                        done = true;
+                        break;
+                    }
+                    Some(m) if m.index >= from => messages.push(m),
+                    _ => {}
+                }
+            }
+            match rows.last() {
+                Some((id, _)) if !done => start = format!("({id}"),
+                _ => return Some(messages),
+            }
+        }
     }
 
     /// Finishes a session's addition to a channel (a recovery reads what
@@ -959,7 +982,6 @@ impl Engine for RedisEngine {
                 channel_sid.to_owned(),
                 if message.by_broker { "1" } else { "0" }.to_owned(),
                 tail[1..].to_owned(),
-                self.config.history.max_messages.to_string(),
             ],
         );
         let actor = actor.clone();

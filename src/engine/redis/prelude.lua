@@ -1,6 +1,7 @@
 -- Shared by every script. ARGV: prefix, event log length, now (unix ms),
 -- this node's id, ended-channel retention (s), most post-event webhook
--- events kept ("0": no post-event webhook), then the script's own.
+-- events kept ("0": no post-event webhook), most messages kept per channel
+-- (`[history] max_messages`), then the script's own.
 -- Keys are built from the prefix (one Redis, not Redis Cluster).
 local P = ARGV[1]
 local EVLEN = ARGV[2]
@@ -8,28 +9,33 @@ local NOW = ARGV[3]
 local NODE = ARGV[4]
 local ENDED_TTL = tonumber(ARGV[5])
 local WHMAX = ARGV[6]
-local function A(n) return ARGV[6 + n] end
+local HISTLEN = ARGV[7]
+local function A(n) return ARGV[7 + n] end
 local function q(s) return cjson.encode(s) end
 
--- The events post-event webhooks receive, by topic kind: each push is
--- taken from one topic only (as the embedded engine does).
-local WEBHOOK = {
-  c = { msg = true, joined = true, left = true },
-  q = { started = true, ended = true },
-  i = { restarted = true },
-}
-
 -- A sequenced event: appended to the topic's event log (entry id 0-<seq>)
--- and published as "<seq>|<json>". One a post-event webhook receives is
--- also appended to the webhook outbox, atomically with the action.
+-- and published as "<seq>|<json>". A channel's log is also its history
+-- (its messages are stored there only), so it is capped as history is,
+-- exactly; other topics' logs keep about EVLEN events. An event a
+-- post-event webhook receives (each push from one topic only, as the
+-- embedded engine takes them) is also appended to the webhook outbox,
+-- atomically with the action.
 local function emit(topic, json)
   local key = P .. ':ev:' .. topic
-  local id = redis.call('XADD', key, 'MAXLEN', '~', EVLEN, '0-*', 'e', json)
+  local kind = string.sub(topic, 1, 1)
+  local id
+  if kind == 'c' then
+    id = redis.call('XADD', key, 'MAXLEN', HISTLEN, '0-*', 'e', json)
+  else
+    id = redis.call('XADD', key, 'MAXLEN', '~', EVLEN, '0-*', 'e', json)
+  end
   local seq = string.sub(id, 3)
   redis.call('PUBLISH', key, seq .. '|' .. json)
   if WHMAX ~= '0' then
-    local kinds = WEBHOOK[string.sub(topic, 1, 1)]
-    if kinds and kinds[string.match(json, '^{"t":"(%a+)"')] then
+    local t = string.match(json, '^{"t":"(%a+)"')
+    if (kind == 'c' and (t == 'msg' or t == 'joined' or t == 'left'))
+        or (kind == 'q' and (t == 'started' or t == 'ended'))
+        or (kind == 'i' and t == 'restarted') then
       redis.call('XADD', P .. ':wh:events', 'MAXLEN', '~', WHMAX, '0-*', 'k', topic, 'ms', NOW, 'e', json)
     end
   end
@@ -117,7 +123,7 @@ local function retire(sid)
   local queue = redis.call('HGET', ch, 'q')
   if queue then redis.call('ZREM', P .. ':q:' .. queue, sid) end
   emit('c:' .. sid, '{"t":"closed"}')
-  for _, k in ipairs({ ch, P .. ':chm:' .. sid, P .. ':cho:' .. sid, P .. ':msgs:' .. sid, P .. ':ev:c:' .. sid }) do
+  for _, k in ipairs({ ch, P .. ':chm:' .. sid, P .. ':cho:' .. sid, P .. ':ev:c:' .. sid }) do
     redis.call('EXPIRE', k, ENDED_TTL)
   end
 end

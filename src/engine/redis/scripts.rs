@@ -155,8 +155,9 @@ return 'OK'
 "#;
 
 /// A:1 identity, 2 role, 3 sid, 4 by broker ("1"), 5 the message's JSON
-/// after its index (`"sid":…}`), 6 most messages kept.
-/// → the message's index.
+/// after its index (`"sid":…}`) → the message's index. The message is
+/// stored once: as its event in the channel's log, which is the
+/// channel's history too.
 const POST: &str = r#"
 local id, role, sid = A(1), A(2), A(3)
 local ch = P .. ':ch:' .. sid
@@ -167,12 +168,12 @@ if not h[1] or h[2] == '1' then return 'E:no_channel' end
 local member = h[2] ~= '1' and redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 1
 local by_broker = A(4) == '1' and role == 'service' and h[2] ~= '1'
 if not member and not by_broker then return 'E:not_a_member' end
-local index = redis.call('HINCRBY', ch, 'next', 1) - 1
-local json = '{"t":"msg","i":' .. index .. ',' .. A(5)
-redis.call('XADD', P .. ':msgs:' .. sid, 'MAXLEN', A(6), '0-' .. (index + 1), 'e', json)
+-- The index as text once (number formatting is a good part of a script's
+-- own cost).
+local index = tostring(redis.call('HINCRBY', ch, 'next', '1') - 1)
 end_typing(sid, id)
-emit('c:' .. sid, json)
-return tostring(index)
+emit('c:' .. sid, '{"t":"msg","i":' .. index .. ',' .. A(5))
+return index
 "#;
 
 /// A:1 identity, 2 "toggle" or "minimize", 3 origin → "1"/"0" expanded.
@@ -267,12 +268,33 @@ if not (A(7) == '1' or member or A(5) == '1' or (A(6) == '1' and h[2] == '1')) t
   return 'E:not_a_member'
 end
 local msgs = {}
-if before ~= '0' then
-  local rows = redis.call('XREVRANGE', P .. ':msgs:' .. sid, '0-' .. before, '-', 'COUNT', limit + 1)
-  for i = math.min(#rows, limit), 1, -1 do msgs[#msgs + 1] = rows[i][2][2] end
-  return cjson.encode({ msgs = msgs, more = #rows > limit })
+local b = tonumber(before)
+local key = P .. ':ev:c:' .. sid
+local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+if b == 0 or #last == 0 then return cjson.encode({ msgs = msgs, more = false }) end
+-- The log holds the channel's other events between its messages: message
+-- i has seq i + 1 + (other events before it), so the messages below
+-- `before` sit at or below seq before + (other events so far).
+local top = tonumber(string.sub(last[1][1], 3))
+local others = top - tonumber(redis.call('HGET', P .. ':ch:' .. sid, 'next') or '0')
+local from = '0-' .. math.min(top, b + others)
+local found = {}
+while #found <= limit do
+  local count = limit + 1 - #found + others
+  local rows = redis.call('XREVRANGE', key, from, '-', 'COUNT', count)
+  for _, row in ipairs(rows) do
+    local e = row[2][2]
+    local i = tonumber(string.match(e, '^{"t":"msg","i":(%d+)'))
+    if i and i < b then
+      found[#found + 1] = e
+      if #found > limit then break end
+    end
+  end
+  if #rows < count then break end
+  from = '(' .. rows[#rows][1]
 end
-return cjson.encode({ msgs = msgs, more = false })
+for i = math.min(#found, limit), 1, -1 do msgs[#msgs + 1] = found[i] end
+return cjson.encode({ msgs = msgs, more = #found > limit })
 "#;
 
 /// A:1 sid → the channel as the server API shows it.
