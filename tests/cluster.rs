@@ -832,3 +832,23 @@ async fn history_and_recovery_read_the_trimmed_channel_log() {
         .unwrap();
     assert_eq!(sub["recovered"], false, "{sub}");
 }
+
+/// Redis lost the broker's function library (`FUNCTION FLUSH`, or a new
+/// instance): the next call loads it again and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_function_library_is_loaded_again() {
+    let redis = Redis::start();
+    let a = node(&redis, NO_LIMITS).await;
+    let mut customer = a.customer().await;
+    let sid = customer.start_engagement().await;
+    assert!(redis.command("FUNCTION FLUSH").unwrap().starts_with("+OK"));
+    let posted = customer
+        .call("SendMessage", json!({"channelSid": sid, "body": "hi"}))
+        .await
+        .unwrap();
+    assert_eq!(posted["index"], 0);
+    assert!(redis
+        .command("FUNCTION LIST")
+        .unwrap()
+        .contains("switchboard_"));
+}

@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -159,6 +158,7 @@ impl RedisEngine {
         let node: Arc<str> = Arc::from(crate::ids::new_id().as_str());
         let prefix = cluster.key_prefix.clone();
         let heartbeat = Duration::from_millis(cluster.heartbeat_ms);
+        let scripts = Arc::new(Scripts::new());
         // At start, synchronously: a node that cannot reach Redis does not
         // start as if it could.
         let secret: String = {
@@ -183,6 +183,16 @@ impl RedisEngine {
                 .arg(heartbeat.as_millis() as u64 * 3)
                 .exec(&mut sync)
                 .map_err(unreachable)?;
+            redis::cmd("FUNCTION")
+                .arg("LOAD")
+                .arg("REPLACE")
+                .arg(&scripts.library)
+                .exec(&mut sync)
+                .map_err(|e| {
+                    ConfigError::Cluster(format!(
+                        "Redis at {url} refused the broker's function library (Redis 7 or later is needed): {e}"
+                    ))
+                })?;
             redis::cmd("GET")
                 .arg(&key)
                 .query(&mut sync)
@@ -209,7 +219,7 @@ impl RedisEngine {
             config: config.clone(),
             delivery,
             conn,
-            scripts: Arc::new(Scripts::new()),
+            scripts,
             fanout: fanout.clone(),
             node,
             url: Arc::from(url.as_str()),
@@ -288,7 +298,7 @@ impl RedisEngine {
     /// `unavailable` (an error or no answer within the command timeout).
     fn call(
         &self,
-        pick: fn(&Scripts) -> &Script,
+        pick: fn(&Scripts) -> &scripts::Function,
         args: Vec<String>,
     ) -> impl Future<Output = Outcome<Result<String, Refused>>> + Send + 'static {
         let scripts = self.scripts.clone();
@@ -311,13 +321,32 @@ impl RedisEngine {
         let up = self.up.clone();
         let url = self.url.clone();
         async move {
-            let script = pick(&scripts);
-            let mut invocation = script.prepare_invoke();
+            let mut invocation = redis::cmd("FCALL");
+            invocation.arg(pick(&scripts)).arg(0);
             for arg in common.iter().chain(&args) {
                 invocation.arg(arg);
             }
-            match tokio::time::timeout(timeout, invocation.invoke_async::<String>(&mut conn)).await
-            {
+            let mut outcome =
+                tokio::time::timeout(timeout, invocation.query_async::<String>(&mut conn)).await;
+            if let Ok(Err(e)) = &outcome {
+                if e.to_string().contains("Function not found") {
+                    // Redis lost its functions (a new or emptied instance):
+                    // load the library again, then run the call once more.
+                    tracing::warn!("the Redis function library is missing; loading it again");
+                    let mut load = redis::cmd("FUNCTION");
+                    load.arg("LOAD").arg("REPLACE").arg(&scripts.library);
+                    if let Ok(Ok(())) =
+                        tokio::time::timeout(timeout, load.exec_async(&mut conn)).await
+                    {
+                        outcome = tokio::time::timeout(
+                            timeout,
+                            invocation.query_async::<String>(&mut conn),
+                        )
+                        .await;
+                    }
+                }
+            }
+            match outcome {
                 Ok(Ok(reply)) => {
                     up.store(true, Ordering::Relaxed);
                     Ok(match reply.strip_prefix("E:") {
@@ -329,7 +358,7 @@ impl RedisEngine {
                     if e.kind()
                         == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
                 {
-                    tracing::error!(error = %e, "a Redis script failed");
+                    tracing::error!(error = %e, "a Redis function failed");
                     Err(EngineError::Internal(format!(
                         "shared engine script failed: {e}"
                     )))

@@ -1,15 +1,16 @@
--- Shared by every script. ARGV: prefix, event log length, now (unix ms),
--- this node's id, ended-channel retention (s), most post-event webhook
--- events kept ("0": no post-event webhook), most messages kept per channel
--- (`[history] max_messages`), then the script's own.
--- Keys are built from the prefix (one Redis, not Redis Cluster).
-local P = ARGV[1]
-local EVLEN = ARGV[2]
-local NOW = ARGV[3]
-local NODE = ARGV[4]
-local ENDED_TTL = tonumber(ARGV[5])
-local WHMAX = ARGV[6]
-local HISTLEN = ARGV[7]
+-- Shared by every function of the library. Each call's arguments: prefix,
+-- event log length, now (unix ms), this node's id, ended-channel retention
+-- (s), most post-event webhook events kept ("0": no post-event webhook),
+-- most messages kept per channel (`[history] max_messages`), then the
+-- function's own. Keys are built from the prefix (one Redis, not Redis
+-- Cluster). These are the library's own variables, set by `begin` at the
+-- start of every call: Redis runs one call at a time.
+local ARGV, P, EVLEN, NOW, NODE, ENDED_TTL, WHMAX, HISTLEN
+local function begin(args)
+  ARGV = args
+  P, EVLEN, NOW, NODE = args[1], args[2], args[3], args[4]
+  ENDED_TTL, WHMAX, HISTLEN = tonumber(args[5]), args[6], args[7]
+end
 local function A(n) return ARGV[7 + n] end
 local function q(s) return cjson.encode(s) end
 

@@ -1,8 +1,15 @@
 //! The Lua scripts: one per state change, each one atomic step in Redis
 //! (checks, counters, appends and the publish of its events). A script
 //! answers `E:<code>[:<detail>]` for a refusal, anything else for success.
+//!
+//! They are the functions of one Redis function library (`FUNCTION LOAD`,
+//! called with `FCALL`) rather than `EVALSHA` scripts: a script runs its
+//! whole text on every call, shared helpers included, while a library's
+//! helpers are made once when it is loaded. The library and its functions
+//! are named after a hash of its text, so that nodes of two versions (a
+//! rolling upgrade) each call their own.
 
-use redis::Script;
+use sha2::{Digest, Sha256};
 
 const PRELUDE: &str = include_str!("prelude.lua");
 
@@ -368,66 +375,113 @@ end
 return 'OK'
 "#;
 
-pub(super) struct Scripts {
-    pub identify: Script,
-    pub attach: Script,
-    pub detach: Script,
-    pub sessions: Script,
-    pub channel: Script,
-    pub queue: Script,
-    pub start: Script,
-    pub restart: Script,
-    pub end: Script,
-    pub join: Script,
-    pub leave: Script,
-    pub post: Script,
-    pub widget: Script,
-    pub draft: Script,
-    pub typing: Script,
-    pub typing_end: Script,
-    pub observe: Script,
-    pub unobserve: Script,
-    pub history: Script,
-    pub channel_report: Script,
-    pub identity_report: Script,
-    pub disconnect: Script,
-    pub wh_hold: Script,
-    pub wh_release: Script,
-    pub wh_cursor: Script,
-}
+/// A function of the library: its name in Redis.
+pub(super) type Function = String;
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+pub(super) struct Scripts {
+    pub identify: Function,
+    pub attach: Function,
+    pub detach: Function,
+    pub sessions: Function,
+    pub channel: Function,
+    pub queue: Function,
+    pub start: Function,
+    pub restart: Function,
+    pub end: Function,
+    pub join: Function,
+    pub leave: Function,
+    pub post: Function,
+    pub widget: Function,
+    pub draft: Function,
+    pub typing: Function,
+    pub typing_end: Function,
+    pub observe: Function,
+    pub unobserve: Function,
+    pub history: Function,
+    pub channel_report: Function,
+    pub identity_report: Function,
+    pub disconnect: Function,
+    pub wh_hold: Function,
+    pub wh_release: Function,
+    pub wh_cursor: Function,
+    /// The library's source, for `FUNCTION LOAD`.
+    pub library: String,
 }
 
 impl Scripts {
     pub(super) fn new() -> Scripts {
+        let bodies: [(&str, &str); 25] = [
+            ("identify", IDENTIFY),
+            ("attach", ATTACH),
+            ("detach", DETACH),
+            ("sessions", SESSIONS),
+            ("channel", CHANNEL),
+            ("queue", QUEUE),
+            ("start", START),
+            ("restart", RESTART),
+            ("end", END),
+            ("join", JOIN),
+            ("leave", LEAVE),
+            ("post", POST),
+            ("widget", WIDGET),
+            ("draft", DRAFT),
+            ("typing", TYPING),
+            ("typing_end", TYPING_END),
+            ("observe", OBSERVE),
+            ("unobserve", UNOBSERVE),
+            ("history", HISTORY),
+            ("channel_report", CHANNEL_REPORT),
+            ("identity_report", IDENTITY_REPORT),
+            ("disconnect", DISCONNECT),
+            ("wh_hold", WH_HOLD),
+            ("wh_release", WH_RELEASE),
+            ("wh_cursor", WH_CURSOR),
+        ];
+        let mut hash = Sha256::new();
+        hash.update(PRELUDE);
+        for (name, body) in &bodies {
+            hash.update(name);
+            hash.update(body);
+        }
+        let id: String = hash.finalize()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let name = |f: &str| format!("switchboard_{id}_{f}");
+        let mut library = format!("#!lua name=switchboard_{id}\n{PRELUDE}\n");
+        for (f, body) in &bodies {
+            library.push_str(&format!(
+                "redis.register_function('{}', function(_, args)\nbegin(args)\n{body}\nend)\n",
+                name(f)
+            ));
+        }
         Scripts {
-            identify: script(IDENTIFY),
-            attach: script(ATTACH),
-            detach: script(DETACH),
-            sessions: script(SESSIONS),
-            channel: script(CHANNEL),
-            queue: script(QUEUE),
-            start: script(START),
-            restart: script(RESTART),
-            end: script(END),
-            join: script(JOIN),
-            leave: script(LEAVE),
-            post: script(POST),
-            widget: script(WIDGET),
-            draft: script(DRAFT),
-            typing: script(TYPING),
-            typing_end: script(TYPING_END),
-            observe: script(OBSERVE),
-            unobserve: script(UNOBSERVE),
-            history: script(HISTORY),
-            channel_report: script(CHANNEL_REPORT),
-            identity_report: script(IDENTITY_REPORT),
-            disconnect: script(DISCONNECT),
-            wh_hold: script(WH_HOLD),
-            wh_release: script(WH_RELEASE),
-            wh_cursor: script(WH_CURSOR),
+            identify: name("identify"),
+            attach: name("attach"),
+            detach: name("detach"),
+            sessions: name("sessions"),
+            channel: name("channel"),
+            queue: name("queue"),
+            start: name("start"),
+            restart: name("restart"),
+            end: name("end"),
+            join: name("join"),
+            leave: name("leave"),
+            post: name("post"),
+            widget: name("widget"),
+            draft: name("draft"),
+            typing: name("typing"),
+            typing_end: name("typing_end"),
+            observe: name("observe"),
+            unobserve: name("unobserve"),
+            history: name("history"),
+            channel_report: name("channel_report"),
+            identity_report: name("identity_report"),
+            disconnect: name("disconnect"),
+            wh_hold: name("wh_hold"),
+            wh_release: name("wh_release"),
+            wh_cursor: name("wh_cursor"),
+            library,
         }
     }
 }
