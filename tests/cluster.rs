@@ -852,3 +852,108 @@ async fn a_lost_function_library_is_loaded_again() {
         .unwrap()
         .contains("switchboard_"));
 }
+
+/// `kill -9` of a node: once its heartbeat key expires, another node
+/// recounts what it held for its sessions. Its typing indicators end
+/// (`typingEnded` pushed), its anonymous identity without an engagement
+/// starts to expire (the anonymous cap frees up), and a channel only its
+/// session observed, with no member left, is retired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_typing_identities_and_observers_are_recounted() {
+    let redis = Redis::start();
+    let toml = format!(
+        "{NO_LIMITS}[typing]\nwindow_ms = 300\n[identities]\nidle_ttl_secs = 1\nmax_anonymous = 1\n\
+         [api]\nkeys = [\"test-api-key-0123456789\"]\n"
+    );
+    let config = common::config_file(
+        &format!("cluster-reap-{}.toml", redis.port),
+        &format!("{toml}{}", redis.cluster_toml()),
+    );
+    let dir = common::fresh_data_dir();
+    let dying = common::BrokerProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("SWITCHBOARD_JWT_SECRET", common::SECRET)],
+        &dir,
+    );
+    let survivor = node(&redis, &toml).await;
+    // Typing on the dying node, seen on the survivor.
+    let mut typist = Client::staff_at(&dying.url, "cust-t", "customer", Enc::Json).await;
+    let sid = typist.start_engagement().await;
+    let mut agent = survivor.staff("agent-r", "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    typist
+        .call("SendMessage", json!({"channelSid": sid, "body": "hello"}))
+        .await
+        .unwrap();
+    agent.push("messageAdded").await;
+    // The cap's one anonymous identity, on the dying node, no engagement.
+    let mut anonymous = Client::open_url(&dying.url, Enc::Json).await.unwrap();
+    anonymous.connect(json!({})).await.unwrap();
+    // A channel only a session of the dying node observes: its customer
+    // (on the survivor) leaves it.
+    let mut leaver = Client::staff_at(&survivor.url(), "cust-o", "customer", Enc::Json).await;
+    let abandoned = leaver.start_engagement().await;
+    let mut observer = Client::staff_at(&dying.url, "obs-r", "agent", Enc::Json).await;
+    observer
+        .call("Subscribe", json!({"channel": abandoned}))
+        .await
+        .unwrap();
+    leaver.call("RestartEngagement", json!({})).await.unwrap();
+    typist
+        .call("SendTyping", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    agent.push("typingStarted").await;
+
+    dying.signal("KILL");
+    let ended = agent
+        .push_within("typingEnded", Duration::from_secs(15))
+        .await
+        .expect("the dead node's typing ends");
+    assert_eq!(ended["identity"], "cust-t");
+    // A new anonymous customer fits under the cap once the dead node's
+    // one has expired.
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let mut c = Client::open_url(&survivor.url(), Enc::Json).await.unwrap();
+            if c.connect(json!({})).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the dead node's anonymous identity stops counting");
+    // The channel nobody is in any more, nor observes, is retired.
+    let report = || async {
+        let answer = reqwest::Client::new()
+            .get(format!(
+                "http://{}/api/v1/channels/{abandoned}",
+                survivor.addr
+            ))
+            .bearer_auth("test-api-key-0123456789")
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_str::<Value>(&answer.text().await.unwrap()).unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while report().await["status"] != "ended" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned channel is retired: {}",
+            report().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(dying);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -48,6 +48,11 @@ use fanout::{Apply, Fanout, FollowUp};
 use scripts::Scripts;
 use wire::WireMember;
 
+/// Most entries (a dead node's identities and observed channels, overdue
+/// typing periods) one heartbeat's reap handles, so that one call stays
+/// short however many sessions a dead node had.
+const REAP_BUDGET: usize = 1000;
+
 /// A followed topic no local session has needed for this long is dropped.
 const IDLE_FEED: Duration = Duration::from_secs(60);
 
@@ -271,6 +276,20 @@ impl RedisEngine {
             .await;
             let ok = matches!(set, Ok(Ok(())));
             if ok {
+                // What dead nodes held, and typing periods nobody ended.
+                let reaped = engine
+                    .call(
+                        |s| &s.reap,
+                        vec![
+                            engine.config.identities.idle_ttl_secs.max(1).to_string(),
+                            ttl.to_string(),
+                            REAP_BUDGET.to_string(),
+                        ],
+                    )
+                    .await;
+                if let Err(e) = reaped {
+                    tracing::debug!(error = %e, "reaping dead nodes' state failed; next heartbeat");
+                }
                 let now = Utc::now().timestamp_millis().max(0) as u64;
                 let probe = tokio::time::timeout(
                     timeout,

@@ -102,6 +102,13 @@ local function channel_state(sid)
   }
 end
 
+-- Typing periods not yet announced as ended, by when they are due to end
+-- (`ty:due`, members `<sid>|<identity>`): the node that began a period ends
+-- it on time; when that node is gone, any node ends it (`REAP`).
+local function typing_due(sid, id)
+  return P .. ':ty:due', sid .. '|' .. id
+end
+
 -- Ends a typing period now. The key stays a while as "ended", so that the
 -- timer of the node that began the period does not announce its end again.
 local function end_typing(sid, id)
@@ -109,7 +116,19 @@ local function end_typing(sid, id)
   local token = redis.call('GET', key)
   if token and token ~= 'ended' then
     redis.call('SET', key, 'ended', 'PX', 60000)
+    redis.call('ZREM', typing_due(sid, id))
     transient('c:' .. sid, '{"t":"typing_off","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
+  end
+end
+
+-- An identity with no session on a live node, no channel and no
+-- engagement is forgotten after `ttl` seconds (an anonymous customer's
+-- resume token then gives a fresh identity).
+local function forget_if_idle(id, ttl)
+  if live_sum(P .. ':ids:' .. id) == 0 and redis.call('SCARD', P .. ':idc:' .. id) == 0
+      and not redis.call('HGET', P .. ':id:' .. id, 'eng') then
+    for _, k in ipairs({ P .. ':id:' .. id, P .. ':idd:' .. id }) do redis.call('EXPIRE', k, ttl) end
+    redis.call('ZADD', P .. ':anon', 'XX', NOW + 1000 * tonumber(ttl), id)
   end
 end
 

@@ -32,12 +32,14 @@ return cjson.encode({ role = h[1], anon = (h[2] == '1') })
 "#;
 
 /// A:1 identity, 2 most sessions per identity. Counts the session on this
-/// node and answers the identity's state with its topics' positions.
+/// node (and notes the identity among the node's, for when it dies) and
+/// answers the identity's state with its topics' positions.
 const ATTACH: &str = r#"
 local id = A(1)
 local sk = P .. ':ids:' .. id
 if live_sum(sk) >= tonumber(A(2)) then return 'E:full' end
 redis.call('HINCRBY', sk, NODE, 1)
+redis.call('SADD', P .. ':nodeids:' .. NODE, id)
 for _, k in ipairs({ P .. ':id:' .. id, P .. ':idd:' .. id }) do redis.call('PERSIST', k) end
 redis.call('ZADD', P .. ':anon', 'XX', '+inf', id)
 local h = redis.call('HMGET', P .. ':id:' .. id, 'x', 'eng', 'eat')
@@ -57,12 +59,11 @@ return cjson.encode({
 const DETACH: &str = r#"
 local id = A(1)
 local sk = P .. ':ids:' .. id
-if tonumber(redis.call('HINCRBY', sk, NODE, -1)) <= 0 then redis.call('HDEL', sk, NODE) end
-if live_sum(sk) == 0 and redis.call('SCARD', P .. ':idc:' .. id) == 0
-    and not redis.call('HGET', P .. ':id:' .. id, 'eng') then
-  for _, k in ipairs({ P .. ':id:' .. id, P .. ':idd:' .. id }) do redis.call('EXPIRE', k, A(2)) end
-  redis.call('ZADD', P .. ':anon', 'XX', NOW + 1000 * tonumber(A(2)), id)
+if tonumber(redis.call('HINCRBY', sk, NODE, -1)) <= 0 then
+  redis.call('HDEL', sk, NODE)
+  redis.call('SREM', P .. ':nodeids:' .. NODE, id)
 end
+forget_if_idle(id, A(2))
 return 'OK'
 "#;
 
@@ -70,8 +71,76 @@ return 'OK'
 /// right after a session count could not be lowered (Redis was away).
 const SESSIONS: &str = r#"
 local sk = P .. ':ids:' .. A(1)
-if tonumber(A(2)) > 0 then redis.call('HSET', sk, NODE, A(2)) else redis.call('HDEL', sk, NODE) end
+if tonumber(A(2)) > 0 then
+  redis.call('HSET', sk, NODE, A(2))
+  redis.call('SADD', P .. ':nodeids:' .. NODE, A(1))
+else
+  redis.call('HDEL', sk, NODE)
+  redis.call('SREM', P .. ':nodeids:' .. NODE, A(1))
+end
 return 'OK'
+"#;
+
+/// A:1 idle TTL (s), 2 how long past its end a typing period waits for
+/// the node that began it (ms), 3 most entries handled per call. Run by
+/// every node on each heartbeat: what a dead node (its heartbeat key
+/// expired) held for its sessions is recounted (session counts; an
+/// identity left without sessions starts to expire, as after its last
+/// session's end; observer counts, an abandoned channel being retired),
+/// and typing periods nobody ended are ended (`typingEnded`). Bounded per
+/// call; the rest waits for the next heartbeat. → entries handled.
+const REAP: &str = r#"
+local budget = tonumber(A(3))
+local done = 0
+redis.call('SADD', P .. ':nodes', NODE)
+for _, n in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
+  if done >= budget then break end
+  if redis.call('EXISTS', P .. ':node:' .. n) == 0 then
+    local idset, chset = P .. ':nodeids:' .. n, P .. ':nodecho:' .. n
+    local popped = {}
+    if budget > done then popped = redis.call('SPOP', idset, budget - done) end
+    for _, id in ipairs(popped) do
+      redis.call('HDEL', P .. ':ids:' .. id, n)
+      forget_if_idle(id, A(1))
+      done = done + 1
+    end
+    popped = {}
+    if budget > done then popped = redis.call('SPOP', chset, budget - done) end
+    for _, sid in ipairs(popped) do
+      redis.call('HDEL', P .. ':cho:' .. sid, n)
+      local ch = P .. ':ch:' .. sid
+      if redis.call('EXISTS', ch) == 1 and redis.call('HGET', ch, 'closed') ~= '1' and abandoned(sid) then
+        retire(sid)
+      end
+      done = done + 1
+    end
+    if redis.call('EXISTS', idset) == 0 and redis.call('EXISTS', chset) == 0 then
+      redis.call('SREM', P .. ':nodes', n)
+    end
+  end
+end
+local due = P .. ':ty:due'
+local late = redis.call('ZRANGEBYSCORE', due, '-inf', NOW - tonumber(A(2)), 'LIMIT', 0, math.max(budget - done, 0))
+for _, entry in ipairs(late) do
+  local bar = string.find(entry, '|', 1, true)
+  local sid, id = string.sub(entry, 1, bar - 1), string.sub(entry, bar + 1)
+  local key = P .. ':ty:' .. sid .. ':' .. id
+  local token = redis.call('GET', key)
+  if token and token ~= 'ended' then
+    -- Still going (extended since): due again when its key expires.
+    redis.call('ZADD', due, NOW + math.max(redis.call('PTTL', key), 0), entry)
+  else
+    if not token then
+      redis.call('SET', key, 'ended', 'PX', 60000)
+      if redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 1 then
+        transient('c:' .. sid, '{"t":"typing_off","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
+      end
+    end
+    redis.call('ZREM', due, entry)
+  end
+  done = done + 1
+end
+return tostring(done)
 "#;
 
 /// A:1 sid → the channel's state and position.
@@ -217,6 +286,8 @@ if not h[1] then return 'E:no_channel' end
 if h[2] == '1' or redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 0 then return 'E:not_a_member' end
 local key = P .. ':ty:' .. sid .. ':' .. id
 local current = redis.call('GET', key)
+local due, entry = typing_due(sid, id)
+redis.call('ZADD', due, NOW + tonumber(A(3)), entry)
 if not current or current == 'ended' then
   redis.call('SET', key, A(4), 'PX', A(3))
   transient('c:' .. sid, '{"t":"typing_on","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
@@ -233,8 +304,11 @@ local id, sid = A(1), A(2)
 local key = P .. ':ty:' .. sid .. ':' .. id
 local token = redis.call('GET', key)
 if token == A(3) then return tostring(math.max(redis.call('PTTL', key), 1)) end
-if not token and redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 1 then
-  transient('c:' .. sid, '{"t":"typing_off","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
+if not token then
+  redis.call('ZREM', typing_due(sid, id))
+  if redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 1 then
+    transient('c:' .. sid, '{"t":"typing_off","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
+  end
 end
 return '0'
 "#;
@@ -245,6 +319,7 @@ local sid = A(1)
 local h = redis.call('HMGET', P .. ':ch:' .. sid, 'q', 'closed')
 if not h[1] or h[2] == '1' then return 'E:not_found' end
 redis.call('HINCRBY', P .. ':cho:' .. sid, NODE, 1)
+redis.call('SADD', P .. ':nodecho:' .. NODE, sid)
 return cjson.encode(channel_state(sid))
 "#;
 
@@ -253,7 +328,10 @@ const UNOBSERVE: &str = r#"
 local sid = A(1)
 local ch = P .. ':ch:' .. sid
 local cho = P .. ':cho:' .. sid
-if tonumber(redis.call('HINCRBY', cho, NODE, -1)) <= 0 then redis.call('HDEL', cho, NODE) end
+if tonumber(redis.call('HINCRBY', cho, NODE, -1)) <= 0 then
+  redis.call('HDEL', cho, NODE)
+  redis.call('SREM', P .. ':nodecho:' .. NODE, sid)
+end
 if redis.call('EXISTS', ch) == 1 and redis.call('HGET', ch, 'closed') ~= '1' and abandoned(sid) then
   retire(sid)
 end
@@ -401,6 +479,7 @@ pub(super) struct Scripts {
     pub channel_report: Function,
     pub identity_report: Function,
     pub disconnect: Function,
+    pub reap: Function,
     pub wh_hold: Function,
     pub wh_release: Function,
     pub wh_cursor: Function,
@@ -410,7 +489,7 @@ pub(super) struct Scripts {
 
 impl Scripts {
     pub(super) fn new() -> Scripts {
-        let bodies: [(&str, &str); 25] = [
+        let bodies = [
             ("identify", IDENTIFY),
             ("attach", ATTACH),
             ("detach", DETACH),
@@ -433,6 +512,7 @@ impl Scripts {
             ("channel_report", CHANNEL_REPORT),
             ("identity_report", IDENTITY_REPORT),
             ("disconnect", DISCONNECT),
+            ("reap", REAP),
             ("wh_hold", WH_HOLD),
             ("wh_release", WH_RELEASE),
             ("wh_cursor", WH_CURSOR),
@@ -478,6 +558,7 @@ impl Scripts {
             channel_report: name("channel_report"),
             identity_report: name("identity_report"),
             disconnect: name("disconnect"),
+            reap: name("reap"),
             wh_hold: name("wh_hold"),
             wh_release: name("wh_release"),
             wh_cursor: name("wh_cursor"),
