@@ -18,13 +18,15 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use std::io::{self, IoSlice};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use tokio::net::TcpStream;
 
@@ -146,6 +148,30 @@ impl Cork {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A future whose every poll runs under a [`Cork`] (a session's task).
+    /// Wraps the future in place, so that a task holds it once.
+    pub(crate) struct Corked<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Corked<F> {
+    pub(crate) fn new(inner: F) -> Corked<F> {
+        Corked { inner }
+    }
+}
+
+impl<F: Future> Future for Corked<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _cork = Cork::new();
+        self.project().inner.poll(cx)
+    }
+}
+
 impl Drop for Cork {
     fn drop(&mut self) {
         if self.outer {
@@ -187,8 +213,53 @@ pub struct Outbox {
     /// The newest store ticket a reply of this session's is held for (0:
     /// none): when it settles the session's task runs.
     awaiting: AtomicU64,
+    /// Signals for the session's task ([`Signal`] bits), raised by others
+    /// and taken by the task, which is woken for them like for a write.
+    signals: AtomicU8,
+    /// When the session's task next wants a [`Signal::Tick`], in
+    /// [`alarm_clock`] milliseconds ([`NO_ALARM`]: never). One node-wide
+    /// sweep raises the ticks, so that a waiting session keeps no timer of
+    /// its own (a timer entry is larger than everything else it waits on).
+    alarm: AtomicU64,
     limits: OutboxLimits,
     metrics: Arc<Metrics>,
+}
+
+/// What a session's task is told besides "there is something to write".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Signal {
+    /// Its alarm is due: a deadline (Connect, idle, token expiry) or a ping.
+    Tick = 1,
+    /// The node is shutting down: answer what is held, then close with 4000.
+    Shutdown = 2,
+}
+
+/// A set of [`Signal`]s taken at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Signals(u8);
+
+impl Signals {
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub(crate) fn has(self, signal: Signal) -> bool {
+        self.0 & signal as u8 != 0
+    }
+}
+
+/// No alarm set.
+pub(crate) const NO_ALARM: u64 = u64::MAX;
+
+/// Milliseconds since the process's first use of the alarm clock: the unit
+/// of session alarms (u64 atomics, where an `Instant` would not fit one).
+pub(crate) fn alarm_clock(at: tokio::time::Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    // Rounded up, so that an alarm never rings before its deadline.
+    let since = at.saturating_duration_since(epoch);
+    u64::try_from(since.as_micros().div_ceil(1000)).unwrap_or(NO_ALARM - 1)
 }
 
 /// What a queued frame counts against.
@@ -347,6 +418,8 @@ impl Outbox {
             wanted: AtomicBool::new(false),
             owner: AtomicWaker::new(),
             awaiting: AtomicU64::new(0),
+            signals: AtomicU8::new(0),
+            alarm: AtomicU64::new(NO_ALARM),
             limits,
             metrics,
         }
@@ -588,6 +661,44 @@ impl Outbox {
         Poll::Pending
     }
 
+    /// Raises `signal` for the session's task and wakes it (whichever of
+    /// its wakers it waits on).
+    pub(crate) fn signal(&self, signal: Signal) {
+        self.signals.fetch_or(signal as u8, Ordering::AcqRel);
+        self.wake();
+        self.owner.wake();
+    }
+
+    /// The signals raised since the last call. The task calls this after
+    /// registering its wakers too, so that none raised meanwhile is missed.
+    pub(crate) fn take_signals(&self) -> Signals {
+        Signals(self.signals.swap(0, Ordering::AcqRel))
+    }
+
+    /// Asks for a [`Signal::Tick`] at `at` (replacing any alarm set).
+    pub(crate) fn set_alarm(&self, at: tokio::time::Instant) {
+        self.alarm.store(alarm_clock(at), Ordering::Release);
+    }
+
+    /// Raises [`Signal::Tick`] if the alarm is due by `now` (in
+    /// [`alarm_clock`] units) and clears it; the task sets the next one.
+    /// Returns whether it rang.
+    pub(crate) fn ring_if_due(&self, now: u64) -> bool {
+        let at = self.alarm.load(Ordering::Acquire);
+        // The exchange loses to the task setting a new alarm meanwhile: that
+        // alarm then stands and rings in its own time.
+        if at > now
+            || self
+                .alarm
+                .compare_exchange(at, NO_ALARM, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return false;
+        }
+        self.signal(Signal::Tick);
+        true
+    }
+
     /// Ready once a close has been asked for.
     pub(crate) fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         if let Some(reason) = self.closing() {
@@ -665,6 +776,34 @@ mod tests {
             },
             Arc::new(Metrics::default()),
         ))
+    }
+
+    #[test]
+    fn an_alarm_rings_once_when_due_and_a_new_one_stands() {
+        let outbox = outbox(8);
+        let start = tokio::time::Instant::now();
+        let at = start + std::time::Duration::from_millis(50);
+        outbox.set_alarm(at);
+        let due = alarm_clock(at);
+        assert!(!outbox.ring_if_due(due - 1), "not before its deadline");
+        assert!(outbox.take_signals().is_empty());
+        assert!(outbox.ring_if_due(due));
+        assert!(outbox.take_signals().has(Signal::Tick));
+        assert!(!outbox.ring_if_due(due + 1), "rang already: cleared");
+        // The task sets the next alarm; it rings in its own time.
+        outbox.set_alarm(at + std::time::Duration::from_millis(100));
+        assert!(!outbox.ring_if_due(due + 1));
+        assert!(outbox.ring_if_due(due + 100));
+    }
+
+    #[test]
+    fn signals_wait_until_taken_and_are_taken_together() {
+        let outbox = outbox(8);
+        outbox.signal(Signal::Tick);
+        outbox.signal(Signal::Shutdown);
+        let signals = outbox.take_signals();
+        assert!(signals.has(Signal::Tick) && signals.has(Signal::Shutdown));
+        assert!(outbox.take_signals().is_empty());
     }
 
     fn frame(text: &'static str) -> Bytes {

@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::admission::{Admission, Refusal};
+use crate::admission::{Admission, Refusal, Ticket};
 use crate::broker::Broker;
-use crate::connection::run_session;
+use crate::connection::{self, run_session};
 use crate::http::{self, close_lingering, Response};
-use crate::outbox::Cork;
+use crate::outbox::Corked;
 use crate::tls::Stream;
 
 /// Pending connections the kernel queues before accept (tokio's default is
@@ -100,6 +100,7 @@ impl Server {
             );
         }
         tracker.spawn(housekeeping(self.broker.clone(), token.clone()));
+        tracker.spawn(connection::sweep(self.broker.clone(), token.clone()));
         self.broker.start_webhooks(token.clone(), |sender| {
             tracker.spawn(sender);
         });
@@ -113,11 +114,9 @@ impl Server {
                         Ok(ticket) => {
                             let (broker, tls, token) =
                                 (self.broker.clone(), self.tls.clone(), token.clone());
-                            tracker.spawn(async move {
-                                // The slot is held for the connection's life.
-                                let _ticket = ticket;
-                                handle_connection(broker, stream, peer, loopback, tls, token).await
-                            });
+                            tracker.spawn(handle_connection(
+                                ticket, broker, stream, peer, loopback, tls, token,
+                            ));
                         }
                         Err(refusal) => {
                             self.broker.metrics.connection_refused();
@@ -151,6 +150,7 @@ impl Server {
             "shutting down: closing sessions with 4000"
         );
         token.cancel();
+        connection::shut_down_sessions(&self.broker);
         tracker.close();
         if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
             .await
@@ -184,28 +184,39 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(ACCEPT_BACKLOG)
 }
 
-async fn handle_connection(
+/// A connection's task: the handshake, then (for an upgrade) its session.
+/// Built so that the task's future holds the admission slot, a pointer to
+/// the boxed handshake and the session's own future, nothing twice: the
+/// handshake returns the session ready to run, so what it needed (the
+/// request, its buffers, the arguments here) is gone before the session
+/// starts.
+fn handle_connection(
+    ticket: Ticket,
     broker: Arc<Broker>,
     tcp: TcpStream,
     peer: SocketAddr,
     loopback: bool,
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
-) {
-    // The handshake runs boxed and returns only the socket: its request,
-    // headers and buffers are freed before the session starts, so that an
-    // idle session's task holds nothing but what the session needs.
-    let upgraded = Box::pin(handshake(&broker, tcp, peer, loopback, tls, &shutdown)).await;
-    if let Some(upgraded) = upgraded {
-        // Each poll of the session runs under a cork: what it sends to
-        // idle sessions (its replies, its fan-out) is written once per
-        // session when the poll ends.
-        let mut session = std::pin::pin!(run_session(broker, upgraded, peer, shutdown));
-        std::future::poll_fn(|cx| {
-            let _cork = Cork::new();
-            session.as_mut().poll(cx)
-        })
-        .await;
+) -> impl Future<Output = ()> + Send {
+    let opening = Box::pin(async move {
+        let upgraded = handshake(&broker, tcp, peer, loopback, tls, &shutdown).await?;
+        Some(run_session(broker, upgraded, peer, shutdown))
+    });
+    async move {
+        // The admission slot is held for the connection's life (dropped
+        // last, not moved: a moved copy would take room in the task).
+        // (`let else`, not `if let`: the matched temporary would stay in the
+        // task beside the session it holds.)
+        let Some(session) = opening.await else {
+            drop(ticket);
+            return;
+        };
+        // Each poll of the session runs under a cork: what it sends to idle
+        // sessions (its replies, its fan-out) is written once per session
+        // when the poll ends.
+        Corked::new(session).await;
+        drop(ticket);
     }
 }
 
@@ -259,9 +270,14 @@ const RETENTION_CATCH_UP: Duration = Duration::from_millis(250);
 async fn housekeeping(broker: Arc<Broker>, shutdown: CancellationToken) {
     use crate::engine::Housekeeping;
     let purge_every = Duration::from_secs(broker.config.history.purge_interval_secs);
-    let mut reap = tokio::time::interval(REAP_EVERY);
-    let mut purge = tokio::time::interval(purge_every);
-    let mut catch_up = tokio::time::interval(RETENTION_CATCH_UP);
+    // Each first due one period after start, not at once (a tokio
+    // interval's first tick): a broker that has just started has nothing
+    // idle to forget, and its first retention slice need not race the
+    // first clients' writes.
+    let every = |period: Duration| tokio::time::interval_at(Instant::now() + period, period);
+    let mut reap = every(REAP_EVERY);
+    let mut purge = every(purge_every);
+    let mut catch_up = every(RETENTION_CATCH_UP);
     let engine = &broker.node.engine;
     loop {
         tokio::select! {

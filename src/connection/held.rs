@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use serde_json::Value;
 
@@ -78,47 +78,50 @@ impl HeldReplies {
 
     /// Resolves once the front reply may stand (then `pop_ready` has it).
     pub(super) fn settled(&mut self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            let Some(queue) = self.0.as_mut() else {
-                return Poll::Ready(());
-            };
-            let HeldQueue { replies, wait } = &mut **queue;
-            // The newest store ticket held: waiting for it wakes once for
-            // a whole group commit.
-            let newest = replies
-                .iter()
-                .rev()
-                .find_map(|(_, _, r)| r.as_ref().ok().and_then(Pending::ticket));
-            let Some((_, _, Ok(front))) = replies.front_mut() else {
-                return Poll::Ready(());
-            };
-            if front.is_settled() {
-                *wait = None;
-                return Poll::Ready(());
-            }
-            if let Pending::Remote(future) = front {
-                // Decided elsewhere: this reply's own answer.
-                return match future.as_mut().poll(cx) {
-                    Poll::Ready(outcome) => {
-                        *front = Pending::Ready(outcome);
-                        Poll::Ready(())
-                    }
-                    Poll::Pending => Poll::Pending,
-                };
-            }
-            if wait.is_none() {
-                *wait = newest.and_then(|ticket| front.wait_for(ticket));
-            }
-            let Some(waiting) = wait.as_mut() else {
-                return Poll::Ready(());
-            };
-            match Pin::new(waiting).poll(cx) {
-                Poll::Ready(_) => {
-                    *wait = None;
+        std::future::poll_fn(move |cx| self.poll_settled(cx))
+    }
+
+    /// Ready once the front reply may stand (then `pop_ready` has it).
+    pub(super) fn poll_settled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(queue) = self.0.as_mut() else {
+            return Poll::Ready(());
+        };
+        let HeldQueue { replies, wait } = &mut **queue;
+        // The newest store ticket held: waiting for it wakes once for
+        // a whole group commit.
+        let newest = replies
+            .iter()
+            .rev()
+            .find_map(|(_, _, r)| r.as_ref().ok().and_then(Pending::ticket));
+        let Some((_, _, Ok(front))) = replies.front_mut() else {
+            return Poll::Ready(());
+        };
+        if front.is_settled() {
+            *wait = None;
+            return Poll::Ready(());
+        }
+        if let Pending::Remote(future) = front {
+            // Decided elsewhere: this reply's own answer.
+            return match future.as_mut().poll(cx) {
+                Poll::Ready(outcome) => {
+                    *front = Pending::Ready(outcome);
                     Poll::Ready(())
                 }
                 Poll::Pending => Poll::Pending,
+            };
+        }
+        if wait.is_none() {
+            *wait = newest.and_then(|ticket| front.wait_for(ticket));
+        }
+        let Some(waiting) = wait.as_mut() else {
+            return Poll::Ready(());
+        };
+        match Pin::new(waiting).poll(cx) {
+            Poll::Ready(_) => {
+                *wait = None;
+                Poll::Ready(())
             }
-        })
+            Poll::Pending => Poll::Pending,
+        }
     }
 }

@@ -16,8 +16,11 @@
 //! commands (a console flushing a backlog, a bot) then gets one commit per
 //! burst instead of one commit per command.
 
+mod alarms;
 mod held;
 mod socket;
+
+pub(crate) use alarms::{shut_down_sessions, sweep};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,7 +30,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -39,15 +42,19 @@ use crate::engine::Pending;
 use crate::error::ActionError;
 use crate::http::Upgraded;
 use crate::metrics::CommandTimer;
-use crate::outbox::{CloseReason, Outbox, Progress};
+use crate::outbox::{CloseReason, Outbox, Progress, Signal, Signals};
 use crate::rate_limit::SessionLimiter;
 use crate::ws::{self, FrameReader, Inbound, ReadError};
 
 use held::HeldReplies;
 use socket::{Read, Socket};
 
-/// What woke a waiting session's socket side.
-enum Io {
+/// What woke a waiting session.
+enum Woke {
+    /// Signals from elsewhere: a due alarm, the node shutting down.
+    Signals(Signals),
+    /// The front held reply stands, or the engine has room again.
+    Settled,
     /// Something to write, a close asked for, or the socket writable again.
     Wanted,
     /// Bytes read (frames in `inbound`), or the end of the connection.
@@ -63,139 +70,133 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// and its memory, while letting a pipelining client fill a group commit.
 const MAX_HELD_REPLIES: usize = 32;
 
-/// Runs a session to its end.
-pub(crate) async fn run_session(
+/// Opens a session on an upgraded connection and returns its task. The
+/// session is set up here, before the task's future exists, so that the
+/// future holds each of its parts once: that future is most of what an idle
+/// session costs.
+pub(crate) fn run_session(
     broker: Arc<Broker>,
     upgraded: Upgraded,
     peer: SocketAddr,
     shutdown: CancellationToken,
-) {
-    let Upgraded {
-        stream,
-        leftover,
-        encoding,
-    } = upgraded;
-    let node = &broker.node;
-    let key = node.next_session_key();
-    let outbox = Arc::new(Outbox::new(node.outbox_limits(), broker.metrics.clone()));
-    let session = Arc::new(
-        SessionHandle::new(key, encoding, outbox.clone(), peer)
-            .with_rate_limiter(SessionLimiter::new(&broker.config.rate_limits)),
-    );
-    let limits = &broker.config.limits;
-    let mut socket = Socket::new(stream, &outbox, limits.read_buffer_bytes);
-    let mut frames = FrameReader::new(limits.max_frame_bytes);
-    node.delivery.open_session(&session);
-    broker.metrics.session_opened();
-    info!(session = %session.id, %peer, encoding = encoding.subprotocol(), "session open");
+) -> impl Future<Output = ()> + Send {
+    let mut session = SessionTask::open(broker, upgraded, peer, shutdown);
+    async move {
+        let ended = session.serve().await;
+        // Boxed: closing needs timers and buffers that a live session
+        // should not carry.
+        Box::pin(session.close(ended)).await;
+    }
+}
 
-    let mut reader = Reader {
-        broker: &broker,
-        session: &session,
-        ctx: None,
-        token_expires: None,
-    };
-    // Not boxed: the running loop is most of what the task's allocation
-    // holds, and one allocation per session is cheaper than two. What runs
-    // before and after it (the handshake, the close) is boxed instead, so
-    // that it does not add to the size every idle session pays.
-    let ended = reader
-        .run(&mut socket, &mut frames, leftover, &shutdown)
-        .await;
-    outbox.close(ended);
-    let reason = outbox.closing().unwrap_or(ended);
-    // Nothing more is pushed to a closing session: stop fanning out to it
-    // now, not once its last frames are written.
-    node.engine.detach(&session);
-    // A slow consumer gets until the idle timeout to read the frames
-    // already on their way and its 4008 (the contract's close-frame rule);
-    // any other close a short grace. Shutdown cuts either short.
-    let grace = if reason == CloseReason::SlowConsumer {
-        limits.idle_timeout()
-    } else {
-        CLOSE_GRACE
-    };
-    if reason != CloseReason::ClientGone {
-        let deadline = Instant::now() + grace;
-        let closed = tokio::select! {
-            closed = Box::pin(socket.finish(&outbox, reason, deadline)) => closed,
-            _ = shutdown.cancelled(), if reason != CloseReason::Shutdown => false,
-        };
-        if closed && reason != CloseReason::ClientClosed {
-            let _ = Box::pin(tokio::time::timeout(
-                CLOSE_GRACE,
-                socket.linger(&mut frames),
-            ))
-            .await;
+/// A session's task: its socket, its frame reader, and what runs commands.
+struct SessionTask {
+    reader: Reader,
+    socket: Socket,
+    frames: FrameReader,
+    /// Bytes that came with the upgrade request (the first frames).
+    leftover: Vec<u8>,
+    shutdown: CancellationToken,
+}
+
+/// A session's deadlines (besides its token's, kept with the token).
+struct Clock {
+    connect_deadline: Instant,
+    last_rx: Instant,
+    next_ping: Instant,
+}
+
+impl SessionTask {
+    fn open(
+        broker: Arc<Broker>,
+        upgraded: Upgraded,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> SessionTask {
+        let Upgraded {
+            stream,
+            leftover,
+            encoding,
+        } = upgraded;
+        let node = &broker.node;
+        let key = node.next_session_key();
+        let outbox = Arc::new(Outbox::new(node.outbox_limits(), broker.metrics.clone()));
+        let session = Arc::new(
+            SessionHandle::new(key, encoding, outbox.clone(), peer)
+                .with_rate_limiter(SessionLimiter::new(&broker.config.rate_limits)),
+        );
+        let limits = &broker.config.limits;
+        let socket = Socket::new(stream, &outbox, limits.read_buffer_bytes);
+        let frames = FrameReader::new(limits.max_frame_bytes);
+        node.delivery.open_session(&session);
+        broker.metrics.session_opened();
+        info!(session = %session.id, %peer, encoding = encoding.subprotocol(), "session open");
+        SessionTask {
+            reader: Reader {
+                broker,
+                session,
+                ctx: None,
+                token_expires: None,
+            },
+            socket,
+            frames,
+            leftover,
+            shutdown,
         }
     }
-    broker.metrics.session_closed();
-    info!(
-        session = %session.id,
-        identity = session.identity().as_deref().unwrap_or("-"),
-        %reason,
-        "session closed"
-    );
-}
 
-struct Reader<'a> {
-    broker: &'a Arc<Broker>,
-    session: &'a Arc<SessionHandle>,
-    /// Set once `Connect` succeeded.
-    ctx: Option<ActionContext>,
-    /// When the session's client token stops verifying (`exp` + leeway):
-    /// the session is closed with 4001 then, unless `RefreshToken` moved it.
-    token_expires: Option<Instant>,
-}
-
-impl Reader<'_> {
     /// Reads and runs commands, and writes what waits, until the session
     /// ends; returns why.
-    async fn run(
-        &mut self,
-        socket: &mut Socket,
-        frames: &mut FrameReader,
-        leftover: Vec<u8>,
-        shutdown: &CancellationToken,
-    ) -> CloseReason {
-        let limits = &self.broker.config.limits;
-        let idle_timeout = limits.idle_timeout();
-        let ping_every = limits.ping_interval();
-        let connect_deadline = Instant::now() + limits.connect_timeout();
-        let mut last_rx = Instant::now();
-        let mut next_ping = last_rx + ping_every;
-        // One timer for every deadline (Connect, idle, token expiry, the
-        // next ping), re-armed only when it fires or a deadline moves
-        // earlier: a busy session does not touch the timer wheel for every
-        // frame.
-        let timer = sleep_until(
-            self.next_deadline(connect_deadline, last_rx, idle_timeout)
-                .min(next_ping),
-        );
-        tokio::pin!(timer);
-        let engine = self.broker.node.engine.clone();
-        let outbox = self.session.outbox.clone();
+    async fn serve(&mut self) -> CloseReason {
+        let SessionTask {
+            reader,
+            socket,
+            frames,
+            leftover,
+            shutdown,
+        } = self;
+        let broker = reader.broker.clone();
+        let limits = &broker.config.limits;
+        let outbox = reader.session.outbox.clone();
+        let now = Instant::now();
+        let mut clock = Clock {
+            connect_deadline: now + limits.connect_timeout(),
+            last_rx: now,
+            next_ping: now + limits.ping_interval(),
+        };
         // Replies waiting for their results to stand.
         let mut held = HeldReplies::default();
         // Frames read and not yet run (allocated only while there are some).
         let mut inbound: Vec<Inbound> = Vec::new();
         if !leftover.is_empty() {
-            if let Err(e) = frames.feed(&leftover, &mut inbound) {
-                return self.refused(e);
+            if let Err(e) = frames.feed(leftover, &mut inbound) {
+                return reader.refused(e);
             }
         }
-        drop(leftover);
+        *leftover = Vec::new();
+        // Opened after the node told its sessions it is shutting down.
+        if shutdown.is_cancelled() {
+            return CloseReason::Shutdown;
+        }
+        // One alarm for every deadline (Connect, idle, token expiry, the
+        // next ping), set again only when it rings or a deadline moves
+        // earlier: a busy session does not touch it for every frame.
+        let mut alarm = reader.next_alarm(&clock);
+        outbox.set_alarm(alarm);
         loop {
             if !inbound.is_empty() {
-                last_rx = Instant::now();
-                if let Some(end) = self.run_frames(&mut held, &mut inbound).await {
+                clock.last_rx = Instant::now();
+                // Boxed: running commands needs far more state than waiting
+                // does, and an idle session should not carry it.
+                if let Some(end) = Box::pin(reader.run_frames(&mut held, &mut inbound)).await {
                     return end;
                 }
                 // A Connect or RefreshToken may have brought a deadline
-                // closer than the one armed.
-                let next = self.next_deadline(connect_deadline, last_rx, idle_timeout);
-                if next < timer.deadline() {
-                    timer.as_mut().reset(next);
+                // closer than the alarm set.
+                let next = reader.next_alarm(&clock);
+                if next < alarm {
+                    alarm = next;
+                    outbox.set_alarm(alarm);
                 }
             }
             let blocked = match socket.write_queued(&outbox) {
@@ -204,87 +205,178 @@ impl Reader<'_> {
             };
             if let Some(reason) = outbox.closing() {
                 if reason != CloseReason::SlowConsumer {
-                    self.flush_held(&mut held).await;
+                    reader.flush_held(&mut held).await;
                 }
                 return reason;
             }
             // Read on while few replies are held and the engine has room;
             // otherwise wait first (backpressure, not errors).
-            let room = engine.room();
+            let mut room = broker.node.engine.room();
             outbox.awaiting(held.newest_ticket());
             let readable = held.len() < MAX_HELD_REPLIES && room.is_none();
             let waiting = !held.is_empty() || room.is_some();
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {
-                    self.flush_held(&mut held).await;
-                    return CloseReason::Shutdown;
+            // Everything a waiting session waits on is polled here rather
+            // than awaited: the wake-ups live in the outbox, the socket's
+            // registration and the store's commits, so a waiting session
+            // stores no future for any of them.
+            let woke = std::future::poll_fn(|cx| {
+                let signals = outbox.take_signals();
+                if !signals.is_empty() {
+                    return Poll::Ready(Woke::Signals(signals));
                 }
-                _ = async {
-                    match room {
-                        Some(room) => { let _ = room.await; }
-                        None => held.settled().await,
+                if waiting {
+                    let settled = match room.as_mut() {
+                        Some(room) => Pin::new(room).poll(cx).map(drop),
+                        None => held.poll_settled(cx),
+                    };
+                    if settled.is_ready() {
+                        return Poll::Ready(Woke::Settled);
                     }
-                }, if waiting => {
-                    self.release_held(&mut held);
                 }
-                _ = &mut timer => {
-                    let now = Instant::now();
-                    if self.ctx.is_none() && now >= connect_deadline {
-                        debug!(session = %self.session.id, "no Connect in time");
-                        return CloseReason::Unauthorized;
-                    }
-                    if self.token_expires.is_some_and(|t| now >= t) {
-                        debug!(session = %self.session.id, "token expired");
-                        self.flush_held(&mut held).await;
-                        return CloseReason::TokenExpired;
-                    }
-                    if now >= last_rx + idle_timeout {
-                        self.flush_held(&mut held).await;
-                        return CloseReason::Idle;
-                    }
-                    if now >= next_ping {
-                        outbox.push(ws::frame(ws::PING, b""));
-                        next_ping = now + ping_every;
-                    }
-                    timer.as_mut().reset(
-                        self.next_deadline(connect_deadline, last_rx, idle_timeout)
-                            .min(next_ping),
-                    );
+                let writes = socket.writes_itself();
+                if writes && outbox.poll_wanted(cx).is_ready() {
+                    return Poll::Ready(Woke::Wanted);
                 }
-                // The socket and the outbox, polled rather than awaited:
-                // their wake-ups live in the socket's registration and the
-                // outbox, so a waiting session stores no future for them.
-                io = std::future::poll_fn(|cx| {
-                    let writes = socket.writes_itself();
-                    if writes && outbox.poll_wanted(cx).is_ready() {
-                        return Poll::Ready(Io::Wanted);
+                if !writes && outbox.poll_closing(cx).is_ready() {
+                    return Poll::Ready(Woke::Wanted);
+                }
+                if blocked && socket.poll_writable(cx).is_ready() {
+                    return Poll::Ready(Woke::Wanted);
+                }
+                if readable {
+                    if let Poll::Ready(read) = socket.poll_read(cx, frames, &mut inbound) {
+                        return Poll::Ready(Woke::Read(read));
                     }
-                    if !writes && outbox.poll_closing(cx).is_ready() {
-                        return Poll::Ready(Io::Wanted);
+                }
+                // Taken again now that the wakers are registered: a signal
+                // raised in between would otherwise wait for the next one.
+                let signals = outbox.take_signals();
+                if !signals.is_empty() {
+                    return Poll::Ready(Woke::Signals(signals));
+                }
+                Poll::Pending
+            })
+            .await;
+            drop(room);
+            match woke {
+                Woke::Signals(signals) => {
+                    if signals.has(Signal::Shutdown) {
+                        reader.flush_held(&mut held).await;
+                        return CloseReason::Shutdown;
                     }
-                    if blocked && socket.poll_writable(cx).is_ready() {
-                        return Poll::Ready(Io::Wanted);
-                    }
-                    if readable {
-                        if let Poll::Ready(read) = socket.poll_read(cx, frames, &mut inbound) {
-                            return Poll::Ready(Io::Read(read));
+                    if signals.has(Signal::Tick) {
+                        if let Some(end) = reader.deadlines(&mut clock) {
+                            if end != CloseReason::Unauthorized {
+                                reader.flush_held(&mut held).await;
+                            }
+                            return end;
                         }
+                        alarm = reader.next_alarm(&clock);
+                        outbox.set_alarm(alarm);
                     }
-                    Poll::Pending
-                }) => match io {
-                    Io::Wanted => {}
-                    Io::Read(read) => {
-                        last_rx = Instant::now();
-                        match read {
-                            Read::Frames => {}
-                            Read::Gone => return CloseReason::ClientGone,
-                            Read::Refused(e) => return self.refused(e),
-                        }
+                }
+                Woke::Settled => reader.release_held(&mut held),
+                Woke::Wanted => {}
+                Woke::Read(read) => {
+                    clock.last_rx = Instant::now();
+                    match read {
+                        Read::Frames => {}
+                        Read::Gone => return CloseReason::ClientGone,
+                        Read::Refused(e) => return reader.refused(e),
                     }
                 }
             }
         }
+    }
+
+    /// Ends the session: its close frame after what it has queued, within
+    /// a grace period.
+    async fn close(&mut self, ended: CloseReason) {
+        let session = &self.reader.session;
+        let broker = &self.reader.broker;
+        let outbox = &session.outbox;
+        outbox.close(ended);
+        let reason = outbox.closing().unwrap_or(ended);
+        // Nothing more is pushed to a closing session: stop fanning out to it
+        // now, not once its last frames are written.
+        broker.node.engine.detach(session);
+        // A slow consumer gets until the idle timeout to read the frames
+        // already on their way and its 4008 (the contract's close-frame rule);
+        // any other close a short grace. Shutdown cuts either short.
+        let limits = &broker.config.limits;
+        let grace = if reason == CloseReason::SlowConsumer {
+            limits.idle_timeout()
+        } else {
+            CLOSE_GRACE
+        };
+        if reason != CloseReason::ClientGone {
+            let deadline = Instant::now() + grace;
+            let closed = tokio::select! {
+                closed = self.socket.finish(outbox, reason, deadline) => closed,
+                _ = self.shutdown.cancelled(), if reason != CloseReason::Shutdown => false,
+            };
+            if closed && reason != CloseReason::ClientClosed {
+                let _ =
+                    tokio::time::timeout(CLOSE_GRACE, self.socket.linger(&mut self.frames)).await;
+            }
+        }
+        broker.metrics.session_closed();
+        info!(
+            session = %session.id,
+            identity = session.identity().as_deref().unwrap_or("-"),
+            %reason,
+            "session closed"
+        );
+    }
+}
+
+/// Runs a session's commands: what `Connect` established, and its token.
+struct Reader {
+    broker: Arc<Broker>,
+    session: Arc<SessionHandle>,
+    /// Set once `Connect` succeeded.
+    ctx: Option<ActionContext>,
+    /// When the session's client token stops verifying (`exp` + leeway):
+    /// the session is closed with 4001 then, unless `RefreshToken` moved it.
+    token_expires: Option<Instant>,
+}
+
+impl Reader {
+    /// When the session next has something to check: its earliest
+    /// deadline or its next ping.
+    fn next_alarm(&self, clock: &Clock) -> Instant {
+        let idle = self.broker.config.limits.idle_timeout();
+        let mut deadline = (clock.last_rx + idle).min(clock.next_ping);
+        if self.ctx.is_none() {
+            deadline = deadline.min(clock.connect_deadline);
+        }
+        if let Some(expires) = self.token_expires {
+            deadline = deadline.min(expires);
+        }
+        deadline
+    }
+
+    /// The session's alarm rang: the deadline that passed ends it (after
+    /// its held replies, but for a missed Connect), or a ping is due.
+    fn deadlines(&self, clock: &mut Clock) -> Option<CloseReason> {
+        let limits = &self.broker.config.limits;
+        let now = Instant::now();
+        if self.ctx.is_none() && now >= clock.connect_deadline {
+            debug!(session = %self.session.id, "no Connect in time");
+            return Some(CloseReason::Unauthorized);
+        }
+        if self.token_expires.is_some_and(|t| now >= t) {
+            debug!(session = %self.session.id, "token expired");
+            return Some(CloseReason::TokenExpired);
+        }
+        if now >= clock.last_rx + limits.idle_timeout() {
+            return Some(CloseReason::Idle);
+        }
+        if now >= clock.next_ping {
+            self.session.outbox.push(ws::frame(ws::PING, b""));
+            clock.next_ping = now + limits.ping_interval();
+        }
+        None
     }
 
     /// Why a session whose client broke the framing rules ends.
@@ -323,10 +415,7 @@ impl Reader<'_> {
                         held.settled().await;
                         self.release_held(held);
                     }
-                    // Boxed: running a command (the whole actions pipeline)
-                    // needs far more state than waiting does, and an idle
-                    // session should not carry it.
-                    Box::pin(self.handle_frame(held, &command)).await;
+                    self.handle_frame(held, &command).await;
                     if self.session.outbox.is_closing() {
                         return self.session.outbox.closing();
                     }
@@ -334,19 +423,6 @@ impl Reader<'_> {
             }
         }
         None
-    }
-
-    /// The earliest deadline in force: idle always, Connect until connected,
-    /// the token's expiry once there is one.
-    fn next_deadline(&self, connect: Instant, last_rx: Instant, idle: Duration) -> Instant {
-        let mut deadline = last_rx + idle;
-        if self.ctx.is_none() {
-            deadline = deadline.min(connect);
-        }
-        if let Some(expires) = self.token_expires {
-            deadline = deadline.min(expires);
-        }
-        deadline
     }
 
     async fn handle_frame(&mut self, held: &mut HeldReplies, frame: &Inbound) {

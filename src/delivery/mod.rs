@@ -213,6 +213,14 @@ impl Delivery {
         self.sessions.insert(session.key, session.clone());
     }
 
+    /// Runs `f` for every open session on this node (a session opened
+    /// meanwhile may or may not be seen).
+    pub(crate) fn for_each_session(&self, mut f: impl FnMut(&Arc<SessionHandle>)) {
+        for entry in self.sessions.iter() {
+            f(entry.value());
+        }
+    }
+
     /// Every open session on this node.
     pub(crate) fn session_count(&self) -> usize {
         self.sessions.len()
