@@ -1462,8 +1462,16 @@ struct LogBackend {
 
 /// Writes `size` bytes of zeros to a new [`PREPARED_FILE`] in `dir` and
 /// syncs it with its size and allocation.
+/// On failure (a full disk, most likely) the partial file is removed: the
+/// zeros must never take the room that the records need.
 fn prepare_segment(dir: &Path, size: u64) -> std::io::Result<File> {
     let path = dir.join(PREPARED_FILE);
+    write_zeros(&path, size).inspect_err(|_| {
+        let _ = std::fs::remove_file(&path);
+    })
+}
+
+fn write_zeros(path: &Path, size: u64) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -1521,7 +1529,7 @@ impl LogBackend {
         let mut buf = Vec::new();
         put_record(&mut buf, |b| self.state.read().put_checkpoint(b));
         self.checkpoint_bytes = buf.len() as u64;
-        let (file, prepared_len) = if self.durability == Durability::Fsync {
+        let prepared = if self.durability == Durability::Fsync {
             let prepared = match self.preparing.take().map(|p| p.join()) {
                 Some(Ok(Ok(file))) => Ok(file),
                 Some(Ok(Err(e))) => Err(e),
@@ -1529,19 +1537,35 @@ impl LogBackend {
                 None => prepare_segment(&self.dir, self.segment_target()),
             };
             let prepared_path = self.dir.join(PREPARED_FILE);
-            let file = prepared
-                .and_then(|file| {
-                    file.write_all_at(&buf, 0)?;
-                    file.sync_data()?;
-                    std::fs::rename(&prepared_path, &path)?;
-                    Ok(file)
-                })
-                .map_err(|e| {
+            let file = prepared.and_then(|file| {
+                file.write_all_at(&buf, 0)?;
+                file.sync_data()?;
+                std::fs::rename(&prepared_path, &path)?;
+                Ok(file)
+            });
+            match file {
+                Ok(file) => {
+                    let len = file.metadata().map_err(|e| unwritable(&path, e))?.len();
+                    Some((file, len))
+                }
+                // No room for a prepared segment (or it failed): this one
+                // appends, as with the other durability levels. Slower
+                // commits, nothing refused for want of the zeros' room.
+                Err(e) => {
                     let _ = std::fs::remove_file(&prepared_path);
-                    unwritable(&path, e)
-                })?;
-            let len = file.metadata().map_err(|e| unwritable(&path, e))?.len();
-            (file, len)
+                    tracing::warn!(
+                        segment = %path.display(),
+                        error = %e,
+                        "could not prepare a segment in advance; appending to it instead"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (file, prepared_len) = if let Some(prepared) = prepared {
+            prepared
         } else {
             let file = OpenOptions::new()
                 .read(true)
