@@ -21,11 +21,16 @@
 //! one that is mostly dead is compacted, its live messages copied to the
 //! head of the log a bounded slice at a time, then deleted.
 //!
+//! With `fsync`, commits overwrite a segment prepared with zeros (see
+//! [`PREPARED_FILE`]), so zeros after the last record are the end of the
+//! log.
+//!
 //! Crash recovery: segments are read in order and each record is checked
 //! against its checksum. A bad record at the very end of the last segment
-//! (one that runs past the end of the file, or is followed only by zeros)
-//! is a write the crash cut short: it was never acknowledged (a batch is
-//! acknowledged after its record is durable), so it is dropped. A bad
+//! (nothing but zeros beyond what its write could have covered: see
+//! [`check_record`]) is a write the crash cut short: it was never
+//! acknowledged (a batch is acknowledged after its record is durable), so
+//! it is dropped. A bad
 //! record anywhere else is damage: the store refuses to start, naming the
 //! file and the offset, and changes nothing (`--accept-data-loss` sets the
 //! damaged part aside in a `.damaged` file beside it and goes on).
@@ -1478,7 +1483,11 @@ fn write_zeros(path: &Path, size: u64) -> std::io::Result<File> {
         .create(true)
         .truncate(true)
         .open(&path)?;
-    let zeros = vec![0u8; 1 << 20];
+    // One page per write: the page cache sizes its folios by the writes
+    // that create them, and a commit then dirties, and its fdatasync
+    // writes back, every folio it touches whole. Zeros written a MiB at a
+    // time made each small commit write a MiB to the disk.
+    let zeros = [0u8; 4096];
     let mut at = 0;
     while at < size {
         let n = (size - at).min(zeros.len() as u64);
