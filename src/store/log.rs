@@ -1482,7 +1482,7 @@ fn write_zeros(path: &Path, size: u64) -> std::io::Result<File> {
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&path)?;
+        .open(path)?;
     // One page per write: the page cache sizes its folios by the writes
     // that create them, and a commit then dirties, and its fdatasync
     // writes back, every folio it touches whole. Zeros written a MiB at a
