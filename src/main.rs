@@ -9,6 +9,10 @@ use clap::Parser;
 use switchboard::{ActionRegistry, Broker, Config, Server};
 use tracing_subscriber::EnvFilter;
 
+/// See Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A realtime chat-channel broker for web-chat widgets, agent consoles and bots.
 #[derive(Parser, Debug)]
 #[command(version, about)]
