@@ -151,7 +151,6 @@ impl Broker {
             node.next_session_key(),
             encoding,
             outbox.clone(),
-            "127.0.0.1:1".parse().expect("an address"),
         ));
         node.delivery.open_session(&session);
         let principal = Principal {

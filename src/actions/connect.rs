@@ -87,7 +87,7 @@ pub(super) fn run(ctx: &ActionContext, payload: Value) -> Result<Pending<Value>,
     Ok(attached.map(move |attached| {
         let mut result = serde_json::to_value(&attached.snapshot).expect("snapshots serialize");
         let map = result.as_object_mut().expect("snapshot is a map");
-        map.insert("sessionId".into(), session.id.clone().into());
+        map.insert("sessionId".into(), session.id.as_str().into());
         map.insert("identity".into(), actor.id.to_string().into());
         map.insert("role".into(), actor.role.as_str().into());
         map.insert("actions".into(), json!(actions));

@@ -122,7 +122,7 @@ impl SessionTask {
         let key = node.next_session_key();
         let outbox = Arc::new(Outbox::new(node.outbox_limits(), broker.metrics.clone()));
         let session = Arc::new(
-            SessionHandle::new(key, encoding, outbox.clone(), peer)
+            SessionHandle::new(key, encoding, outbox.clone())
                 .with_rate_limiter(SessionLimiter::new(&broker.config.rate_limits)),
         );
         let limits = &broker.config.limits;

@@ -1,7 +1,7 @@
 //! One WebSocket connection, as the rest of the node sees it.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,10 +15,9 @@ use crate::outbox::Outbox;
 pub struct SessionHandle {
     pub key: SessionKey,
     /// The `sessionId` given to the client.
-    pub id: String,
+    pub id: SessionId,
     pub encoding: Encoding,
     pub outbox: Arc<Outbox>,
-    pub peer: SocketAddr,
     /// The identity, once `Connect` has succeeded.
     identity: Mutex<Option<Arc<str>>>,
     /// What the session receives beyond its identity's pushes: channels as
@@ -39,14 +38,45 @@ struct Topics {
     member_of: HashSet<Arc<str>>,
 }
 
+/// A `sessionId`: `SE` and 32 hex digits, kept inline (a session is
+/// small, and a `String` would be one more allocation per connection).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId([u8; 34]);
+
+impl SessionId {
+    fn random() -> SessionId {
+        let mut id = [0u8; 34];
+        id[..2].copy_from_slice(b"SE");
+        let hex = format!("{:032x}", rand::random::<u128>());
+        id[2..].copy_from_slice(hex.as_bytes());
+        SessionId(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // ASCII by construction.
+        std::str::from_utf8(&self.0).unwrap_or("SE")
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 impl SessionHandle {
-    pub fn new(key: SessionKey, encoding: Encoding, outbox: Arc<Outbox>, peer: SocketAddr) -> Self {
+    pub fn new(key: SessionKey, encoding: Encoding, outbox: Arc<Outbox>) -> Self {
         SessionHandle {
             key,
-            id: format!("SE{:032x}", rand::random::<u128>()),
+            id: SessionId::random(),
             encoding,
             outbox,
-            peer,
             identity: Mutex::new(None),
             topics: Mutex::new(None),
             rate: crate::rate_limit::SessionLimiter::unlimited(),

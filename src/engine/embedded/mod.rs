@@ -205,7 +205,7 @@ impl Embedded {
             for (member, role) in &row.members {
                 identity(member, *role, false)
                     .lock()
-                    .channels
+                    .memberships
                     .insert(row.sid.clone());
             }
             if seed {
@@ -230,7 +230,7 @@ impl Embedded {
             let found = identity(&row.id, row.role, row.anonymous);
             let found = if found.anonymous != row.anonymous {
                 let fixed = Arc::new(Identity::new(row.id.clone(), row.role, row.anonymous));
-                fixed.lock().channels = found.lock().channels.clone();
+                fixed.lock().memberships = found.lock().memberships.clone();
                 identities.insert(row.id.clone(), fixed.clone());
                 fixed
             } else {
@@ -265,8 +265,8 @@ impl Embedded {
         for (identity, sid, body) in &snapshot.drafts {
             if let Some(found) = identities.get(identity).map(|i| i.clone()) {
                 let mut state = found.lock();
-                if state.channels.contains(sid) {
-                    state.drafts.insert(sid.clone(), body.clone());
+                if state.memberships.contains(sid) {
+                    state.memberships.set_draft(sid.clone(), body.clone());
                 }
             }
         }
@@ -471,11 +471,11 @@ impl Embedded {
         ended_reason: &Arc<str>,
         tell_identity: bool,
     ) -> Outcome<Option<u64>> {
-        if !state.channels.contains(sid) {
+        if !state.memberships.contains(sid) {
             return Err(EngineError::NotAMember(sid.to_owned()));
         }
-        let sid: Arc<str> = state.channels.take(sid).expect("checked");
-        state.drafts.remove(&sid);
+        // (Its draft goes with it.)
+        let sid: Arc<str> = state.memberships.take(sid).expect("checked");
         let is_engagement = state
             .engagement
             .as_ref()
@@ -626,7 +626,7 @@ impl Embedded {
                 return true;
             };
             let idle = state.sessions == 0
-                && state.channels.is_empty()
+                && state.memberships.is_empty()
                 && state.engagement.is_none()
                 && state.idle_since.is_some_and(|t| t.elapsed() >= ttl);
             if idle {
@@ -765,7 +765,7 @@ impl Engine for Embedded {
             self.delivery.attach_identity(session, &identity.id);
             let mut recovered: HashMap<String, bool> =
                 recover.keys().map(|sid| (sid.clone(), false)).collect();
-            for sid in &state.channels {
+            for sid in state.memberships.iter() {
                 let wanted = recover.get(&**sid).copied();
                 let got = self
                     .delivery
@@ -794,7 +794,7 @@ impl Engine for Embedded {
                     widget: WidgetState {
                         expanded: state.expanded,
                     },
-                    input_text: drafts_within_a_page(&state.drafts),
+                    input_text: drafts_within_a_page(state.memberships.drafts()),
                 },
                 recovered,
             })
@@ -843,7 +843,7 @@ impl Engine for Embedded {
                 .members
                 .insert(identity.id.clone(), Role::Customer);
             self.channels.insert(sid.clone(), channel);
-            state.channels.insert(sid.clone());
+            state.memberships.insert(sid.clone());
             state.engagement = Some(Engagement {
                 channel_sid: sid.clone(),
                 started_at: started_at.clone(),
@@ -1003,7 +1003,7 @@ impl Engine for Embedded {
                 )));
             }
             cs.members.insert(identity.id.clone(), identity.role);
-            state.channels.insert(channel.sid.clone());
+            state.memberships.insert(channel.sid.clone());
             let ops = vec![
                 Op::AddMember {
                     sid: channel.sid.clone(),
@@ -1133,13 +1133,13 @@ impl Engine for Embedded {
         origin: Option<SessionKey>,
     ) -> Pending<()> {
         self.change(actor, |identity, state| {
-            let Some(sid) = state.channels.get(channel_sid).cloned() else {
+            let Some(sid) = state.memberships.get(channel_sid).cloned() else {
                 return Pending::failed(EngineError::NotAMember(channel_sid.to_owned()));
             };
             if body.is_empty() {
-                state.drafts.remove(&sid);
+                state.memberships.clear_draft(&sid);
             } else {
-                state.drafts.insert(sid.clone(), body.to_owned());
+                state.memberships.set_draft(sid.clone(), body.to_owned());
             }
             let committed = self.commit(
                 vec![Op::SetDraft {
@@ -1506,7 +1506,9 @@ fn newest(mut below: Vec<Arc<StoredMessage>>, limit: usize) -> HistoryPage {
 /// The drafts a `Connect` returns: as many as fit in `codec::PAGE_BYTES`
 /// (an agent in many chats with long drafts must still get a reply that
 /// fits in a frame); the rest stay stored.
-fn drafts_within_a_page(drafts: &HashMap<Arc<str>, String>) -> serde_json::Map<String, Value> {
+fn drafts_within_a_page<'a>(
+    drafts: impl Iterator<Item = (&'a Arc<str>, &'a String)>,
+) -> serde_json::Map<String, Value> {
     let mut within = serde_json::Map::new();
     let mut bytes = 0;
     for (sid, body) in drafts {

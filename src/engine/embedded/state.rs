@@ -27,14 +27,79 @@ pub(super) struct IdentityState {
     pub removed: bool,
     pub engagement: Option<Engagement>,
     pub expanded: bool,
-    /// Draft per channel sid (`SetInputText`).
-    pub drafts: HashMap<Arc<str>, String>,
-    /// Channels the identity is a member of.
-    pub channels: HashSet<Arc<str>>,
+    /// Channels the identity is a member of, and its drafts in them.
+    pub memberships: Memberships,
     /// Its sessions on this node.
     pub sessions: usize,
     /// When the last session went away (for the reaper).
     pub idle_since: Option<Instant>,
+}
+
+/// The channels an identity is a member of, and its draft (`SetInputText`)
+/// per channel. Allocated with the first membership and freed with the
+/// last: most identities of a busy broker are customers whose widget is
+/// open and who have not started to chat, and two empty hash tables (with
+/// their hashers) would double what each of them costs.
+#[derive(Default, Clone)]
+pub(super) struct Memberships(Option<Box<MembershipSets>>);
+
+#[derive(Default, Clone)]
+struct MembershipSets {
+    channels: HashSet<Arc<str>>,
+    drafts: HashMap<Arc<str>, String>,
+}
+
+impl Memberships {
+    pub(super) fn contains(&self, sid: &str) -> bool {
+        self.get(sid).is_some()
+    }
+
+    /// The membership's own sid (shared, not copied).
+    pub(super) fn get(&self, sid: &str) -> Option<&Arc<str>> {
+        self.0.as_ref()?.channels.get(sid)
+    }
+
+    pub(super) fn insert(&mut self, sid: Arc<str>) {
+        self.0.get_or_insert_with(Box::default).channels.insert(sid);
+    }
+
+    /// Ends a membership, and its draft.
+    pub(super) fn take(&mut self, sid: &str) -> Option<Arc<str>> {
+        let sets = self.0.as_mut()?;
+        let sid = sets.channels.take(sid)?;
+        sets.drafts.remove(&sid);
+        if sets.channels.is_empty() {
+            self.0 = None;
+        }
+        Some(sid)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.0.iter().flat_map(|sets| sets.channels.iter())
+    }
+
+    pub(super) fn drafts(&self) -> impl Iterator<Item = (&Arc<str>, &String)> {
+        self.0.iter().flat_map(|sets| sets.drafts.iter())
+    }
+
+    /// Sets the draft of a channel the identity is a member of.
+    pub(super) fn set_draft(&mut self, sid: Arc<str>, body: String) {
+        if let Some(sets) = self.0.as_mut() {
+            if sets.channels.contains(&sid) {
+                sets.drafts.insert(sid, body);
+            }
+        }
+    }
+
+    pub(super) fn clear_draft(&mut self, sid: &str) {
+        if let Some(sets) = self.0.as_mut() {
+            sets.drafts.remove(sid);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -53,8 +118,7 @@ impl Identity {
                 removed: false,
                 engagement: None,
                 expanded: false,
-                drafts: HashMap::new(),
-                channels: HashSet::new(),
+                memberships: Memberships::default(),
                 sessions: 0,
                 idle_since: Some(Instant::now()),
             }),

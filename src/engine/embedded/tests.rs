@@ -78,12 +78,7 @@ impl World {
             Arc::new(Metrics::default()),
         ));
         let key = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let session = Arc::new(SessionHandle::new(
-            key,
-            Encoding::Json,
-            outbox.clone(),
-            "127.0.0.1:1".parse().unwrap(),
-        ));
+        let session = Arc::new(SessionHandle::new(key, Encoding::Json, outbox.clone()));
         resolve(self.engine.attach(&session, actor, &HashMap::new()));
         (session, outbox)
     }
