@@ -139,6 +139,7 @@ pub struct Metrics {
     store_commit: Histogram,
     webhook_deliveries: Family<UrlLabel, Counter>,
     webhook_failures: Family<UrlLabel, Counter>,
+    webhook_events_lost: Family<UrlLabel, Counter>,
     engine_errors: Counter,
 }
 
@@ -272,6 +273,12 @@ impl Metrics {
             "Webhook requests that failed (non-2xx, timeout, connection error), by URL",
             webhook_failures.clone(),
         );
+        let webhook_events_lost = Family::<UrlLabel, Counter>::default();
+        registry.register(
+            "webhook_events_lost",
+            "Post-event webhook events dropped at the stored events' bound before the URL accepted them, by URL",
+            webhook_events_lost.clone(),
+        );
         Metrics {
             registry,
             sessions_open,
@@ -291,6 +298,7 @@ impl Metrics {
             store_commit,
             webhook_deliveries,
             webhook_failures,
+            webhook_events_lost,
             engine_errors,
         }
     }
@@ -373,6 +381,14 @@ impl Metrics {
         self.webhook_failures
             .get_or_create(&UrlLabel { url: url.into() })
             .inc();
+    }
+
+    /// `n` events that `url` will never get: dropped at the stored events'
+    /// bound (`[cluster] webhook_events_max`) before it accepted them.
+    pub fn webhook_events_lost(&self, url: &str, n: u64) {
+        self.webhook_events_lost
+            .get_or_create(&UrlLabel { url: url.into() })
+            .inc_by(n);
     }
 
     /// An error from the shared engine (Redis).

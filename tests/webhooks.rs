@@ -890,3 +890,77 @@ async fn a_cluster_sender_resumes_after_a_redis_outage() {
     assert_eq!(after.body["data"]["index"], 1);
     node.shutdown().await;
 }
+
+/// With a cluster the stored events are bounded (`[cluster]
+/// webhook_events_max`, here its least, 1,000): while a URL fails, the
+/// oldest beyond the bound go,
+/// and the URL's sender counts what it lost in
+/// `switchboard_webhook_events_lost_total` once it moves on. Every message
+/// is then either delivered or counted lost, and the newest arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_counts_the_events_a_failing_url_lost_at_the_bound() {
+    let redis = cluster_support::Redis::start();
+    let accepting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let open = accepting.clone();
+    let mut receiver = Receiver::start(move |_, _| {
+        if open.load(Ordering::SeqCst) {
+            ok()
+        } else {
+            (503, String::new(), Duration::ZERO)
+        }
+    })
+    .await;
+    let url = receiver.url();
+    let config = format!(
+        "[rate_limits]\nenabled = false\n{}\n{}webhook_events_max = 1000\n",
+        post_config(&[(&url, SECRET_A, Some("[\"messageAdded\"]"))]),
+        redis.cluster_toml()
+    );
+    let node = TestServer::start(&config).await;
+    let mut customer = node.customer().await;
+    let sid = customer.start_engagement().await;
+    // More than the bound (1,000, its least) plus a batch the sender may
+    // hold in memory (256).
+    const SENT: u64 = 1_500;
+    for chunk in 0..SENT / 100 {
+        let mut ids = Vec::new();
+        for i in chunk * 100..(chunk + 1) * 100 {
+            let payload = json!({ "channelSid": sid, "body": format!("m{i}") });
+            ids.push(customer.send("SendMessage", payload).await);
+        }
+        for id in ids {
+            assert!(customer.reply(id).await.get("error").is_none());
+        }
+    }
+    // The first attempt failed (the sender now backs off); from here the
+    // URL accepts.
+    receiver.next().await;
+    accepting.store(true, Ordering::SeqCst);
+    let mut delivered = std::collections::BTreeSet::new();
+    loop {
+        let r = receiver.next_event("messageAdded").await;
+        assert_signed(&r, SECRET_A);
+        let index = r.body["data"]["index"].as_u64().unwrap();
+        delivered.insert(index);
+        if index == SENT - 1 {
+            break;
+        }
+    }
+    let text = reqwest::get(format!("http://{}/metrics", node.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!("switchboard_webhook_events_lost_total{{url=\"{url}\"}} ");
+    let lost: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    assert!(lost > 0, "the bound dropped events: {text}");
+    assert!(
+        delivered.len() as u64 + lost >= SENT,
+        "every message delivered or counted lost: {delivered:?}, {lost} lost"
+    );
+    node.shutdown().await;
+}

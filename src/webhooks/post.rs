@@ -347,7 +347,9 @@ impl Sender {
                 if first.seq > cursor + 1 {
                     // Only when the stored events reached their bound
                     // while this URL lagged: the oldest went.
-                    tracing::error!(url = %self.url, lost = first.seq - cursor - 1, "webhook events dropped at the outbox's bound before this URL accepted them");
+                    let lost = first.seq - cursor - 1;
+                    tracing::error!(url = %self.url, lost, "webhook events dropped at the outbox's bound before this URL accepted them");
+                    self.metrics.webhook_events_lost(&self.url, lost);
                 }
             }
             // The cursor is written once per batch, and at least every
