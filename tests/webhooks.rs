@@ -114,6 +114,21 @@ impl Receiver {
         }
     }
 
+    /// A receiver that answers 503 until the flag it comes with is set.
+    async fn closed() -> (Receiver, Arc<std::sync::atomic::AtomicBool>) {
+        let accepting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = accepting.clone();
+        let receiver = Receiver::start(move |_, _| {
+            if open.load(Ordering::SeqCst) {
+                ok()
+            } else {
+                (503, String::new(), Duration::ZERO)
+            }
+        })
+        .await;
+        (receiver, accepting)
+    }
+
     fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
     }
@@ -604,13 +619,18 @@ async fn a_pre_event_webhook_too_slow_gets_its_failure_policy_within_the_timeout
 
 /// Scrapes a node's `/metrics` for its deliveries to `url`.
 async fn deliveries_counted(addr: SocketAddr, url: &str) -> u64 {
+    url_counter(addr, "switchboard_webhook_deliveries_total", url).await
+}
+
+/// A per-URL counter's value on a node's `/metrics` (0 while absent).
+async fn url_counter(addr: SocketAddr, family: &str, url: &str) -> u64 {
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    let line = format!("switchboard_webhook_deliveries_total{{url=\"{url}\"}} ");
+    let line = format!("{family}{{url=\"{url}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(line.as_str()))
         .map_or(0, |n| n.trim().parse().unwrap())
@@ -741,16 +761,7 @@ async fn a_cluster_delivers_each_event_of_every_node_in_channel_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_survive_kill_9_of_the_delivering_node() {
     let redis = cluster_support::Redis::start();
-    let accepting = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let gate = accepting.clone();
-    let mut receiver = Receiver::start(move |_, _| {
-        if gate.load(Ordering::SeqCst) {
-            ok()
-        } else {
-            (503, String::new(), Duration::ZERO)
-        }
-    })
-    .await;
+    let (mut receiver, accepting) = Receiver::closed().await;
     let url = receiver.url();
     let toml = format!(
         "[rate_limits]\nenabled = false\n{}",
@@ -893,23 +904,13 @@ async fn a_cluster_sender_resumes_after_a_redis_outage() {
 
 /// With a cluster the stored events are bounded (`[cluster]
 /// webhook_events_max`, here its least, 1,000): while a URL fails, the
-/// oldest beyond the bound go,
-/// and the URL's sender counts what it lost in
+/// oldest beyond the bound go, and the URL's sender counts what it lost in
 /// `switchboard_webhook_events_lost_total` once it moves on. Every message
 /// is then either delivered or counted lost, and the newest arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_counts_the_events_a_failing_url_lost_at_the_bound() {
     let redis = cluster_support::Redis::start();
-    let accepting = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let open = accepting.clone();
-    let mut receiver = Receiver::start(move |_, _| {
-        if open.load(Ordering::SeqCst) {
-            ok()
-        } else {
-            (503, String::new(), Duration::ZERO)
-        }
-    })
-    .await;
+    let (mut receiver, accepting) = Receiver::closed().await;
     let url = receiver.url();
     let config = format!(
         "[rate_limits]\nenabled = false\n{}\n{}webhook_events_max = 1000\n",
@@ -946,18 +947,8 @@ async fn a_cluster_counts_the_events_a_failing_url_lost_at_the_bound() {
             break;
         }
     }
-    let text = reqwest::get(format!("http://{}/metrics", node.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let line = format!("switchboard_webhook_events_lost_total{{url=\"{url}\"}} ");
-    let lost: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix(line.as_str()))
-        .map_or(0, |n| n.trim().parse().unwrap());
-    assert!(lost > 0, "the bound dropped events: {text}");
+    let lost = url_counter(node.addr, "switchboard_webhook_events_lost_total", &url).await;
+    assert!(lost > 0, "the bound dropped events");
     assert!(
         delivered.len() as u64 + lost >= SENT,
         "every message delivered or counted lost: {delivered:?}, {lost} lost"
