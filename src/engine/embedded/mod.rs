@@ -264,10 +264,11 @@ impl Embedded {
         }
         for (identity, sid, body) in &snapshot.drafts {
             if let Some(found) = identities.get(identity).map(|i| i.clone()) {
-                let mut state = found.lock();
-                if state.memberships.contains(sid) {
-                    state.memberships.set_draft(sid.clone(), body.clone());
-                }
+                // Kept only for a channel it is still a member of.
+                found
+                    .lock()
+                    .memberships
+                    .set_draft(sid.clone(), body.clone());
             }
         }
         // Identities with sessions here but nothing stored are kept, with

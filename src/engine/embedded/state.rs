@@ -86,7 +86,8 @@ impl Memberships {
         self.0.iter().flat_map(|sets| sets.drafts.iter())
     }
 
-    /// Sets the draft of a channel the identity is a member of.
+    /// Sets the draft of a channel the identity is a member of (of any
+    /// other, nothing).
     pub(super) fn set_draft(&mut self, sid: Arc<str>, body: String) {
         if let Some(sets) = self.0.as_mut() {
             if sets.channels.contains(&sid) {
