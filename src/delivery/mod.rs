@@ -17,10 +17,12 @@
 
 pub(crate) mod session;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
+use foldhash::{HashMap, HashMapExt};
 use parking_lot::Mutex;
 
 use crate::auth::Role;
@@ -44,10 +46,10 @@ struct DeliveryLimits {
 }
 
 pub(crate) struct Delivery {
-    channels: DashMap<Arc<str>, Arc<ChannelTopic>>,
-    queues: DashMap<Arc<str>, Arc<QueueTopic>>,
-    identities: DashMap<Arc<str>, Arc<IdentitySessions>>,
-    sessions: DashMap<SessionKey, Arc<SessionHandle>>,
+    channels: DashMap<Arc<str>, Arc<ChannelTopic>, RandomState>,
+    queues: DashMap<Arc<str>, Arc<QueueTopic>, RandomState>,
+    identities: DashMap<Arc<str>, Arc<IdentitySessions>, RandomState>,
+    sessions: DashMap<SessionKey, Arc<SessionHandle>, RandomState>,
     limits: DeliveryLimits,
     metrics: Arc<Metrics>,
 }
@@ -198,10 +200,10 @@ impl Delivery {
             replay_bytes: config.limits.outbox_bytes,
         };
         Delivery {
-            channels: DashMap::new(),
-            queues: DashMap::new(),
-            identities: DashMap::new(),
-            sessions: DashMap::new(),
+            channels: DashMap::default(),
+            queues: DashMap::default(),
+            identities: DashMap::default(),
+            sessions: DashMap::default(),
             limits,
             metrics,
         }

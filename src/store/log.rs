@@ -35,8 +35,10 @@
 //! file and the offset, and changes nothing (`--accept-data-loss` sets the
 //! damaged part aside in a `.damaged` file beside it and goes on).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -567,6 +569,7 @@ impl State {
             _ => log.locs.push_back(loc),
         }
         let over = log.locs.len() as u64 > max;
+        let front_moved = before.is_none() || loc.index == log.locs[0].index;
         if let Some(old) = replaced {
             self.forget_loc(&old);
         }
@@ -577,7 +580,7 @@ impl State {
         if over && !self.grown.contains(&key) {
             self.grown.insert(key.clone());
         }
-        if before.is_none() || loc.index == self.logs[&key].locs[0].index {
+        if front_moved {
             self.age_moved(&key, before);
         }
     }

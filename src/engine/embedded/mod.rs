@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use parking_lot::RwLock;
 use serde_json::Value;
 
@@ -89,8 +90,8 @@ pub(crate) struct Embedded {
     delivery: Arc<Delivery>,
     store: Option<Store<Deliveries>>,
     reload_guard: RwLock<()>,
-    identities: DashMap<Arc<str>, Arc<Identity>>,
-    channels: DashMap<Arc<str>, Arc<Channel>>,
+    identities: DashMap<Arc<str>, Arc<Identity>, RandomState>,
+    channels: DashMap<Arc<str>, Arc<Channel>, RandomState>,
     /// Anonymous identities held (bounded by `[identities] max_anonymous`).
     anonymous: AtomicUsize,
     /// For the typing timers, which outlive the operation that started them.
@@ -147,8 +148,8 @@ impl Embedded {
             delivery,
             store,
             reload_guard: RwLock::new(()),
-            identities: DashMap::new(),
-            channels: DashMap::new(),
+            identities: DashMap::default(),
+            channels: DashMap::default(),
             anonymous: AtomicUsize::new(0),
             me: me.clone(),
             webhooks,
@@ -178,7 +179,7 @@ impl Embedded {
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
-        let identities: DashMap<Arc<str>, Arc<Identity>> = DashMap::new();
+        let identities: DashMap<Arc<str>, Arc<Identity>, RandomState> = DashMap::default();
         let identity = |id: &Arc<str>, role: Role, anonymous: bool| -> Arc<Identity> {
             identities
                 .entry(id.clone())

@@ -1,7 +1,7 @@
 //! The embedded engine's state objects: identities and channels, each
 //! behind its own small lock.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
