@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -90,7 +90,8 @@ pub(crate) enum Pending<T> {
         ticket: u64,
         value: Option<T>,
         commits: Arc<Commits>,
-        waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+        /// The waker left with the store while unsettled.
+        registered: Option<Waker>,
     },
     /// Decided elsewhere (a shared engine): the answer arrives later.
     Remote(Pin<Box<dyn Future<Output = Outcome<T>> + Send>>),
@@ -111,7 +112,7 @@ impl<T> Pending<T> {
                 ticket,
                 value: Some(value),
                 commits: commits.clone(),
-                waiting: None,
+                registered: None,
             },
             _ => Pending::ready(value),
         }
@@ -146,7 +147,7 @@ impl<T> Pending<T> {
                 ticket,
                 value: Some(()),
                 commits: commits.clone(),
-                waiting: None,
+                registered: None,
             }),
             _ => None,
         }
@@ -192,12 +193,12 @@ impl<T> Pending<T> {
                 ticket,
                 value,
                 commits,
-                waiting,
+                registered,
             } => Pending::Durable {
                 ticket,
                 value: value.map(f),
                 commits,
-                waiting,
+                registered,
             },
             Pending::Remote(future) => {
                 Pending::Remote(Box::pin(async move { future.await.map(f) }))
@@ -224,19 +225,13 @@ impl<T: Unpin> Future for Pending<T> {
                 Pending::Durable {
                     ticket,
                     commits,
-                    waiting,
+                    registered,
                     ..
-                } => {
-                    let wait = waiting.get_or_insert_with(|| {
-                        let (commits, ticket) = (commits.clone(), *ticket);
-                        Box::pin(async move { commits.wait(ticket).await })
-                    });
-                    match wait.as_mut().poll(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        // Settled: the outcome is known now.
-                        Poll::Ready(()) => *waiting = None,
-                    }
-                }
+                } => match commits.poll_settled(*ticket, registered, cx) {
+                    Poll::Pending => return Poll::Pending,
+                    // Settled: the outcome is known now.
+                    Poll::Ready(()) => *registered = None,
+                },
                 Pending::Ready(_) => unreachable!("taken above"),
             }
         }

@@ -38,17 +38,17 @@
 mod log;
 mod sqlite;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::oneshot;
 
 use crate::auth::Role;
 use crate::metrics::Metrics;
@@ -400,7 +400,9 @@ pub struct Commits {
     /// The last purge stopped at one of its bounds: more retention work is
     /// waiting for another slice.
     retention_behind: AtomicBool,
-    waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
+    /// Who waits for which ticket: a waiting session's own waker, no
+    /// channel or allocation of its own (a few per commit, so a scan).
+    waiters: Mutex<Vec<(u64, Waker)>>,
 }
 
 /// Failed ranges remembered.
@@ -433,33 +435,50 @@ impl Commits {
 
     /// Resolves once `ticket` is settled.
     pub async fn wait(&self, ticket: u64) {
+        let mut registered = None;
+        std::future::poll_fn(|cx| self.poll_settled(ticket, &mut registered, cx)).await
+    }
+
+    /// Ready once `ticket` is settled; until then `cx`'s waker is woken
+    /// when it is. `registered` is the caller's memory of the waker it
+    /// left (so polling again with the same task registers nothing new).
+    pub(crate) fn poll_settled(
+        &self,
+        ticket: u64,
+        registered: &mut Option<Waker>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
         if self.upto() >= ticket {
-            return;
+            return Poll::Ready(());
         }
-        let (sender, receiver) = oneshot::channel();
-        {
-            let mut waiters = self.waiters.lock();
-            // Checked again under the lock `advance` takes, so a commit
-            // between the first check and here cannot be missed.
-            if self.upto() >= ticket {
-                return;
-            }
-            waiters.entry(ticket).or_default().push(sender);
+        if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
         }
-        // The writer never drops a waiter without sending; if the store
-        // stops, the sender is dropped and this returns too.
-        let _ = receiver.await;
+        let mut waiters = self.waiters.lock();
+        // Checked again under the lock `advance` takes, so a commit
+        // between the first check and here cannot be missed.
+        if self.upto() >= ticket {
+            return Poll::Ready(());
+        }
+        waiters.push((ticket, cx.waker().clone()));
+        *registered = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     fn advance(&self, upto: u64) {
         self.upto.store(upto, Ordering::Release);
-        let ready = {
+        let ready: Vec<Waker> = {
             let mut waiters = self.waiters.lock();
-            let later = waiters.split_off(&(upto + 1));
-            std::mem::replace(&mut *waiters, later)
+            if waiters.is_empty() {
+                return;
+            }
+            waiters
+                .extract_if(.., |(ticket, _)| *ticket <= upto)
+                .map(|(_, waker)| waker)
+                .collect()
         };
-        for sender in ready.into_values().flatten() {
-            let _ = sender.send(());
+        for waker in ready {
+            waker.wake();
         }
     }
 
