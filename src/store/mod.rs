@@ -472,10 +472,16 @@ impl Commits {
             if waiters.is_empty() {
                 return;
             }
-            waiters
-                .extract_if(.., |(ticket, _)| *ticket <= upto)
-                .map(|(_, waker)| waker)
-                .collect()
+            let mut ready = Vec::new();
+            let mut i = 0;
+            while i < waiters.len() {
+                if waiters[i].0 <= upto {
+                    ready.push(waiters.swap_remove(i).1);
+                } else {
+                    i += 1;
+                }
+            }
+            ready
         };
         for waker in ready {
             waker.wake();
