@@ -137,24 +137,60 @@ pub fn check_msgpack(bytes: &[u8], max_depth: usize) -> Result<(), String> {
 }
 
 /// Nesting depth of a value: a scalar is 0, `{}` and `[]` are 1, `{"a": []}`
-/// is 2. Iterative, and stops counting once past `limit`.
+/// is 2. Iterative (a value built in code may be deeper than any stack),
+/// one iterator per open level and no allocation for a flat value; stops
+/// counting once past `limit`. Every JSON command passes through here.
 pub fn depth(value: &Value, limit: usize) -> usize {
-    let mut deepest = 0;
-    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
-    while let Some((v, d)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
-        let d = d + 1;
-        deepest = deepest.max(d);
-        if deepest > limit {
-            return deepest;
+    let Some(mut current) = Children::of(value) else {
+        return 0;
+    };
+    let mut deepest = 1;
+    // The levels above `current`, outermost first.
+    let mut open: Vec<Children<'_>> = Vec::new();
+    loop {
+        match current.next() {
+            Some(child) => {
+                if let Some(inner) = Children::of(child) {
+                    deepest = deepest.max(open.len() + 2);
+                    if deepest > limit {
+                        return deepest;
+                    }
+                    open.push(std::mem::replace(&mut current, inner));
+                }
+            }
+            None => match open.pop() {
+                Some(outer) => current = outer,
+                None => return deepest,
+            },
         }
-        stack.extend(children.map(|c| (c, d)));
     }
-    deepest
+}
+
+/// The values directly inside an array or a map.
+enum Children<'a> {
+    Items(std::slice::Iter<'a, Value>),
+    Fields(serde_json::map::Values<'a>),
+}
+
+impl<'a> Children<'a> {
+    fn of(value: &'a Value) -> Option<Children<'a>> {
+        match value {
+            Value::Array(items) => Some(Children::Items(items.iter())),
+            Value::Object(map) => Some(Children::Fields(map.values())),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> Iterator for Children<'a> {
+    type Item = &'a Value;
+
+    fn next(&mut self) -> Option<&'a Value> {
+        match self {
+            Children::Items(items) => items.next(),
+            Children::Fields(fields) => fields.next(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -205,6 +241,11 @@ mod tests {
         assert!(check_msgpack(&deep(100_000), 32).is_err());
         assert_eq!(depth(&json!(1), 8), 0);
         assert_eq!(depth(&json!({"a": [{"b": {}}]}), 8), 4);
+        assert_eq!(depth(&json!({}), 8), 1);
+        // The deepest branch counts, wherever it is among its siblings.
+        assert_eq!(depth(&json!({"a": 1, "b": [[]], "c": {}}), 8), 3);
+        assert_eq!(depth(&json!([[], [[[]]], 2]), 8), 4);
+        assert_eq!(depth(&json!([[[[]]], []]), 8), 4);
         let mut v = json!(1);
         for _ in 0..20 {
             v = json!([v]);
