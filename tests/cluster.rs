@@ -684,6 +684,107 @@ async fn typing_crosses_nodes_and_ends_by_itself() {
         .await;
 }
 
+/// A message's index counts messages only, however many members came and
+/// went between them (a message's index is derived from its seq in the
+/// channel's log and the channel's count of other events), the same in
+/// every ack, push and history page on either node; and once nobody types,
+/// the channel's state says so again (a message then skips the typing
+/// lookup).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_indexes_count_only_messages_as_members_come_and_go() {
+    let redis = Redis::start();
+    let extra = format!("{NO_LIMITS}[typing]\nwindow_ms = 300\n");
+    let a = node(&redis, &extra).await;
+    let b = node(&redis, &extra).await;
+    let mut customer = a.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut agent = b.staff("agent-i", "agent").await;
+    let joined = agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    assert_eq!(joined["lastIndex"], -1);
+    let send = |body: String| json!({"channelSid": sid, "body": body});
+    let mut next = 0u64;
+    for round in 0..3 {
+        let sent = customer
+            .call("SendMessage", send(format!("c{round}")))
+            .await
+            .unwrap();
+        assert_eq!(sent["index"], next);
+        let sent = agent
+            .call("SendMessage", send(format!("a{round}")))
+            .await
+            .unwrap();
+        assert_eq!(sent["index"], next + 1);
+        next += 2;
+        // A visitor comes, types and goes: three events that are not
+        // messages, and a typing period its leaving ends.
+        let mut visitor = a.staff(&format!("agent-v{round}"), "agent").await;
+        let joined = visitor
+            .call("JoinChannel", json!({"channelSid": sid}))
+            .await
+            .unwrap();
+        assert_eq!(joined["lastIndex"], next - 1);
+        visitor
+            .call("SendTyping", json!({"channelSid": sid}))
+            .await
+            .unwrap();
+        visitor
+            .call("LeaveChannel", json!({"channelSid": sid}))
+            .await
+            .unwrap();
+    }
+    for session in [&mut customer, &mut agent] {
+        for i in 0..next {
+            let added = session.push("messageAdded").await;
+            assert_eq!(added["index"], i, "{added}");
+        }
+    }
+    for reader in [&mut customer, &mut agent] {
+        let page = reader
+            .call("GetMessages", json!({"channelSid": sid, "limit": 100}))
+            .await
+            .unwrap();
+        let got: Vec<(u64, String)> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["index"].as_u64().unwrap(),
+                    m["body"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let want: Vec<(u64, String)> = (0..next)
+            .map(|i| (i, format!("{}{}", ["c", "a"][i as usize % 2], i / 2)))
+            .collect();
+        assert_eq!(got, want);
+    }
+    // The author's typing ends with its message, and the channel's state
+    // is a plain count of its other events again.
+    customer
+        .call("SendTyping", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    let sent = customer
+        .call("SendMessage", send("typed".into()))
+        .await
+        .unwrap();
+    assert_eq!(sent["index"], next);
+    // (The visitors' typing ended as they left.)
+    while agent.push("typingEnded").await["identity"] != customer.identity() {}
+    let state = redis
+        .command(&format!("HGET switchboard:ch:{sid} s"))
+        .unwrap();
+    let value = state.lines().nth(1).unwrap_or_default();
+    assert!(
+        !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()),
+        "{state:?}"
+    );
+}
+
 /// A session that ends while Redis is away stops counting once Redis is
 /// back (its count could not be lowered then): the identity's next session
 /// is not refused for good.

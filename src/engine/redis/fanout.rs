@@ -332,14 +332,14 @@ impl Fanout {
                 // dropped otherwise (it may be).
                 None => {
                     if !state.filling && state.early.is_empty() {
-                        self.apply(&feed, json, &mut follow);
+                        self.apply(&feed, None, json, &mut follow);
                     } else if state.transient.len() < MAX_TRANSIENT {
                         state.transient.push(json.to_owned());
                     }
                 }
                 Some(seq) if seq < state.next => {}
                 Some(seq) if seq == state.next && state.early.is_empty() && !state.filling => {
-                    self.apply(&feed, json, &mut follow);
+                    self.apply(&feed, Some(seq), json, &mut follow);
                     state.next += 1;
                     state.newest = state.newest.max(seq);
                 }
@@ -367,7 +367,7 @@ impl Fanout {
                 entry.remove();
             } else if seq == state.next {
                 let json = entry.remove();
-                self.apply(feed, &json, follow);
+                self.apply(feed, Some(seq), &json, follow);
                 state.next += 1;
             } else {
                 break;
@@ -403,7 +403,7 @@ impl Fanout {
                     state.filling = false;
                     let mut follow = Vec::new();
                     for json in std::mem::take(&mut state.transient) {
-                        self.apply(&feed, &json, &mut follow);
+                        self.apply(&feed, None, &json, &mut follow);
                     }
                     drop(state);
                     self.follow_ups(follow);
@@ -450,7 +450,7 @@ impl Fanout {
                         break;
                     }
                     if let Some((_, json)) = fields.iter().find(|(f, _)| f == "e") {
-                        self.apply(&feed, json, &mut follow);
+                        self.apply(&feed, Some(seq), json, &mut follow);
                     }
                     state.next += 1;
                 }
@@ -501,9 +501,10 @@ impl Fanout {
         }
     }
 
-    /// Hands one event to delivery (under the feed's lock, in order).
-    fn apply(&self, feed: &Feed, json: &str, follow: &mut Vec<FollowUp>) {
-        let wire: Wire = match serde_json::from_str(json) {
+    /// Hands one event to delivery (under the feed's lock, in order): at
+    /// `seq` in the topic's log, `None` for a transient one.
+    fn apply(&self, feed: &Feed, seq: Option<u64>, json: &str, follow: &mut Vec<FollowUp>) {
+        let wire = match Wire::parse(json, seq) {
             Ok(wire) => wire,
             Err(e) => {
                 tracing::warn!(topic = %feed.key, error = %e, "unreadable event skipped");

@@ -163,7 +163,17 @@ impl RedisEngine {
         let node: Arc<str> = Arc::from(crate::ids::new_id().as_str());
         let prefix = cluster.key_prefix.clone();
         let heartbeat = Duration::from_millis(cluster.heartbeat_ms);
-        let scripts = Arc::new(Scripts::new());
+        let scripts = Arc::new(Scripts::new(&scripts::Settings {
+            prefix: &cluster.key_prefix,
+            event_log_len: cluster.event_log_len,
+            ended_retention_secs: config.history.ended_retention_secs.max(1),
+            webhook_events_max: if config.webhooks.post.is_empty() {
+                0
+            } else {
+                cluster.webhook_events_max
+            },
+            history_len: config.history.max_messages,
+        }));
         // At start, synchronously: a node that cannot reach Redis does not
         // start as if it could.
         let secret: String = {
@@ -323,26 +333,19 @@ impl RedisEngine {
         let scripts = self.scripts.clone();
         let mut conn = self.conn.clone();
         let cluster = &self.config.cluster;
-        let common = [
-            cluster.key_prefix.clone(),
-            cluster.event_log_len.to_string(),
-            Utc::now().timestamp_millis().to_string(),
-            self.node.to_string(),
-            self.config.history.ended_retention_secs.max(1).to_string(),
-            if self.config.webhooks.post.is_empty() {
-                "0".to_owned()
-            } else {
-                cluster.webhook_events_max.to_string()
-            },
-            self.config.history.max_messages.to_string(),
-        ];
+        let common = pick(&self.scripts).common.then(|| {
+            [
+                Utc::now().timestamp_millis().to_string(),
+                self.node.to_string(),
+            ]
+        });
         let timeout = Duration::from_millis(cluster.command_timeout_ms);
         let up = self.up.clone();
         let url = self.url.clone();
         async move {
             let mut invocation = redis::cmd("FCALL");
-            invocation.arg(pick(&scripts)).arg(0);
-            for arg in common.iter().chain(&args) {
+            invocation.arg(&pick(&scripts).name).arg(0);
+            for arg in common.iter().flatten().chain(&args) {
                 invocation.arg(arg);
             }
             let mut outcome =
@@ -520,11 +523,12 @@ impl RedisEngine {
                 .await
                 .ok()?;
             let mut done = rows.len() < count;
-            for (_, fields) in &rows {
+            for (id, fields) in &rows {
+                let seq = id.strip_prefix("0-").and_then(|s| s.parse().ok());
                 let message = fields
                     .iter()
                     .find(|(f, _)| f == "e")
-                    .and_then(|(_, json)| wire::message(json));
+                    .and_then(|(_, json)| wire::message(json, seq));
                 match message {
                     Some(m) if m.index >= to => {
                         done = true;
@@ -692,7 +696,11 @@ fn history_page(reply: &str) -> Outcome<HistoryPage> {
     }
     let page: Page = parse(reply)?;
     Ok(HistoryPage {
-        messages: page.msgs.iter().filter_map(|m| wire::message(m)).collect(),
+        messages: page
+            .msgs
+            .iter()
+            .filter_map(|m| wire::message(m, None))
+            .collect(),
         has_more: page.more,
     })
 }
@@ -1022,16 +1030,22 @@ impl Engine for RedisEngine {
             ms: created_ms,
         })
         .expect("a message serializes");
-        let call = self.call(
-            |s| &s.post,
-            vec![
-                actor.id.to_string(),
-                actor.role.as_str().to_owned(),
-                channel_sid.to_owned(),
-                if message.by_broker { "1" } else { "0" }.to_owned(),
-                tail[1..].to_owned(),
-            ],
-        );
+        let mut args = vec![
+            actor.id.to_string(),
+            channel_sid.to_owned(),
+            if message.by_broker && actor.role == Role::Service {
+                "1"
+            } else {
+                "0"
+            }
+            .to_owned(),
+            tail[1..].to_owned(),
+        ];
+        if !self.config.webhooks.post.is_empty() {
+            // The webhook event's time.
+            args.push(created_ms.to_string());
+        }
+        let call = self.call(|s| &s.post, args);
         let actor = actor.clone();
         let sid = channel_sid.to_owned();
         Self::remote(async move {

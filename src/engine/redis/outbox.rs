@@ -144,7 +144,7 @@ impl RedisEngine {
         let made = (|| {
             let topic = topic_of(field("k")?)?;
             let ms: i64 = field("ms")?.parse().ok()?;
-            let event = serde_json::from_str::<Wire>(field("e")?)
+            let event = Wire::parse(field("e")?, None)
                 .ok()?
                 .event(&topic, &self.node)?;
             let timestamp = chrono::DateTime::from_timestamp_millis(ms)?

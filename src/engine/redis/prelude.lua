@@ -1,57 +1,106 @@
--- Shared by every function of the library. Each call's arguments: prefix,
--- event log length, now (unix ms), this node's id, ended-channel retention
--- (s), most post-event webhook events kept ("0": no post-event webhook),
--- most messages kept per channel (`[history] max_messages`), then the
--- function's own. Keys are built from the prefix (one Redis, not Redis
--- Cluster). These are the library's own variables, set by `begin` at the
--- start of every call: Redis runs one call at a time.
-local ARGV, P, EVLEN, NOW, NODE, ENDED_TTL, WHMAX, HISTLEN
+-- Shared by every function of the library. The library is made for one
+-- configuration: `CONFIG` (written before this text) holds the key prefix,
+-- the event log length, the ended-channel retention (s), the most
+-- post-event webhook events kept ("0": no post-event webhook) and the most
+-- messages kept per channel (`[history] max_messages`). Each call's
+-- arguments: now (unix ms), this node's id, then the function's own (as
+-- few as it can: each argument costs Redis about 1,400 instructions);
+-- `post` takes only its own. Keys
+-- are built from the prefix (one Redis, not Redis Cluster). These are the
+-- library's own variables, set by `begin` at the start of every call:
+-- Redis runs one call at a time.
+local P, EVLEN, ENDED_TTL, WHMAX, HISTLEN =
+  CONFIG.prefix, CONFIG.evlen, CONFIG.ended_ttl, CONFIG.whmax, CONFIG.histlen
+local ARGV, BASE, NOW, NODE
 local function begin(args)
-  ARGV = args
-  P, EVLEN, NOW, NODE = args[1], args[2], args[3], args[4]
-  ENDED_TTL, WHMAX, HISTLEN = tonumber(args[5]), args[6], args[7]
+  ARGV, BASE = args, 2
+  NOW, NODE = args[1], args[2]
 end
-local function A(n) return ARGV[7 + n] end
+-- For a function that takes only its own arguments (`post`).
+local function begin_own(args)
+  ARGV, BASE, NOW, NODE = args, 0, nil, nil
+end
+local function A(n) return ARGV[BASE + n] end
 local function q(s) return cjson.encode(s) end
 
+-- What `post` needs of a channel, in one field of its hash (`s`), since
+-- each field read costs Redis about 1,500 instructions: how many events of
+-- the channel's log are not messages (a message's index is its seq - 1 -
+-- that count, so that a message needs no counter of its own), then ":<n>"
+-- while n typing periods in the channel are due (`ty:due`), and "x" before
+-- all once the channel is closed. A plain number: an open channel where
+-- nobody types.
+local function state_of(sid)
+  local s = redis.call('HGET', P .. ':ch:' .. sid, 's')
+  if not s then return nil end
+  local x, o, ty = string.match(s, '^(x?)(%d+):?(%d*)$')
+  return tonumber(o), tonumber(ty) or 0, x == 'x'
+end
+
+-- Changes a channel's `s` (none when the channel is gone).
+local function add_state(sid, others, typing, close)
+  local o, ty, closed = state_of(sid)
+  if not o then return end
+  o, ty = o + others, ty + typing
+  local s = tostring(o)
+  if ty > 0 then s = s .. ':' .. ty end
+  if closed or close then s = 'x' .. s end
+  redis.call('HSET', P .. ':ch:' .. sid, 's', s)
+end
+
+-- The count of a channel's events that are not messages.
+local function others(sid)
+  return (state_of(sid)) or 0
+end
+
 -- A sequenced event: appended to the topic's event log (entry id 0-<seq>)
--- and published as "<seq>|<json>". A channel's log is also its history
--- (its messages are stored there only), so it is capped as history is,
--- exactly; other topics' logs keep about EVLEN events. An event a
+-- and published as "<seq>|<json>" (`log`). A channel's log is also its
+-- history (its messages are stored there only), so it is capped as history
+-- is, exactly; other topics' logs keep about EVLEN events. An event a
 -- post-event webhook receives (each push from one topic only, as the
 -- embedded engine takes them) is also appended to the webhook outbox,
--- atomically with the action.
-local function emit(topic, json)
+-- atomically with the action (`to_webhooks`). Messages are `post`'s own.
+local function log(topic, json)
   local key = P .. ':ev:' .. topic
-  local kind = string.sub(topic, 1, 1)
   local id
-  if kind == 'c' then
+  if string.byte(topic, 1) == 99 then -- 'c'
     id = redis.call('XADD', key, 'MAXLEN', HISTLEN, '0-*', 'e', json)
   else
     id = redis.call('XADD', key, 'MAXLEN', '~', EVLEN, '0-*', 'e', json)
   end
   local seq = string.sub(id, 3)
   redis.call('PUBLISH', key, seq .. '|' .. json)
+  return seq
+end
+
+local function to_webhooks(topic, json)
+  redis.call('XADD', P .. ':wh:events', 'MAXLEN', '~', WHMAX, '0-*', 'k', topic, 'ms', NOW, 'e', json)
+end
+
+local function emit(topic, json)
+  local kind = string.sub(topic, 1, 1)
+  if kind == 'c' then add_state(string.sub(topic, 3), 1, 0) end
+  local seq = log(topic, json)
   if WHMAX ~= '0' then
     local t = string.match(json, '^{"t":"(%a+)"')
-    if (kind == 'c' and (t == 'msg' or t == 'joined' or t == 'left'))
+    if (kind == 'c' and (t == 'joined' or t == 'left'))
         or (kind == 'q' and (t == 'started' or t == 'ended'))
         or (kind == 'i' and t == 'restarted') then
-      redis.call('XADD', P .. ':wh:events', 'MAXLEN', '~', WHMAX, '0-*', 'k', topic, 'ms', NOW, 'e', json)
+      to_webhooks(topic, json)
     end
   end
   return tonumber(seq)
-end
-
--- A transient event (typing): published only.
-local function transient(topic, json)
-  redis.call('PUBLISH', P .. ':ev:' .. topic, '-|' .. json)
 end
 
 local function seq_of(topic)
   local last = redis.call('XREVRANGE', P .. ':ev:' .. topic, '+', '-', 'COUNT', 1)
   if #last == 0 then return 0 end
   return tonumber(string.sub(last[1][1], 3))
+end
+
+-- A transient event (typing): published only.
+local function transient(topic, json)
+  redis.call('PUBLISH', P .. ':ev:' .. topic, '-|' .. json)
 end
 
 -- The sum of a per-node count hash over live nodes (a dead node's counts
@@ -91,11 +140,12 @@ local function updated(sid)
 end
 
 local function channel_state(sid)
-  local h = redis.call('HMGET', P .. ':ch:' .. sid, 'next', 'closed', 'q')
+  local h = redis.call('HMGET', P .. ':ch:' .. sid, 's', 'closed', 'q')
+  local seq = seq_of('c:' .. sid)
   return {
     sid = sid,
-    seq = seq_of('c:' .. sid),
-    next = tonumber(h[1] or '0'),
+    seq = seq,
+    next = seq - tonumber(string.match(h[1] or '0', '%d+')),
     closed = (h[2] == '1'),
     exists = (h[3] ~= false),
     mem = members(sid),
@@ -109,6 +159,16 @@ local function typing_due(sid, id)
   return P .. ':ty:due', sid .. '|' .. id
 end
 
+-- A typing period is due to end at `at` (the channel counts its due
+-- periods in `s`).
+local function set_due(sid, id, at)
+  if redis.call('ZADD', P .. ':ty:due', at, sid .. '|' .. id) == 1 then add_state(sid, 0, 1) end
+end
+
+local function undue(sid, id)
+  if redis.call('ZREM', typing_due(sid, id)) == 1 then add_state(sid, 0, -1) end
+end
+
 -- Ends a typing period now. The key stays a while as "ended", so that the
 -- timer of the node that began the period does not announce its end again.
 local function end_typing(sid, id)
@@ -116,7 +176,7 @@ local function end_typing(sid, id)
   local token = redis.call('GET', key)
   if token and token ~= 'ended' then
     redis.call('SET', key, 'ended', 'PX', 60000)
-    redis.call('ZREM', typing_due(sid, id))
+    undue(sid, id)
     transient('c:' .. sid, '{"t":"typing_off","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
   end
 end
@@ -140,6 +200,7 @@ end
 local function retire(sid)
   local ch = P .. ':ch:' .. sid
   redis.call('HSET', ch, 'closed', '1', 'ended', NOW)
+  add_state(sid, 0, 0, true)
   local queue = redis.call('HGET', ch, 'q')
   if queue then redis.call('ZREM', P .. ':q:' .. queue, sid) end
   emit('c:' .. sid, '{"t":"closed"}')
@@ -160,6 +221,7 @@ local function remove(id, sid, reason, ended_reason, tell, ending)
   local ch = P .. ':ch:' .. sid
   local queue = redis.call('HGET', ch, 'q')
   if redis.call('HDEL', P .. ':chm:' .. sid, id) == 1 then
+    redis.call('HDEL', ch, 'm:' .. id)
     end_typing(sid, id)
     local left = '{"t":"left","sid":' .. q(sid) .. ',"id":' .. q(id) .. ',"why":' .. q(reason) .. '}'
     emit('c:' .. sid, left)

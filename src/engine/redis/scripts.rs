@@ -7,7 +7,9 @@
 //! whole text on every call, shared helpers included, while a library's
 //! helpers are made once when it is loaded. The library and its functions
 //! are named after a hash of its text, so that nodes of two versions (a
-//! rolling upgrade) each call their own.
+//! rolling upgrade) each call their own. A library is made for one
+//! configuration (key prefix, log lengths, retention, webhooks on or off),
+//! which it holds as constants instead of taking them with every call.
 
 use sha2::{Digest, Sha256};
 
@@ -136,7 +138,7 @@ for _, entry in ipairs(late) do
         transient('c:' .. sid, '{"t":"typing_off","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
       end
     end
-    redis.call('ZREM', due, entry)
+    undue(sid, id)
   end
   done = done + 1
 end
@@ -167,7 +169,7 @@ local id, sid, queue, form, at = A(1), A(2), A(3), A(4), A(5)
 local idk = P .. ':id:' .. id
 local eng = redis.call('HGET', idk, 'eng')
 if eng then return 'E:engaged:' .. eng end
-redis.call('HSET', P .. ':ch:' .. sid, 'q', queue, 'cust', id, 'form', form, 'at', at, 'next', 0)
+redis.call('HSET', P .. ':ch:' .. sid, 's', '0', 'm:' .. id, '1', 'q', queue, 'cust', id, 'form', form, 'at', at)
 redis.call('HSET', P .. ':chm:' .. sid, id, 'customer')
 redis.call('SADD', P .. ':idc:' .. id, sid)
 redis.call('HSET', idk, 'eng', sid, 'eat', at)
@@ -210,18 +212,20 @@ return 'OK'
 const JOIN: &str = r#"
 local id, role, sid = A(1), A(2), A(3)
 local ch = P .. ':ch:' .. sid
-local h = redis.call('HMGET', ch, 'q', 'closed', 'next')
+local h = redis.call('HMGET', ch, 'q', 'closed')
 if not h[1] or h[2] == '1' then return 'E:not_found' end
+local next = seq_of('c:' .. sid) - others(sid)
 local chm = P .. ':chm:' .. sid
 if redis.call('HEXISTS', chm, id) == 0 then
   if redis.call('HLEN', chm) >= tonumber(A(4)) then return 'E:full' end
   redis.call('HSET', chm, id, role)
+  redis.call('HSET', ch, 'm:' .. id, '1')
   redis.call('SADD', P .. ':idc:' .. id, sid)
   local joined = emit('c:' .. sid, '{"t":"joined","sid":' .. q(sid) .. ',"id":' .. q(id) .. ',"r":' .. q(role) .. '}')
   emit('q:' .. h[1], updated(sid))
   emit('i:' .. id, '{"t":"member_of","sid":' .. q(sid) .. ',"seq":' .. joined .. '}')
 end
-return cjson.encode({ mem = members(sid), last = tonumber(h[3]) - 1 })
+return cjson.encode({ mem = members(sid), last = next - 1 })
 "#;
 
 /// A:1 identity, 2 sid, 3 reason.
@@ -230,25 +234,37 @@ if not remove(A(1), A(2), A(3), A(3), false, false) then return 'E:not_a_member'
 return 'OK'
 "#;
 
-/// A:1 identity, 2 role, 3 sid, 4 by broker ("1"), 5 the message's JSON
-/// after its index (`"sid":…}`) → the message's index. The message is
-/// stored once: as its event in the channel's log, which is the
-/// channel's history too.
+/// No common arguments. A:1 identity, 2 sid, 3 by the broker ("1": a
+/// service identity posting as the broker, which needs no membership),
+/// 4 the message's JSON after its index (`"sid":…}`), 5 now (unix ms;
+/// only with a post-event webhook) → the message's index. One read: the
+/// channel's `s` and the author's `m:<id>` in its hash. The message is
+/// stored once: as its event in the channel's log, which is the channel's
+/// history too. Its only write is that append (and the webhook outbox's,
+/// when configured), so that Redis writes it to the AOF as one command (no
+/// `MULTI`/`EXEC`): the event carries the channel's count of other events
+/// (`"o"`) instead of its index, which is its seq - 1 - that count.
 const POST: &str = r#"
-local id, role, sid = A(1), A(2), A(3)
-local ch = P .. ':ch:' .. sid
-local h = redis.call('HMGET', ch, 'q', 'closed')
--- An ended channel is as good as gone (customers cannot tell either from
--- someone else's).
-if not h[1] or h[2] == '1' then return 'E:no_channel' end
-local member = h[2] ~= '1' and redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 1
-local by_broker = A(4) == '1' and role == 'service' and h[2] ~= '1'
-if not member and not by_broker then return 'E:not_a_member' end
--- The index as text once (number formatting is a good part of a script's
--- own cost).
-local index = tostring(redis.call('HINCRBY', ch, 'next', '1') - 1)
-end_typing(sid, id)
-emit('c:' .. sid, '{"t":"msg","i":' .. index .. ',' .. A(5))
+local id, sid = A(1), A(2)
+local h = redis.call('HMGET', P .. ':ch:' .. sid, 's', 'm:' .. id)
+local o = h[1]
+local typing = false
+if not tonumber(o) then
+  -- Not a plain count: typing periods due, closed or no channel. An ended
+  -- channel is as good as gone (customers cannot tell either from someone
+  -- else's).
+  o = string.match(o or 'x', '^(%d+):')
+  if not o then return 'E:no_channel' end
+  typing = true
+end
+if not h[2] and A(3) ~= '1' then return 'E:not_a_member' end
+if typing then end_typing(sid, id) end
+local seq = log('c:' .. sid, '{"t":"msg","o":' .. o .. ',' .. A(4))
+local index = tostring(tonumber(seq) - 1 - tonumber(o))
+if WHMAX ~= '0' then
+  NOW = A(5)
+  to_webhooks('c:' .. sid, '{"t":"msg","i":' .. index .. ',' .. A(4))
+end
 return index
 "#;
 
@@ -286,8 +302,7 @@ if not h[1] then return 'E:no_channel' end
 if h[2] == '1' or redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 0 then return 'E:not_a_member' end
 local key = P .. ':ty:' .. sid .. ':' .. id
 local current = redis.call('GET', key)
-local due, entry = typing_due(sid, id)
-redis.call('ZADD', due, NOW + tonumber(A(3)), entry)
+set_due(sid, id, NOW + tonumber(A(3)))
 if not current or current == 'ended' then
   redis.call('SET', key, A(4), 'PX', A(3))
   transient('c:' .. sid, '{"t":"typing_on","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
@@ -305,7 +320,7 @@ local key = P .. ':ty:' .. sid .. ':' .. id
 local token = redis.call('GET', key)
 if token == A(3) then return tostring(math.max(redis.call('PTTL', key), 1)) end
 if not token then
-  redis.call('ZREM', typing_due(sid, id))
+  undue(sid, id)
   if redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 1 then
     transient('c:' .. sid, '{"t":"typing_off","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
   end
@@ -361,15 +376,25 @@ if b == 0 or #last == 0 then return cjson.encode({ msgs = msgs, more = false }) 
 -- i has seq i + 1 + (other events before it), so the messages below
 -- `before` sit at or below seq before + (other events so far).
 local top = tonumber(string.sub(last[1][1], 3))
-local others = top - tonumber(redis.call('HGET', P .. ':ch:' .. sid, 'next') or '0')
-local from = '0-' .. math.min(top, b + others)
+local other = others(sid)
+local from = '0-' .. math.min(top, b + other)
 local found = {}
 while #found <= limit do
-  local count = limit + 1 - #found + others
+  local count = limit + 1 - #found + other
   local rows = redis.call('XREVRANGE', key, from, '-', 'COUNT', count)
   for _, row in ipairs(rows) do
     local e = row[2][2]
-    local i = tonumber(string.match(e, '^{"t":"msg","i":(%d+)'))
+    -- A message as `post` stores it names the channel's other events
+    -- before it, and goes out with its index (as earlier versions stored
+    -- it).
+    local i
+    local o = string.match(e, '^{"t":"msg","o":(%d+),')
+    if o then
+      i = tonumber(string.sub(row[1], 3)) - 1 - tonumber(o)
+      e = '{"t":"msg","i":' .. i .. ',' .. string.sub(e, 17 + #o)
+    else
+      i = tonumber(string.match(e, '^{"t":"msg","i":(%d+)'))
+    end
     if i and i < b then
       found[#found + 1] = e
       if #found > limit then break end
@@ -384,10 +409,10 @@ return cjson.encode({ msgs = msgs, more = #found > limit })
 
 /// A:1 sid → the channel as the server API shows it.
 const CHANNEL_REPORT: &str = r#"
-local h = redis.call('HMGET', P .. ':ch:' .. A(1), 'q', 'at', 'form', 'next', 'closed', 'ended')
+local h = redis.call('HMGET', P .. ':ch:' .. A(1), 'q', 'at', 'form', 's', 'closed', 'ended')
 if not h[1] then return 'E:not_found' end
 return cjson.encode({
-  q = h[1], at = h[2], form = h[3], next = tonumber(h[4] or '0'), closed = (h[5] == '1'),
+  q = h[1], at = h[2], form = h[3], next = seq_of('c:' .. A(1)) - tonumber(string.match(h[4] or '0', '%d+')), closed = (h[5] == '1'),
   ended = tonumber(h[6] or '0'), mem = members(A(1)),
 })
 "#;
@@ -453,8 +478,18 @@ end
 return 'OK'
 "#;
 
-/// A function of the library: its name in Redis.
-pub(super) type Function = String;
+/// A function of the library.
+pub(super) struct Function {
+    /// Its name in Redis.
+    pub name: String,
+    /// It takes the common arguments (now, this node's id) before its own;
+    /// `post` does not (each argument costs Redis about 1,400
+    /// instructions).
+    pub common: bool,
+}
+
+/// The functions that take only their own arguments.
+const OWN_ARGUMENTS: &[&str] = &["post"];
 
 pub(super) struct Scripts {
     pub identify: Function,
@@ -487,8 +522,33 @@ pub(super) struct Scripts {
     pub library: String,
 }
 
+/// What the library holds as constants (the same on every node of a
+/// cluster, normally; a node configured otherwise loads its own library).
+pub(super) struct Settings<'a> {
+    pub prefix: &'a str,
+    pub event_log_len: u64,
+    pub ended_retention_secs: u64,
+    /// 0: no post-event webhook.
+    pub webhook_events_max: u64,
+    pub history_len: u64,
+}
+
+/// `s` as a Lua string literal.
+fn lua_string(s: &str) -> String {
+    let mut out = String::from("'");
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"_-:./@#$%^&*+=!?~,;()[]{}<> ".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\{b:03}"));
+        }
+    }
+    out.push('\'');
+    out
+}
+
 impl Scripts {
-    pub(super) fn new() -> Scripts {
+    pub(super) fn new(settings: &Settings<'_>) -> Scripts {
         let bodies = [
             ("identify", IDENTIFY),
             ("attach", ATTACH),
@@ -517,7 +577,16 @@ impl Scripts {
             ("wh_release", WH_RELEASE),
             ("wh_cursor", WH_CURSOR),
         ];
+        let config = format!(
+            "local CONFIG = {{ prefix = {}, evlen = '{}', ended_ttl = {}, whmax = '{}', histlen = '{}' }}\n",
+            lua_string(settings.prefix),
+            settings.event_log_len,
+            settings.ended_retention_secs,
+            settings.webhook_events_max,
+            settings.history_len,
+        );
         let mut hash = Sha256::new();
+        hash.update(&config);
         hash.update(PRELUDE);
         for (name, body) in &bodies {
             hash.update(name);
@@ -527,12 +596,21 @@ impl Scripts {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let name = |f: &str| format!("switchboard_{id}_{f}");
-        let mut library = format!("#!lua name=switchboard_{id}\n{PRELUDE}\n");
+        let function_name = |f: &str| format!("switchboard_{id}_{f}");
+        let name = |f: &str| Function {
+            name: function_name(f),
+            common: !OWN_ARGUMENTS.contains(&f),
+        };
+        let mut library = format!("#!lua name=switchboard_{id}\n{config}{PRELUDE}\n");
         for (f, body) in &bodies {
+            let begin = if OWN_ARGUMENTS.contains(f) {
+                "begin_own"
+            } else {
+                "begin"
+            };
             library.push_str(&format!(
-                "redis.register_function('{}', function(_, args)\nbegin(args)\n{body}\nend)\n",
-                name(f)
+                "redis.register_function('{}', function(_, args)\n{begin}(args)\n{body}\nend)\n",
+                function_name(f)
             ));
         }
         Scripts {
@@ -564,5 +642,33 @@ impl Scripts {
             wh_cursor: name("wh_cursor"),
             library,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_goes_into_the_library_as_a_lua_string() {
+        assert_eq!(lua_string("switchboard"), "'switchboard'");
+        assert_eq!(lua_string("a'b\\c\n"), "'a\\039b\\092c\\010'");
+        assert_eq!(lua_string("é"), "'\\195\\169'");
+    }
+
+    #[test]
+    fn a_library_is_made_for_one_configuration() {
+        let settings = |prefix| Settings {
+            prefix,
+            event_log_len: 10_000,
+            ended_retention_secs: 60,
+            webhook_events_max: 0,
+            history_len: 100,
+        };
+        let one = Scripts::new(&settings("one"));
+        let two = Scripts::new(&settings("two"));
+        assert_ne!(one.post.name, two.post.name);
+        assert!(one.library.contains("prefix = 'one'"));
+        assert!(!one.post.common && one.start.common);
     }
 }

@@ -84,9 +84,17 @@ pub(super) enum Wire {
     },
 }
 
+/// A message. As `post` writes it, it carries `o`, the channel's other
+/// events before it, and its index is its seq - 1 - `o` (so that `post`
+/// needs no counter of its own); with its index `i` as the history and
+/// webhook outbox hand it out (and as earlier versions stored it).
+/// [`Wire::parse`] gives every message read its `i`.
 #[derive(Debug, Deserialize)]
 pub(super) struct WireMessage {
-    pub i: u64,
+    #[serde(default)]
+    pub i: Option<u64>,
+    #[serde(default)]
+    pub o: Option<u64>,
     pub sid: String,
     pub a: String,
     pub r: Role,
@@ -122,10 +130,11 @@ where
 }
 
 impl WireMessage {
+    /// After [`Wire::parse`], which gave it its index.
     pub(super) fn stored(self) -> Arc<StoredMessage> {
         Arc::new(StoredMessage {
             channel_sid: Arc::from(self.sid),
-            index: self.i,
+            index: self.i.unwrap_or_default(),
             author: Arc::from(self.a),
             author_role: self.r,
             body: self.b,
@@ -136,9 +145,28 @@ impl WireMessage {
     }
 }
 
-/// A message from a stream entry's JSON.
-pub(super) fn message(json: &str) -> Option<Arc<StoredMessage>> {
-    match serde_json::from_str::<Wire>(json) {
+impl Wire {
+    /// An event as written, at `seq` in its topic's log (`None`: not known,
+    /// or not sequenced); a message must then carry its index.
+    pub(super) fn parse(json: &str, seq: Option<u64>) -> serde_json::Result<Wire> {
+        let mut wire: Wire = serde_json::from_str(json)?;
+        if let Wire::Msg(m) = &mut wire {
+            if m.i.is_none() {
+                m.i = seq
+                    .zip(m.o)
+                    .and_then(|(seq, o)| seq.checked_sub(1)?.checked_sub(o));
+            }
+            if m.i.is_none() {
+                return Err(serde::de::Error::custom("a message without its index"));
+            }
+        }
+        Ok(wire)
+    }
+}
+
+/// A message from a stream entry's JSON, at `seq` in the channel's log.
+pub(super) fn message(json: &str, seq: Option<u64>) -> Option<Arc<StoredMessage>> {
+    match Wire::parse(json, seq) {
         Ok(Wire::Msg(m)) => Some(m.stored()),
         _ => None,
     }
