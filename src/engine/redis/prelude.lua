@@ -30,16 +30,17 @@ local function q(s) return cjson.encode(s) end
 -- while n typing periods in the channel are due (`ty:due`), and "x" before
 -- all once the channel is closed. A plain number: an open channel where
 -- nobody types.
-local function state_of(sid)
-  local s = redis.call('HGET', P .. ':ch:' .. sid, 's')
+local function state_of(sid, s)
+  s = s or redis.call('HGET', P .. ':ch:' .. sid, 's')
   if not s then return nil end
   local x, o, ty = string.match(s, '^(x?)(%d+):?(%d*)$')
   return tonumber(o), tonumber(ty) or 0, x == 'x'
 end
 
--- Changes a channel's `s` (none when the channel is gone).
-local function add_state(sid, others, typing, close)
-  local o, ty, closed = state_of(sid)
+-- Changes a channel's `s` (none when the channel is gone); `s`: its value
+-- when the caller has just read it.
+local function add_state(sid, others, typing, close, s)
+  local o, ty, closed = state_of(sid, s)
   if not o then return end
   o, ty = o + others, ty + typing
   local s = tostring(o)
@@ -161,22 +162,23 @@ end
 
 -- A typing period is due to end at `at` (the channel counts its due
 -- periods in `s`).
-local function set_due(sid, id, at)
-  if redis.call('ZADD', P .. ':ty:due', at, sid .. '|' .. id) == 1 then add_state(sid, 0, 1) end
+local function set_due(sid, id, at, s)
+  if redis.call('ZADD', P .. ':ty:due', at, sid .. '|' .. id) == 1 then add_state(sid, 0, 1, false, s) end
 end
 
-local function undue(sid, id)
-  if redis.call('ZREM', typing_due(sid, id)) == 1 then add_state(sid, 0, -1) end
+local function undue(sid, id, s)
+  if redis.call('ZREM', typing_due(sid, id)) == 1 then add_state(sid, 0, -1, false, s) end
 end
 
 -- Ends a typing period now. The key stays a while as "ended", so that the
 -- timer of the node that began the period does not announce its end again.
-local function end_typing(sid, id)
+-- `s`: the channel's, when the caller has just read it.
+local function end_typing(sid, id, s)
   local key = P .. ':ty:' .. sid .. ':' .. id
   local token = redis.call('GET', key)
   if token and token ~= 'ended' then
     redis.call('SET', key, 'ended', 'PX', 60000)
-    undue(sid, id)
+    undue(sid, id, s)
     transient('c:' .. sid, '{"t":"typing_off","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
   end
 end

@@ -258,7 +258,7 @@ if not tonumber(o) then
   typing = true
 end
 if not h[2] and A(3) ~= '1' then return 'E:not_a_member' end
-if typing then end_typing(sid, id) end
+if typing then end_typing(sid, id, h[1]) end
 local seq = log('c:' .. sid, '{"t":"msg","o":' .. o .. ',' .. A(4))
 local index = tostring(tonumber(seq) - 1 - tonumber(o))
 if WHMAX ~= '0' then
@@ -297,12 +297,12 @@ return 'OK'
 /// → "1" when a period began (the caller ends it), "0" when extended.
 const TYPING: &str = r#"
 local id, sid = A(1), A(2)
-local h = redis.call('HMGET', P .. ':ch:' .. sid, 'q', 'closed')
+local h = redis.call('HMGET', P .. ':ch:' .. sid, 'q', 'closed', 's', 'm:' .. id)
 if not h[1] then return 'E:no_channel' end
-if h[2] == '1' or redis.call('HEXISTS', P .. ':chm:' .. sid, id) == 0 then return 'E:not_a_member' end
+if h[2] == '1' or not h[4] then return 'E:not_a_member' end
 local key = P .. ':ty:' .. sid .. ':' .. id
 local current = redis.call('GET', key)
-set_due(sid, id, NOW + tonumber(A(3)))
+set_due(sid, id, NOW + tonumber(A(3)), h[3])
 if not current or current == 'ended' then
   redis.call('SET', key, A(4), 'PX', A(3))
   transient('c:' .. sid, '{"t":"typing_on","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
