@@ -9,8 +9,8 @@
 -- are built from the prefix (one Redis, not Redis Cluster). These are the
 -- library's own variables, set by `begin` at the start of every call:
 -- Redis runs one call at a time.
-local P, EVLEN, ENDED_TTL, WHMAX, HISTLEN =
-  CONFIG.prefix, CONFIG.evlen, CONFIG.ended_ttl, CONFIG.whmax, CONFIG.histlen
+local P, EVLEN, ENDED_TTL, WHMAX, HISTLEN, HISTMAX =
+  CONFIG.prefix, CONFIG.evlen, CONFIG.ended_ttl, CONFIG.whmax, CONFIG.histlen, CONFIG.histmax
 local ARGV, BASE, NOW, NODE
 local function begin(args)
   ARGV, BASE = args, 2
@@ -27,25 +27,28 @@ local function q(s) return cjson.encode(s) end
 -- each field read costs Redis about 1,500 instructions: how many events of
 -- the channel's log are not messages (a message's index is its seq - 1 -
 -- that count, so that a message needs no counter of its own), then ":<n>"
--- while n typing periods in the channel are due (`ty:due`), and "x" before
--- all once the channel is closed. A plain number: an open channel where
--- nobody types.
+-- while n typing periods in the channel are due (`ty:due`), "f" once its
+-- log has reached the history's cap (appends then trim it as they go), and
+-- "x" before all once the channel is closed. A plain number: an open
+-- channel where nobody types, whose log is below the cap.
 local function state_of(sid, s)
   s = s or redis.call('HGET', P .. ':ch:' .. sid, 's')
   if not s then return nil end
-  local x, o, ty = string.match(s, '^(x?)(%d+):?(%d*)$')
-  return tonumber(o), tonumber(ty) or 0, x == 'x'
+  local x, o, ty, f = string.match(s, '^(x?)(%d+):?(%d*)(f?)$')
+  return tonumber(o), tonumber(ty) or 0, x == 'x', f == 'f'
 end
 
--- Changes a channel's `s` (none when the channel is gone); `s`: its value
+-- Changes a channel's `s` (none when the channel is gone): `others` and
+-- `typing` added, `mark` "x" (closed) or "f" (full) set; `s`: its value
 -- when the caller has just read it.
-local function add_state(sid, others, typing, close, s)
-  local o, ty, closed = state_of(sid, s)
+local function add_state(sid, others, typing, mark, s)
+  local o, ty, closed, full = state_of(sid, s)
   if not o then return end
   o, ty = o + others, ty + typing
-  local s = tostring(o)
+  s = tostring(o)
   if ty > 0 then s = s .. ':' .. ty end
-  if closed or close then s = 'x' .. s end
+  if full or mark == 'f' then s = s .. 'f' end
+  if closed or mark == 'x' then s = 'x' .. s end
   redis.call('HSET', P .. ':ch:' .. sid, 's', s)
 end
 
@@ -163,11 +166,11 @@ end
 -- A typing period is due to end at `at` (the channel counts its due
 -- periods in `s`).
 local function set_due(sid, id, at, s)
-  if redis.call('ZADD', P .. ':ty:due', at, sid .. '|' .. id) == 1 then add_state(sid, 0, 1, false, s) end
+  if redis.call('ZADD', P .. ':ty:due', at, sid .. '|' .. id) == 1 then add_state(sid, 0, 1, nil, s) end
 end
 
 local function undue(sid, id, s)
-  if redis.call('ZREM', typing_due(sid, id)) == 1 then add_state(sid, 0, -1, false, s) end
+  if redis.call('ZREM', typing_due(sid, id)) == 1 then add_state(sid, 0, -1, nil, s) end
 end
 
 -- Ends a typing period now. The key stays a while as "ended", so that the
@@ -202,7 +205,7 @@ end
 local function retire(sid)
   local ch = P .. ':ch:' .. sid
   redis.call('HSET', ch, 'closed', '1', 'ended', NOW)
-  add_state(sid, 0, 0, true)
+  add_state(sid, 0, 0, 'x')
   local queue = redis.call('HGET', ch, 'q')
   if queue then redis.call('ZREM', P .. ':q:' .. queue, sid) end
   emit('c:' .. sid, '{"t":"closed"}')
