@@ -785,6 +785,79 @@ async fn message_indexes_count_only_messages_as_members_come_and_go() {
     );
 }
 
+/// A channel written by a build that counted its messages in `next` and
+/// kept its members in `chm:<sid>` only (its state rewritten here to that
+/// form, with a message appended as that build stored it) goes on where it
+/// was: the next message gets the next index, the nodes fill the message
+/// they were not told of from the log, and history reads both forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_from_before_the_state_field_goes_on() {
+    let redis = Redis::start();
+    let a = node(&redis, NO_LIMITS).await;
+    let b = node(&redis, NO_LIMITS).await;
+    let mut customer = a.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut agent = b.staff("agent-l", "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    let send = |body: &str| json!({"channelSid": sid, "body": body});
+    for body in ["m0", "m1"] {
+        customer.call("SendMessage", send(body)).await.unwrap();
+    }
+    for session in [&mut customer, &mut agent] {
+        for i in 0..2 {
+            assert_eq!(session.push("messageAdded").await["index"], i);
+        }
+    }
+    let ok = |answer: Option<String>| {
+        let answer = answer.unwrap();
+        assert!(!answer.starts_with('-'), "{answer}");
+    };
+    let ch = format!("switchboard:ch:{sid}");
+    ok(redis.command(&format!(
+        "HDEL {ch} s m:{} m:{}",
+        customer.identity(),
+        agent.identity()
+    )));
+    let old = format!(
+        r#"{{"t":"msg","i":2,"sid":"{sid}","a":"{}","r":"customer","b":"m2","at":{{}},"d":"2026-11-26T00:00:00.000Z","ms":1764115200000}}"#,
+        customer.identity()
+    );
+    ok(redis.command(&format!("XADD switchboard:ev:c:{sid} 0-* e '{old}'")));
+    ok(redis.command(&format!("HSET {ch} next 3")));
+    let sent = agent.call("SendMessage", send("m3")).await.unwrap();
+    assert_eq!(sent["index"], 3);
+    for session in [&mut customer, &mut agent] {
+        for (i, body) in [(2, "m2"), (3, "m3")] {
+            let added = session.push("messageAdded").await;
+            assert_eq!(
+                (added["index"].as_u64(), added["body"].as_str()),
+                (Some(i), Some(body))
+            );
+        }
+    }
+    let page = customer
+        .call("GetMessages", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    let got: Vec<(u64, &str)> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["index"].as_u64().unwrap(), m["body"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, [(0, "m0"), (1, "m1"), (2, "m2"), (3, "m3")]);
+    let joined = b
+        .staff("agent-l2", "agent")
+        .await
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    assert_eq!(joined["lastIndex"], 3);
+}
+
 /// A session that ends while Redis is away stops counting once Redis is
 /// back (its count could not be lowered then): the identity's next session
 /// is not refused for good.

@@ -31,8 +31,36 @@ local function q(s) return cjson.encode(s) end
 -- log has reached the history's cap (appends then trim it as they go), and
 -- "x" before all once the channel is closed. A plain number: an open
 -- channel where nobody types, whose log is below the cap.
+local function seq_of(topic)
+  local last = redis.call('XREVRANGE', P .. ':ev:' .. topic, '+', '-', 'COUNT', 1)
+  if #last == 0 then return 0 end
+  return tonumber(string.sub(last[1][1], 3))
+end
+
+-- A channel written by a build before `s` (which counted its messages in
+-- `next` and kept its members in `chm:<sid>` only) gets `s` and its `m:`
+-- fields from what it has → its `s`, nil when there is no such channel.
+local function migrate(sid)
+  local ch = P .. ':ch:' .. sid
+  local h = redis.call('HMGET', ch, 'q', 'closed', 'next')
+  if not h[1] then return nil end
+  local seq = seq_of('c:' .. sid)
+  local s = tostring(seq - tonumber(h[3] or '0'))
+  local ty, prefix = 0, sid .. '|'
+  for _, entry in ipairs(redis.call('ZRANGE', P .. ':ty:due', 0, -1)) do
+    if string.sub(entry, 1, #prefix) == prefix then ty = ty + 1 end
+  end
+  if ty > 0 then s = s .. ':' .. ty end
+  if seq >= HISTMAX then s = s .. 'f' end
+  if h[2] == '1' then s = 'x' .. s end
+  local flat = redis.call('HGETALL', P .. ':chm:' .. sid)
+  for i = 1, #flat, 2 do redis.call('HSET', ch, 'm:' .. flat[i], '1') end
+  redis.call('HSET', ch, 's', s)
+  return s
+end
+
 local function state_of(sid, s)
-  s = s or redis.call('HGET', P .. ':ch:' .. sid, 's')
+  s = s or redis.call('HGET', P .. ':ch:' .. sid, 's') or migrate(sid)
   if not s then return nil end
   local x, o, ty, f = string.match(s, '^(x?)(%d+):?(%d*)(f?)$')
   return tonumber(o), tonumber(ty) or 0, x == 'x', f == 'f'
@@ -96,12 +124,6 @@ local function emit(topic, json)
   return tonumber(seq)
 end
 
-local function seq_of(topic)
-  local last = redis.call('XREVRANGE', P .. ':ev:' .. topic, '+', '-', 'COUNT', 1)
-  if #last == 0 then return 0 end
-  return tonumber(string.sub(last[1][1], 3))
-end
-
 -- A transient event (typing): published only.
 local function transient(topic, json)
   redis.call('PUBLISH', P .. ':ev:' .. topic, '-|' .. json)
@@ -149,7 +171,7 @@ local function channel_state(sid)
   return {
     sid = sid,
     seq = seq,
-    next = seq - tonumber(string.match(h[1] or '0', '%d+')),
+    next = h[3] and seq - others(sid) or 0,
     closed = (h[2] == '1'),
     exists = (h[3] ~= false),
     mem = members(sid),

@@ -246,7 +246,9 @@ return 'OK'
 /// (`"o"`) instead of its index, which is its seq - 1 - that count.
 const POST: &str = r#"
 local id, sid = A(1), A(2)
-local h = redis.call('HMGET', P .. ':ch:' .. sid, 's', 'm:' .. id)
+local ch = P .. ':ch:' .. sid
+local h = redis.call('HMGET', ch, 's', 'm:' .. id)
+if not h[1] and migrate(sid) then h = redis.call('HMGET', ch, 's', 'm:' .. id) end
 local o = h[1]
 local typing, full = false, false
 if not tonumber(o) then
@@ -314,8 +316,10 @@ return 'OK'
 /// → "1" when a period began (the caller ends it), "0" when extended.
 const TYPING: &str = r#"
 local id, sid = A(1), A(2)
-local h = redis.call('HMGET', P .. ':ch:' .. sid, 'q', 'closed', 's', 'm:' .. id)
+local ch = P .. ':ch:' .. sid
+local h = redis.call('HMGET', ch, 'q', 'closed', 's', 'm:' .. id)
 if not h[1] then return 'E:no_channel' end
+if not h[3] and migrate(sid) then h = redis.call('HMGET', ch, 'q', 'closed', 's', 'm:' .. id) end
 if h[2] == '1' or not h[4] then return 'E:not_a_member' end
 local key = P .. ':ty:' .. sid .. ':' .. id
 local current = redis.call('GET', key)
@@ -429,7 +433,7 @@ const CHANNEL_REPORT: &str = r#"
 local h = redis.call('HMGET', P .. ':ch:' .. A(1), 'q', 'at', 'form', 's', 'closed', 'ended')
 if not h[1] then return 'E:not_found' end
 return cjson.encode({
-  q = h[1], at = h[2], form = h[3], next = seq_of('c:' .. A(1)) - tonumber(string.match(h[4] or '0', '%d+')), closed = (h[5] == '1'),
+  q = h[1], at = h[2], form = h[3], next = seq_of('c:' .. A(1)) - others(A(1)), closed = (h[5] == '1'),
   ended = tonumber(h[6] or '0'), mem = members(A(1)),
 })
 "#;
