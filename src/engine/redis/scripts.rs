@@ -5,11 +5,13 @@
 //! They are the functions of one Redis function library (`FUNCTION LOAD`,
 //! called with `FCALL`) rather than `EVALSHA` scripts: a script runs its
 //! whole text on every call, shared helpers included, while a library's
-//! helpers are made once when it is loaded. The library and its functions
-//! are named after a hash of its text, so that nodes of two versions (a
-//! rolling upgrade) each call their own. A library is made for one
+//! helpers are made once when it is loaded. A library is made for one
 //! configuration (key prefix, log lengths, retention, webhooks on or off),
-//! which it holds as constants instead of taking them with every call.
+//! which it holds as constants instead of taking them with every call. The
+//! library and its functions are named after a hash of its text and that
+//! configuration, so that a node never calls a function another build or
+//! configuration loaded (the nodes sharing a Redis still run one build: how
+//! a channel's state is stored changes between builds).
 
 use sha2::{Digest, Sha256};
 
