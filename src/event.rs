@@ -205,7 +205,7 @@ impl EventPush<'_> {
 
     pub(crate) fn frame(&self, encoding: crate::codec::Encoding) -> bytes::Bytes {
         match self {
-            EventPush::Message(p) => p.frame(encoding),
+            EventPush::Message(p) => p.message_frame(encoding),
             EventPush::Member(p) => p.frame(encoding),
             EventPush::Channel(p) => p.frame(encoding),
             EventPush::Started(p) => p.frame(encoding),

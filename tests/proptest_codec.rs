@@ -3,9 +3,13 @@
 
 use proptest::prelude::*;
 use serde_json::{Map, Number, Value};
+use std::sync::Arc;
+
+use switchboard::auth::Role;
 use switchboard::codec::{
-    as_inbound, decode_command, encode, Command, Encoding, Inbound, MAX_ACTION_BYTES,
+    as_inbound, decode_command, encode, Command, Encoding, Inbound, Push, MAX_ACTION_BYTES,
 };
+use switchboard::store::StoredMessage;
 use switchboard::validate::{check_msgpack, depth, MAX_FRAME_DEPTH};
 
 /// Any JSON value (finite numbers only: JSON has no others), nested a few
@@ -30,6 +34,35 @@ fn value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Text that needs escaping often: quotes, backslashes, control
+/// characters, DEL and non-ASCII among plain letters.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        ".{0,40}",
+        "[a-z0-9 \"\\\\\x00-\x1f\x7fé€😀]{0,40}",
+        any::<String>(),
+    ]
+}
+
+fn message() -> impl Strategy<Value = StoredMessage> {
+    (
+        (text(), any::<u64>(), text(), 0..3u8),
+        (text(), value(), text(), any::<i64>()),
+    )
+        .prop_map(
+            |((sid, index, author, role), (body, attributes, date, ms))| StoredMessage {
+                channel_sid: Arc::from(sid),
+                index,
+                author: Arc::from(author),
+                author_role: [Role::Customer, Role::Agent, Role::Service][role as usize],
+                body,
+                attributes,
+                date_created: date,
+                created_ms: ms,
+            },
+        )
+}
+
 fn command() -> impl Strategy<Value = Command> {
     (
         any::<u64>(),
@@ -48,6 +81,17 @@ fn frame(c: &Command) -> Value {
 }
 
 proptest! {
+    /// The hand-written `messageAdded` push is byte for byte what
+    /// serde_json writes for it, in both encodings.
+    #[test]
+    fn message_pushes_are_what_serde_writes(m in message()) {
+        for encoding in [Encoding::Json, Encoding::MsgPack] {
+            let by_hand = Push::new("messageAdded", &m).message_frame(encoding);
+            let by_serde = Push::new("messageAdded", &m).frame(encoding);
+            prop_assert_eq!(by_hand, by_serde);
+        }
+    }
+
     #[test]
     fn commands_round_trip_in_both_encodings(c in command()) {
         for encoding in Encoding::ALL {

@@ -177,7 +177,7 @@ impl Recovery {
         let encoding = self.session.encoding;
         let frames = replay
             .into_iter()
-            .map(|m| Push::new("messageAdded", &**m).frame(encoding))
+            .map(|m| Push::new("messageAdded", &**m).message_frame(encoding))
             .collect();
         self.session.outbox.insert_replay(self.hold, frames);
         true
