@@ -72,7 +72,14 @@ pub(crate) struct RedisEngine {
     me: Weak<RedisEngine>,
     /// Post-event webhooks' side of the engine.
     webhooks: outbox::Outbox,
+    /// The typing periods this node began and times, by author and channel
+    /// (the period's token, and what stops its timer): a message from the
+    /// author through this node ends the period in Redis, so its timer has
+    /// nothing left to do.
+    typing_timers: Arc<TypingTimers>,
 }
+
+type TypingTimers = dashmap::DashMap<(Arc<str>, Arc<str>), (String, CancellationToken)>;
 
 /// A script's refusal: its code and detail (`E:<code>[:<detail>]`).
 struct Refused(String);
@@ -242,6 +249,7 @@ impl RedisEngine {
             stop: CancellationToken::new(),
             me: me.clone(),
             webhooks,
+            typing_timers: Arc::default(),
         });
         let apply: Weak<dyn Apply> = Arc::downgrade(&engine) as Weak<dyn Apply>;
         fanout.set_engine(apply);
@@ -638,17 +646,31 @@ impl RedisEngine {
         }
     }
 
-    async fn typing_period(self: Arc<Self>, actor: Arc<str>, sid: Arc<str>, token: String) {
+    async fn typing_period(
+        self: Arc<Self>,
+        actor: Arc<str>,
+        sid: Arc<str>,
+        token: String,
+        cancel: CancellationToken,
+    ) {
+        self.time_typing(&actor, &sid, &token, &cancel).await;
+        self.typing_timers
+            .remove_if(&(actor, sid), |_, (timed, _)| *timed == token);
+    }
+
+    async fn time_typing(&self, actor: &str, sid: &str, token: &str, cancel: &CancellationToken) {
         let mut wait = self.config.typing_window();
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
+                // A message through this node ended the period.
+                _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
             let left = self
                 .call(
                     |s| &s.typing_end,
-                    vec![actor.to_string(), sid.to_string(), token.clone()],
+                    vec![actor.to_owned(), sid.to_owned(), token.to_owned()],
                 )
                 .await;
             match left {
@@ -1048,14 +1070,26 @@ impl Engine for RedisEngine {
         let call = self.call(|s| &s.post, args);
         let actor = actor.clone();
         let sid = channel_sid.to_owned();
+        let timers = self.typing_timers.clone();
         Self::remote(async move {
             match call.await? {
-                Ok(index) => Ok(Posted {
-                    index: index.parse().map_err(|_| {
-                        EngineError::Internal(format!("unreadable index {index:?}"))
-                    })?,
-                    date_created,
-                }),
+                Ok(index) => {
+                    // The message ended its author's typing period in the
+                    // channel (`post` ends one whose window has passed too).
+                    if !timers.is_empty() {
+                        if let Some((_, (_, cancel))) =
+                            timers.remove(&(actor.id.clone(), Arc::from(sid.as_str())))
+                        {
+                            cancel.cancel();
+                        }
+                    }
+                    Ok(Posted {
+                        index: index.parse().map_err(|_| {
+                            EngineError::Internal(format!("unreadable index {index:?}"))
+                        })?,
+                        date_created,
+                    })
+                }
                 Err(Refused(code)) => Err(Self::common_refusal(&actor, &sid, &code)),
             }
         })
@@ -1131,7 +1165,13 @@ impl Engine for RedisEngine {
             match call.await? {
                 Ok(began) => {
                     if began == "1" {
-                        tokio::spawn(engine.typing_period(actor.id.clone(), Arc::from(sid), token));
+                        let sid: Arc<str> = Arc::from(sid);
+                        let cancel = CancellationToken::new();
+                        engine.typing_timers.insert(
+                            (actor.id.clone(), sid.clone()),
+                            (token.clone(), cancel.clone()),
+                        );
+                        tokio::spawn(engine.typing_period(actor.id.clone(), sid, token, cancel));
                     }
                     Ok(())
                 }

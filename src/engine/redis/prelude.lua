@@ -192,20 +192,30 @@ local function set_due(sid, id, at, s)
 end
 
 local function undue(sid, id, s)
-  if redis.call('ZREM', typing_due(sid, id)) == 1 then add_state(sid, 0, -1, nil, s) end
+  if redis.call('ZREM', typing_due(sid, id)) == 1 then
+    add_state(sid, 0, -1, nil, s)
+    return true
+  end
+  return false
 end
 
--- Ends a typing period now. The key stays a while as "ended", so that the
--- timer of the node that began the period does not announce its end again.
--- `s`: the channel's, when the caller has just read it.
+-- Ends a typing period now: a live one, or one whose window has passed
+-- before its timer's call came (still due: its end not yet announced). The
+-- key stays a while as "ended", so that the timer of the node that began
+-- the period does not announce its end again (a node whose message ended
+-- it stops its own timer). `s`: the channel's, when the caller has just
+-- read it.
 local function end_typing(sid, id, s)
   local key = P .. ':ty:' .. sid .. ':' .. id
   local token = redis.call('GET', key)
-  if token and token ~= 'ended' then
-    redis.call('SET', key, 'ended', 'PX', 60000)
+  if token == 'ended' then return end
+  if token then
     undue(sid, id, s)
-    transient('c:' .. sid, '{"t":"typing_off","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
+  elseif not undue(sid, id, s) then
+    return
   end
+  redis.call('SET', key, 'ended', 'PX', 60000)
+  transient('c:' .. sid, '{"t":"typing_off","sid":' .. q(sid) .. ',"id":' .. q(id) .. '}')
 end
 
 -- An identity with no session on a live node, no channel and no
