@@ -250,6 +250,11 @@ async fn readyz_and_metrics() {
             .await
             .unwrap();
         customer.fails("Nope", json!({})).await;
+        // The message is counted where it is delivered: at once here, but
+        // on the Redis engine (the suites' opt-in run) when its event comes
+        // back from Redis, which may be after the reply.
+        let metrics = server.broker.metrics.clone();
+        eventually("the message counted", || metrics.snapshot().messages == 1).await;
         let mut tcp = TcpStream::connect(server.addr).await.unwrap();
         let ready = exchange(&mut tcp, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert_eq!((ready.status, ready.text().as_str()), (200, "ready\n"));
@@ -345,7 +350,10 @@ async fn readyz_and_metrics() {
         match value("switchboard_store_commit_duration_seconds", &[]) {
             Some(prometheus_parse::Value::Histogram(buckets)) => {
                 let commits = buckets.last().unwrap().count;
-                if durability == "memory" {
+                // On the Redis engine (the suites' opt-in run) the store
+                // takes no writes: Redis does.
+                let on_redis = std::env::var_os("SWITCHBOARD_TEST_REDIS_URL").is_some();
+                if durability == "memory" || on_redis {
                     assert_eq!(commits, 0.0);
                 } else {
                     assert!(commits >= 1.0, "{buckets:?}");
