@@ -459,6 +459,18 @@ impl Outbox {
             self.wake();
             return true;
         }
+        // A cork gathers at most a writev's worth for one session: past
+        // that, what it holds is written now. Otherwise a long burst under
+        // one cork (a publisher whose poll keeps finding commands to read,
+        // a large commit) would count against a session's bound frames its
+        // socket would have taken, and close a reader that keeps up with
+        // 4008. Only frames the socket does not take stay queued.
+        if state.corked && state.queue.len() >= WRITEV_FRAMES {
+            if let Some(socket) = state.socket.clone() {
+                // An error is the writer's to meet, as in `flush_corked`.
+                let _ = state.write_queue(&socket);
+            }
+        }
         let must_deliver = state.queue.len() - state.droppable - state.replayed;
         let bytes = state.bytes - state.replayed_bytes;
         if must_deliver >= self.limits.frames || bytes + len > self.limits.bytes {

@@ -112,3 +112,56 @@ async fn a_stalled_reader_is_closed_with_4008_and_costs_nobody_anything() {
     assert!(stalled.closed.is_some());
     server.shutdown().await;
 }
+
+/// A publisher that pipelines a long burst: the broker may run hundreds of
+/// its commands in one go (one cork), but observers that keep reading are
+/// never closed as slow consumers for it, however low the outbox bound:
+/// what a cork gathers for one session is written a `writev` at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_burst_reaches_observers_that_keep_reading() {
+    const MESSAGES: u64 = 2000;
+    const OBSERVERS: usize = 8;
+    let server = TestServer::start(
+        "durability = \"memory\"\n[limits]\noutbox_frames = 200\n[rate_limits]\nenabled = false\n",
+    )
+    .await;
+    let mut customer = server.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut readers = Vec::new();
+    for i in 0..OBSERVERS {
+        let mut observer = server.staff(&format!("observer-{i}"), "agent").await;
+        observer
+            .call("Subscribe", json!({"channel": sid}))
+            .await
+            .unwrap();
+        readers.push(tokio::spawn(async move {
+            for next in 0..MESSAGES {
+                let m = observer.push("messageAdded").await;
+                assert_eq!(m["index"], next, "observer {i}: order");
+            }
+            observer
+        }));
+    }
+    // The whole burst written before any reply is read.
+    let mut ids = Vec::new();
+    for i in 0..MESSAGES {
+        ids.push(
+            customer
+                .send(
+                    "SendMessage",
+                    json!({"channelSid": sid, "body": format!("m{i}")}),
+                )
+                .await,
+        );
+    }
+    for (i, id) in ids.into_iter().enumerate() {
+        let reply = customer.reply(id).await;
+        assert_eq!(reply["result"]["index"], i as u64, "{reply}");
+    }
+    for reader in readers {
+        let observer = reader.await.unwrap();
+        assert!(observer.closed.is_none(), "an observer was closed");
+    }
+    assert_eq!(server.broker.metrics.snapshot().slow_consumer_closes, 0);
+    server.shutdown().await;
+}
