@@ -9,10 +9,29 @@ mod common;
 use std::time::Duration;
 
 use cluster_support::{node, Redis};
-use common::{assert_gapless, assert_holds_acked, read_until, token, Client, Enc};
+use common::{assert_gapless, assert_holds_acked, read_until, token, Client, Enc, TestServer};
 use serde_json::{json, Value};
 
 const NO_LIMITS: &str = "[rate_limits]\nenabled = false\n";
+
+/// Two nodes (with `extra` configuration); a customer on the first starts
+/// an engagement and an agent (`agent`) on the second joins it.
+async fn engagement_across(
+    redis: &Redis,
+    extra: &str,
+    agent: &str,
+) -> (TestServer, TestServer, Client, Client, String) {
+    let a = node(redis, extra).await;
+    let b = node(redis, extra).await;
+    let mut customer = a.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut agent = b.staff(agent, "agent").await;
+    agent
+        .call("JoinChannel", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    (a, b, customer, agent, sid)
+}
 
 /// A customer on node A and an agent on node B chat: every message
 /// reaches both, with contiguous indexes, in one order.
@@ -65,15 +84,7 @@ async fn a_customer_and_an_agent_on_two_nodes_chat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_writers_on_two_nodes_get_one_order() {
     let redis = Redis::start();
-    let a = node(&redis, NO_LIMITS).await;
-    let b = node(&redis, NO_LIMITS).await;
-    let mut customer = a.customer().await;
-    let sid = customer.start_engagement().await;
-    let mut agent = b.staff("agent-2", "agent").await;
-    agent
-        .call("JoinChannel", json!({"channelSid": sid}))
-        .await
-        .unwrap();
+    let (a, b, customer, agent, sid) = engagement_across(&redis, NO_LIMITS, "agent-2").await;
     let mut watch_a = a.staff("watch-a", "agent").await;
     let mut watch_b = b.staff("watch-b", "agent").await;
     for w in [&mut watch_a, &mut watch_b] {
@@ -639,15 +650,7 @@ async fn queue_pushes_and_end_engagement_across_nodes() {
 async fn typing_crosses_nodes_and_ends_by_itself() {
     let redis = Redis::start();
     let extra = format!("{NO_LIMITS}[typing]\nwindow_ms = 300\n");
-    let a = node(&redis, &extra).await;
-    let b = node(&redis, &extra).await;
-    let mut customer = a.customer().await;
-    let sid = customer.start_engagement().await;
-    let mut agent = b.staff("agent-t", "agent").await;
-    agent
-        .call("JoinChannel", json!({"channelSid": sid}))
-        .await
-        .unwrap();
+    let (_a, _b, mut customer, mut agent, sid) = engagement_across(&redis, &extra, "agent-t").await;
     // Typing is transient (never logged): node B hears it once it has
     // subscribed to the channel, which a first message shows.
     customer
@@ -793,15 +796,8 @@ async fn message_indexes_count_only_messages_as_members_come_and_go() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_from_before_the_state_field_goes_on() {
     let redis = Redis::start();
-    let a = node(&redis, NO_LIMITS).await;
-    let b = node(&redis, NO_LIMITS).await;
-    let mut customer = a.customer().await;
-    let sid = customer.start_engagement().await;
-    let mut agent = b.staff("agent-l", "agent").await;
-    agent
-        .call("JoinChannel", json!({"channelSid": sid}))
-        .await
-        .unwrap();
+    let (_a, b, mut customer, mut agent, sid) =
+        engagement_across(&redis, NO_LIMITS, "agent-l").await;
     let send = |body: &str| json!({"channelSid": sid, "body": body});
     for body in ["m0", "m1"] {
         customer.call("SendMessage", send(body)).await.unwrap();
