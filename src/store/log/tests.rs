@@ -72,6 +72,28 @@ fn write(store: &Store, ops: Vec<Op>) {
     rt.block_on(store.wait_durable(ticket)).unwrap();
 }
 
+/// Writes channel `sid`, then messages `0..count` into it, each its own
+/// commit.
+fn write_messages(store: &Store, sid: &str, count: u64) {
+    write(store, vec![channel(sid)]);
+    for i in 0..count {
+        write(store, vec![message(sid, i, 1)]);
+    }
+}
+
+/// A store in `dir` holding channel CH1 and messages 0 to 5, closed after
+/// the last; returns the acknowledged-writes marker as it was before that
+/// last write (a torn last record was never acknowledged) and the segment
+/// holding them.
+fn five_then_one_more(dir: &Path, segment_bytes: u64) -> (Vec<u8>, PathBuf) {
+    let (store, _) = open(dir, segment_bytes, false).unwrap();
+    write_messages(&store, "CH1", 5);
+    let marker_before = std::fs::read(dir.join(ACK_MARKER_FILE)).unwrap();
+    write(&store, vec![message("CH1", 5, 1)]);
+    drop(store);
+    (marker_before, segments(dir).pop().unwrap())
+}
+
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir.join(LOG_DIR))
         .unwrap()
@@ -137,17 +159,7 @@ fn bodies(snapshot: &Snapshot, sid: &str) -> Vec<String> {
 fn a_last_record_cut_at_any_byte_is_dropped_and_the_rest_kept() {
     let dir = fresh_dir("torn");
     let segment_bytes = 64 * 1024;
-    let (store, _) = open(&dir, segment_bytes, false).unwrap();
-    write(&store, vec![channel("CH1")]);
-    for i in 0..5 {
-        write(&store, vec![message("CH1", i, 1)]);
-    }
-    // The marker as it was before the last write was acknowledged: a torn
-    // last record was never acknowledged.
-    let marker_before = std::fs::read(dir.join(ACK_MARKER_FILE)).unwrap();
-    write(&store, vec![message("CH1", 5, 1)]);
-    drop(store);
-    let segment = segments(&dir).pop().unwrap();
+    let (marker_before, segment) = five_then_one_more(&dir, segment_bytes);
     let starts = record_starts(&segment);
     let last = *starts.last().unwrap();
     let full = std::fs::read(&segment).unwrap();
@@ -201,15 +213,7 @@ fn a_last_record_cut_at_any_byte_is_dropped_and_the_rest_kept() {
 #[test]
 fn a_lost_header_is_a_torn_write_at_the_end_and_damage_before_it() {
     let dir = fresh_dir("lost-header");
-    let (store, _) = open(&dir, super::SEGMENT_BYTES, false).unwrap();
-    write(&store, vec![channel("CH1")]);
-    for i in 0..5 {
-        write(&store, vec![message("CH1", i, 1)]);
-    }
-    let marker_before = std::fs::read(dir.join(ACK_MARKER_FILE)).unwrap();
-    write(&store, vec![message("CH1", 5, 1)]);
-    drop(store);
-    let segment = segments(&dir).pop().unwrap();
+    let (marker_before, segment) = five_then_one_more(&dir, super::SEGMENT_BYTES);
     let last = *record_starts(&segment).last().unwrap();
     let full = std::fs::read(&segment).unwrap();
 
@@ -258,10 +262,7 @@ fn a_lost_header_is_a_torn_write_at_the_end_and_damage_before_it() {
 fn a_damaged_record_in_the_middle_is_refused_with_file_and_offset() {
     let dir = fresh_dir("damaged");
     let (store, _) = open(&dir, super::SEGMENT_BYTES, false).unwrap();
-    write(&store, vec![channel("CH1")]);
-    for i in 0..20 {
-        write(&store, vec![message("CH1", i, 1)]);
-    }
+    write_messages(&store, "CH1", 20);
     drop(store);
     let segment = segments(&dir).into_iter().next().unwrap();
     let starts = record_starts(&segment);
