@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use cluster_support::{node, Redis};
+use cluster_support::{node, node_process, Redis};
 use common::{assert_gapless, assert_holds_acked, read_until, token, Client, Enc, TestServer};
 use serde_json::{json, Value};
 
@@ -476,20 +476,7 @@ async fn recovery_and_resume_on_the_other_node() {
 async fn a_node_killed_under_writes_loses_nothing_acknowledged() {
     let redis = Redis::start();
     let toml = "[rate_limits]\nenabled = false\n[admission]\nmax_sessions_per_identity = 1\n";
-    let config = common::config_file(
-        &format!("cluster-kill-{}.toml", redis.port),
-        &format!("{toml}{}", redis.cluster_toml()),
-    );
-    let dying = common::BrokerProcess::start(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[("SWITCHBOARD_JWT_SECRET", common::SECRET)],
-        &common::fresh_data_dir(),
-    );
+    let dying = node_process(&redis, "cluster-kill", toml);
     let survivor = node(&redis, toml).await;
     let mut customer = Client::open_url(&dying.url, Enc::Json).await.unwrap();
     customer.connect(json!({})).await.unwrap();
@@ -1035,21 +1022,8 @@ async fn a_dead_nodes_typing_identities_and_observers_are_recounted() {
         "{NO_LIMITS}[typing]\nwindow_ms = 300\n[identities]\nidle_ttl_secs = 1\nmax_anonymous = 1\n\
          [api]\nkeys = [\"test-api-key-0123456789\"]\n"
     );
-    let config = common::config_file(
-        &format!("cluster-reap-{}.toml", redis.port),
-        &format!("{toml}{}", redis.cluster_toml()),
-    );
-    let dir = common::fresh_data_dir();
-    let dying = common::BrokerProcess::start(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[("SWITCHBOARD_JWT_SECRET", common::SECRET)],
-        &dir,
-    );
+    let dying = node_process(&redis, "cluster-reap", &toml);
+    let dir = dying.data_dir.clone();
     let survivor = node(&redis, &toml).await;
     // Typing on the dying node, seen on the survivor.
     let mut typist = Client::staff_at(&dying.url, "cust-t", "customer", Enc::Json).await;

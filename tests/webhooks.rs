@@ -767,21 +767,8 @@ async fn events_survive_kill_9_of_the_delivering_node() {
         "[rate_limits]\nenabled = false\n{}",
         post_config(&[(&url, SECRET_A, Some("[\"messageAdded\"]"))])
     );
-    let config = config_file(
-        &format!("cluster-webhooks-kill-{}.toml", redis.port),
-        &format!("{toml}{}", redis.cluster_toml()),
-    );
-    let dir = fresh_data_dir();
-    let dying = BrokerProcess::start(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[("SWITCHBOARD_JWT_SECRET", common::SECRET)],
-        &dir,
-    );
+    let dying = cluster_support::node_process(&redis, "cluster-webhooks-kill", &toml);
+    let dir = dying.data_dir.clone();
     // The node started first takes the lease (the other finds it held).
     let lease = format!("GET switchboard:wh:lease:{url}");
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{fresh_data_dir, TestServer};
+use crate::common::{config_file, fresh_data_dir, BrokerProcess, TestServer, SECRET};
 
 pub struct Redis {
     pub port: u16,
@@ -114,4 +114,24 @@ impl Drop for Redis {
 /// An in-process broker node on `redis` (plus `extra` TOML).
 pub async fn node(redis: &Redis, extra: &str) -> TestServer {
     TestServer::start(&format!("{extra}\n{}", redis.cluster_toml())).await
+}
+
+/// A node as a process of its own (the `switchboard` binary), so that a
+/// test can kill it with SIGKILL: `extra` configuration on this Redis,
+/// its configuration file named after `name`.
+pub fn node_process(redis: &Redis, name: &str, extra: &str) -> BrokerProcess {
+    let config = config_file(
+        &format!("{name}-{}.toml", redis.port),
+        &format!("{extra}{}", redis.cluster_toml()),
+    );
+    BrokerProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("SWITCHBOARD_JWT_SECRET", SECRET)],
+        &fresh_data_dir(),
+    )
 }
