@@ -26,10 +26,7 @@ async fn engagement_across(
     let mut customer = a.customer().await;
     let sid = customer.start_engagement().await;
     let mut agent = b.staff(agent, "agent").await;
-    agent
-        .call("JoinChannel", json!({"channelSid": sid}))
-        .await
-        .unwrap();
+    agent.join(&sid).await;
     (a, b, customer, agent, sid)
 }
 
@@ -43,10 +40,7 @@ async fn a_customer_and_an_agent_on_two_nodes_chat() {
     let mut customer = a.customer().await;
     let sid = customer.start_engagement().await;
     let mut agent = b.staff("agent-1", "agent").await;
-    let joined = agent
-        .call("JoinChannel", json!({"channelSid": sid}))
-        .await
-        .unwrap();
+    let joined = agent.join(&sid).await;
     assert_eq!(joined["members"].as_array().unwrap().len(), 2, "{joined}");
     let joined = customer.push("memberJoined").await;
     assert_eq!(joined["identity"], "agent-1");
@@ -361,10 +355,7 @@ async fn restart_on_one_node_while_another_floods() {
     let sid = flooder.start_engagement().await;
     restarter.push("engagementStarted").await;
     let mut agent = b.staff("agent-r", "agent").await;
-    agent
-        .call("JoinChannel", json!({"channelSid": sid}))
-        .await
-        .unwrap();
+    agent.join(&sid).await;
     let sid2 = sid.clone();
     let flood = tokio::spawn(async move {
         let mut acked = Vec::new();
@@ -456,10 +447,7 @@ async fn recovery_and_resume_on_the_other_node() {
     assert_gapless(&missed, 3, "after on B");
     // Live after the recovery, from node A.
     let mut agent = a.staff("agent-x", "agent").await;
-    agent
-        .call("JoinChannel", json!({"channelSid": sid}))
-        .await
-        .unwrap();
+    agent.join(&sid).await;
     agent
         .call("SendMessage", json!({"channelSid": sid, "body": "live"}))
         .await
@@ -483,10 +471,7 @@ async fn a_node_killed_under_writes_loses_nothing_acknowledged() {
     let resume = customer.connect_result["resumeToken"].clone();
     let sid = customer.start_engagement().await;
     let mut agent = survivor.staff("agent-k", "agent").await;
-    agent
-        .call("JoinChannel", json!({"channelSid": sid}))
-        .await
-        .unwrap();
+    agent.join(&sid).await;
     let mut acked = Vec::new();
     for i in 0..30 {
         let posted = customer
@@ -572,10 +557,7 @@ async fn queue_pushes_and_end_engagement_across_nodes() {
     let started = console.push("engagementStarted").await;
     assert_eq!(started["channelSid"], sid.as_str());
     let mut agent = a.staff("alice", "agent").await;
-    agent
-        .call("JoinChannel", json!({"channelSid": sid}))
-        .await
-        .unwrap();
+    agent.join(&sid).await;
     let updated = console.push("engagementUpdated").await;
     assert_eq!(
         updated["members"],
@@ -689,10 +671,7 @@ async fn message_indexes_count_only_messages_as_members_come_and_go() {
     let mut customer = a.customer().await;
     let sid = customer.start_engagement().await;
     let mut agent = b.staff("agent-i", "agent").await;
-    let joined = agent
-        .call("JoinChannel", json!({"channelSid": sid}))
-        .await
-        .unwrap();
+    let joined = agent.join(&sid).await;
     assert_eq!(joined["lastIndex"], -1);
     let send = |body: String| json!({"channelSid": sid, "body": body});
     let mut next = 0u64;
@@ -711,10 +690,7 @@ async fn message_indexes_count_only_messages_as_members_come_and_go() {
         // A visitor comes, types and goes: three events that are not
         // messages, and a typing period its leaving ends.
         let mut visitor = a.staff(&format!("agent-v{round}"), "agent").await;
-        let joined = visitor
-            .call("JoinChannel", json!({"channelSid": sid}))
-            .await
-            .unwrap();
+        let joined = visitor.join(&sid).await;
         assert_eq!(joined["lastIndex"], next - 1);
         visitor
             .call("SendTyping", json!({"channelSid": sid}))
@@ -911,20 +887,14 @@ async fn history_and_recovery_read_the_trimmed_channel_log() {
     let resume = customer.connect_result["resumeToken"].clone();
     let sid = customer.start_engagement().await;
     let mut agent = b.staff("agent-h", "agent").await;
-    agent
-        .call("JoinChannel", json!({"channelSid": sid}))
-        .await
-        .unwrap();
+    agent.join(&sid).await;
     let send = |i: u64| json!({"channelSid": sid, "body": format!("m{i}")});
     for i in 0..6 {
         customer.call("SendMessage", send(i)).await.unwrap();
     }
     // Two membership events between m5 and m6.
     let mut visitor = b.staff("agent-v", "agent").await;
-    visitor
-        .call("JoinChannel", json!({"channelSid": sid}))
-        .await
-        .unwrap();
+    visitor.join(&sid).await;
     visitor
         .call("LeaveChannel", json!({"channelSid": sid}))
         .await
@@ -1029,10 +999,7 @@ async fn a_dead_nodes_typing_identities_and_observers_are_recounted() {
     let mut typist = Client::staff_at(&dying.url, "cust-t", "customer", Enc::Json).await;
     let sid = typist.start_engagement().await;
     let mut agent = survivor.staff("agent-r", "agent").await;
-    agent
-        .call("JoinChannel", json!({"channelSid": sid}))
-        .await
-        .unwrap();
+    agent.join(&sid).await;
     typist
         .call("SendMessage", json!({"channelSid": sid, "body": "hello"}))
         .await

@@ -340,6 +340,13 @@ impl Client {
         }
     }
 
+    /// `JoinChannel` `sid`, which must succeed; returns its result.
+    pub async fn join(&mut self, sid: &str) -> Value {
+        self.call("JoinChannel", json!({ "channelSid": sid }))
+            .await
+            .expect("JoinChannel")
+    }
+
     /// Starts an engagement (no form data) and returns its channel sid.
     pub async fn start_engagement(&mut self) -> String {
         let started = self
