@@ -6,7 +6,9 @@
 //! either lands before a `memberLeft` or finds its author gone. An
 //! operation's result is [`Pending::Remote`]: it stands once Redis has
 //! answered the script (with `appendfsync always`, once it is on disk), or
-//! is `unavailable` after `[cluster] command_timeout_ms`.
+//! is `unavailable` after `[cluster] command_timeout_ms`: each call carries
+//! that moment as its deadline, in Redis's time (`clock.rs`), and a script
+//! Redis runs after it does nothing.
 //!
 //! A node keeps only caches (delivery's views) and its own sessions. What
 //! it holds in Redis for them (session counts, observers) is counted per
@@ -15,6 +17,7 @@
 //! [`fanout`]: per topic, in sequence order, gaps filled from the topic's
 //! event log.
 
+mod clock;
 mod fanout;
 mod outbox;
 mod scripts;
@@ -24,7 +27,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -44,6 +47,7 @@ use crate::delivery::{Added, Delivery};
 use crate::event::QUEUE_PREFIX;
 use crate::event::{member_list, LeaveReason, Member, QueuedEngagement, SessionKey, Topic};
 use crate::store::StoredMessage;
+use clock::RedisClock;
 use fanout::{Apply, Fanout, FollowUp};
 use scripts::Scripts;
 use wire::WireMember;
@@ -61,6 +65,8 @@ pub(crate) struct RedisEngine {
     delivery: Arc<Delivery>,
     conn: ConnectionManager,
     scripts: Arc<Scripts>,
+    /// Redis's clock as this node knows it: each call's deadline.
+    clock: Arc<RedisClock>,
     fanout: Arc<Fanout>,
     /// This node's id (random per process): its heartbeat key and its
     /// entries in per-node counts.
@@ -183,7 +189,7 @@ impl RedisEngine {
         }));
         // At start, synchronously: a node that cannot reach Redis does not
         // start as if it could.
-        let secret: String = {
+        let (secret, clock): (String, RedisClock) = {
             let mut sync = client
                 .get_connection_with_timeout(connect_timeout)
                 .map_err(unreachable)?;
@@ -215,10 +221,14 @@ impl RedisEngine {
                         "Redis at {url} refused the broker's function library (Redis 7 or later is needed): {e}"
                     ))
                 })?;
-            redis::cmd("GET")
+            let secret = redis::cmd("GET")
                 .arg(&key)
                 .query(&mut sync)
-                .map_err(unreachable)?
+                .map_err(unreachable)?;
+            let sent = Instant::now();
+            let (secs, micros): (u64, u64) =
+                redis::cmd("TIME").query(&mut sync).map_err(unreachable)?;
+            (secret, RedisClock::new(sent, clock::redis_ms(secs, micros)))
         };
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
@@ -242,6 +252,7 @@ impl RedisEngine {
             delivery,
             conn,
             scripts,
+            clock: Arc::new(clock),
             fanout: fanout.clone(),
             node,
             url: Arc::from(url.as_str()),
@@ -265,8 +276,9 @@ impl RedisEngine {
         Ok((engine, secret.into_bytes()))
     }
 
-    /// Says this node is alive (its per-node counts stay counted), and
-    /// tells readiness whether Redis answers.
+    /// Says this node is alive (its per-node counts stay counted), tells
+    /// readiness whether Redis answers, and reads Redis's clock again (for
+    /// the calls' deadlines).
     async fn heartbeat(engine: Weak<RedisEngine>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -282,6 +294,17 @@ impl RedisEngine {
             let key = format!("{}:node:{}", engine.config.cluster.key_prefix, engine.node);
             let ttl = every.as_millis() as u64 * 3;
             let timeout = Duration::from_millis(engine.config.cluster.command_timeout_ms);
+            let sent = Instant::now();
+            let time = tokio::time::timeout(
+                timeout,
+                redis::cmd("TIME").query_async::<(u64, u64)>(&mut conn),
+            )
+            .await;
+            if let Ok(Ok((secs, micros))) = time {
+                engine
+                    .clock
+                    .read(sent, Instant::now(), clock::redis_ms(secs, micros));
+            }
             let set = tokio::time::timeout(
                 timeout,
                 redis::cmd("SET")
@@ -331,8 +354,13 @@ impl RedisEngine {
         }
     }
 
-    /// Runs a script with the common arguments; its answer, a refusal, or
-    /// `unavailable` (an error or no answer within the command timeout).
+    /// Runs a function with the common arguments; its answer, a refusal,
+    /// or `unavailable` (an error or no answer within the command
+    /// timeout). The call carries the moment this node stops waiting for
+    /// it, in Redis's time (its deadline, `clock.rs`): a call Redis runs
+    /// after that, held up while Redis was blocked or slow, does nothing
+    /// (`begin` in `prelude.lua`), so that `unavailable` for a call given
+    /// up means that it was not done.
     fn call(
         &self,
         pick: fn(&Scripts) -> &scripts::Function,
@@ -340,43 +368,77 @@ impl RedisEngine {
     ) -> impl Future<Output = Outcome<Result<String, Refused>>> + Send + 'static {
         let scripts = self.scripts.clone();
         let mut conn = self.conn.clone();
-        let cluster = &self.config.cluster;
-        let common = pick(&self.scripts).common.then(|| {
-            [
-                Utc::now().timestamp_millis().to_string(),
-                self.node.to_string(),
-            ]
-        });
-        let timeout = Duration::from_millis(cluster.command_timeout_ms);
+        let node = pick(&self.scripts).common.then(|| self.node.clone());
+        let timeout = Duration::from_millis(self.config.cluster.command_timeout_ms);
+        let clock = self.clock.clone();
         let up = self.up.clone();
         let url = self.url.clone();
         async move {
-            let mut invocation = redis::cmd("FCALL");
-            invocation.arg(&pick(&scripts).name).arg(0);
-            for arg in common.iter().flatten().chain(&args) {
-                invocation.arg(arg);
-            }
-            let mut outcome =
-                tokio::time::timeout(timeout, invocation.query_async::<String>(&mut conn)).await;
-            if let Ok(Err(e)) = &outcome {
-                if e.to_string().contains("Function not found") {
-                    // Redis lost its functions (a new or emptied instance):
-                    // load the library again, then run the call once more.
-                    tracing::warn!("the Redis function library is missing; loading it again");
-                    let mut load = redis::cmd("FUNCTION");
-                    load.arg("LOAD").arg("REPLACE").arg(&scripts.library);
-                    if let Ok(Ok(())) =
-                        tokio::time::timeout(timeout, load.exec_async(&mut conn)).await
-                    {
-                        outcome = tokio::time::timeout(
-                            timeout,
-                            invocation.query_async::<String>(&mut conn),
-                        )
-                        .await;
+            // From when the call is sent (a session's command is polled
+            // only at the front of its replies): the node gives up at
+            // `give_up`, and the function does nothing from the same
+            // moment on.
+            let give_up = Instant::now() + timeout;
+            let build = |deadline: u64| {
+                let mut invocation = redis::cmd("FCALL");
+                invocation.arg(&pick(&scripts).name).arg(0).arg(deadline);
+                if let Some(node) = &node {
+                    invocation.arg(&**node);
+                }
+                for arg in &args {
+                    invocation.arg(arg);
+                }
+                invocation
+            };
+            let attempts = async {
+                let mut invocation = build(clock.deadline(give_up));
+                let (mut reloaded, mut corrected) = (false, false);
+                loop {
+                    let sent = Instant::now();
+                    let reply = invocation.query_async::<String>(&mut conn).await;
+                    match &reply {
+                        Err(e) if !reloaded && e.to_string().contains("Function not found") => {
+                            // Redis lost its functions (a new or emptied
+                            // instance): load the library again, then run
+                            // the call once more.
+                            tracing::warn!(
+                                "the Redis function library is missing; loading it again"
+                            );
+                            reloaded = true;
+                            let mut load = redis::cmd("FUNCTION");
+                            load.arg("LOAD").arg("REPLACE").arg(&scripts.library);
+                            if load.exec_async(&mut conn).await.is_err() {
+                                return reply;
+                            }
+                        }
+                        Ok(answer) if !corrected && Instant::now() < give_up => {
+                            let Some(at) = late(answer).filter(|&at| at > 0) else {
+                                return reply;
+                            };
+                            // Refused as late while this node still waits:
+                            // Redis's clock is ahead of what the node read
+                            // (it was set forward). Nothing was done; the
+                            // call goes again with its deadline from this
+                            // answer's time.
+                            tracing::warn!(
+                                redis = %url,
+                                "Redis's clock is ahead of the node's reading of it; reading it again"
+                            );
+                            corrected = true;
+                            clock.correct(sent, at);
+                            invocation = build(clock.deadline(give_up));
+                        }
+                        _ => return reply,
                     }
                 }
-            }
+            };
+            let outcome =
+                tokio::time::timeout_at(tokio::time::Instant::from_std(give_up), attempts).await;
             match outcome {
+                Ok(Ok(reply)) if late(&reply).is_some() => Err(unavailable(
+                    &url,
+                    "it ran the call after its deadline, and did nothing",
+                )),
                 Ok(Ok(reply)) => {
                     up.store(true, Ordering::Relaxed);
                     Ok(match reply.strip_prefix("E:") {
@@ -702,6 +764,15 @@ impl Drop for Counted {
             runtime.spawn(self.engine.clone().recount_sessions(self.identity.clone()));
         }
     }
+}
+
+/// A function's answer that the call came after its deadline and did
+/// nothing (`E:late:<Redis's time, unix ms>`): that time (0 when
+/// unreadable).
+fn late(reply: &str) -> Option<u64> {
+    reply
+        .strip_prefix("E:late:")
+        .map(|at| at.parse().unwrap_or(0))
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(reply: &str) -> Outcome<T> {

@@ -3,22 +3,43 @@
 -- the event log length, the ended-channel retention (s), the most
 -- post-event webhook events kept ("0": no post-event webhook) and the most
 -- messages kept per channel (`[history] max_messages`). Each call's
--- arguments: now (unix ms), this node's id, then the function's own (as
--- few as it can: each argument costs Redis about 1,400 instructions);
--- `post` takes only its own. Keys
+-- arguments: its deadline (Redis's time, unix ms), this node's id, then
+-- the function's own (as few as it can: each argument costs Redis about
+-- 1,400 instructions); `post` takes its deadline and its own. Keys
 -- are built from the prefix (one Redis, not Redis Cluster). These are the
 -- library's own variables, set by `begin` at the start of every call:
 -- Redis runs one call at a time.
 local P, EVLEN, ENDED_TTL, WHMAX, HISTLEN, HISTMAX =
   CONFIG.prefix, CONFIG.evlen, CONFIG.ended_ttl, CONFIG.whmax, CONFIG.histlen, CONFIG.histmax
 local ARGV, BASE, NOW, NODE
-local function begin(args)
-  ARGV, BASE = args, 2
-  NOW, NODE = args[1], args[2]
-end
--- For a function that takes only its own arguments (`post`).
-local function begin_own(args)
-  ARGV, BASE, NOW, NODE = args, 0, nil, nil
+-- Every call starts here (the library wraps each function's body in it).
+-- A call's deadline is the moment its node stops waiting for it, in
+-- Redis's time: a call that runs after it (held up while Redis was
+-- blocked, slow or paused) was answered `unavailable` by its node
+-- ("nothing was done; retry"), so it does nothing at all (no write, no
+-- index, no publish) and answers `E:late:<Redis's time>`. `base`: the
+-- common arguments before the function's own (2: the deadline and the
+-- node's id; `post`: 1, the deadline). → nil, or Redis's time (unix ms)
+-- when the call is late. NOW is Redis's clock (unix ms), one clock for
+-- every node's expiries and timestamps (`post` needs none: its webhook
+-- event's time comes with it).
+--
+-- The deadline is unix ms in 13 digits (until the year 2286), so that its
+-- seconds compare with TIME's as strings: each conversion of a string to
+-- a number costs Redis about 1,400 instructions, and the comparison needs
+-- none unless the second is the same.
+local function begin(args, base)
+  local t = redis.call('TIME')
+  local secs, by = t[1], string.sub(args[1], 1, -4)
+  if secs >= by and (secs > by or tonumber(t[2]) >= 1000 * (tonumber(string.sub(args[1], -3)) + 1)) then
+    return t[1] * 1000 + math.floor(t[2] / 1000)
+  end
+  ARGV, BASE = args, base
+  if base == 2 then
+    NOW, NODE = t[1] * 1000 + math.floor(t[2] / 1000), args[2]
+  else
+    NOW, NODE = nil, nil
+  end
 end
 local function A(n) return ARGV[BASE + n] end
 local function q(s) return cjson.encode(s) end

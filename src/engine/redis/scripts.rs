@@ -12,6 +12,11 @@
 //! configuration, so that a node never calls a function another build or
 //! configuration loaded (the nodes sharing a Redis still run one build: how
 //! a channel's state is stored changes between builds).
+//!
+//! Every call carries its deadline, in Redis's time (see `clock.rs`): the
+//! library runs `begin` (in `prelude.lua`) before each function's body,
+//! and a call that comes after its deadline does nothing and answers
+//! `E:late:<Redis's time>`.
 
 use sha2::{Digest, Sha256};
 
@@ -236,10 +241,11 @@ if not remove(A(1), A(2), A(3), A(3), false, false) then return 'E:not_a_member'
 return 'OK'
 "#;
 
-/// No common arguments. A:1 identity, 2 sid, 3 by the broker ("1": a
-/// service identity posting as the broker, which needs no membership),
-/// 4 the message's JSON after its index (`"sid":…}`), 5 now (unix ms;
-/// only with a post-event webhook) → the message's index. One read: the
+/// Of the common arguments only the deadline. A:1 identity, 2 sid, 3 by
+/// the broker ("1": a service identity posting as the broker, which needs
+/// no membership), 4 the message's JSON after its index (`"sid":…}`), 5
+/// its time (unix ms, the node's: the webhook event's; only with a
+/// post-event webhook) → the message's index. One read: the
 /// channel's `s` and the author's `m:<id>` in its hash. The message is
 /// stored once: as its event in the channel's log, which is the channel's
 /// history too. Its only write is that append (and the webhook outbox's,
@@ -505,13 +511,13 @@ return 'OK'
 pub(super) struct Function {
     /// Its name in Redis.
     pub name: String,
-    /// It takes the common arguments (now, this node's id) before its own;
-    /// `post` does not (each argument costs Redis about 1,400
-    /// instructions).
+    /// It takes the common arguments (its deadline, this node's id)
+    /// before its own; `post` takes only the deadline (each argument costs
+    /// Redis about 1,400 instructions).
     pub common: bool,
 }
 
-/// The functions that take only their own arguments.
+/// The functions that take only their deadline and their own arguments.
 const OWN_ARGUMENTS: &[&str] = &["post"];
 
 pub(super) struct Scripts {
@@ -609,12 +615,28 @@ impl Scripts {
             settings.history_len,
             settings.history_len,
         );
+        // Each function's body in the library: every call starts with
+        // `begin`, which checks the call's deadline (a late call does
+        // nothing and answers `E:late:<Redis's time>`). The common
+        // arguments before the function's own: the deadline, then (but
+        // for `post`) the node's id.
+        let functions: Vec<(&str, String)> = bodies
+            .iter()
+            .map(|(f, body)| {
+                let base = if OWN_ARGUMENTS.contains(f) { 1 } else { 2 };
+                let wrapped = format!(
+                    "function(_, args)\nlocal late = begin(args, {base})\n\
+                     if late then return string.format('E:late:%d', late) end\n{body}\nend"
+                );
+                (*f, wrapped)
+            })
+            .collect();
         let mut hash = Sha256::new();
         hash.update(&config);
         hash.update(PRELUDE);
-        for (name, body) in &bodies {
+        for (name, function) in &functions {
             hash.update(name);
-            hash.update(body);
+            hash.update(function);
         }
         let id: String = hash.finalize()[..6]
             .iter()
@@ -626,14 +648,9 @@ impl Scripts {
             common: !OWN_ARGUMENTS.contains(&f),
         };
         let mut library = format!("#!lua name=switchboard_{id}\n{config}{PRELUDE}\n");
-        for (f, body) in &bodies {
-            let begin = if OWN_ARGUMENTS.contains(f) {
-                "begin_own"
-            } else {
-                "begin"
-            };
+        for (f, function) in &functions {
             library.push_str(&format!(
-                "redis.register_function('{}', function(_, args)\n{begin}(args)\n{body}\nend)\n",
+                "redis.register_function('{}', {function})\n",
                 function_name(f)
             ));
         }
@@ -694,5 +711,12 @@ mod tests {
         assert_ne!(one.post.name, two.post.name);
         assert!(one.library.contains("prefix = 'one'"));
         assert!(!one.post.common && one.start.common);
+        // Every function checks its call's deadline first.
+        let functions = one.library.matches("redis.register_function(").count();
+        assert_eq!(
+            one.library.matches("local late = begin(args, ").count(),
+            functions
+        );
+        assert!(one.library.contains("local late = begin(args, 1)\nif late"));
     }
 }
