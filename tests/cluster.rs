@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use cluster_support::{node, node_process, Redis};
+use cluster_support::{node, node_process, node_with, Redis};
 use common::{assert_gapless, assert_holds_acked, read_until, token, Client, Enc, TestServer};
 use serde_json::{json, Value};
 
@@ -23,6 +23,16 @@ async fn engagement_across(
 ) -> (TestServer, TestServer, Client, Client, String) {
     let a = node(redis, extra).await;
     let b = node(redis, extra).await;
+    engagement_between(a, b, agent).await
+}
+
+/// A customer on node `a` starts an engagement and an agent (`agent`) on
+/// node `b` joins it.
+async fn engagement_between(
+    a: TestServer,
+    b: TestServer,
+    agent: &str,
+) -> (TestServer, TestServer, Client, Client, String) {
     let mut customer = a.customer().await;
     let sid = customer.start_engagement().await;
     let mut agent = b.staff(agent, "agent").await;
@@ -1067,4 +1077,68 @@ async fn a_dead_nodes_typing_identities_and_observers_are_recounted() {
     }
     drop(dying);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Redis holds a `SendMessage`'s function call past the node's command
+/// timeout (`CLIENT PAUSE … WRITE`), so that it runs only after the node
+/// answered `unavailable` ("nothing was done; retry"). Run that late, it
+/// does nothing: the message is not stored, nobody is pushed it, and the
+/// next message gets the index right after the last acknowledged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_redis_runs_after_the_node_gave_up_does_nothing() {
+    const TIMEOUT_MS: u64 = 400;
+    let redis = Redis::start();
+    let cluster = format!("command_timeout_ms = {TIMEOUT_MS}\n");
+    let a = node_with(&redis, NO_LIMITS, &cluster).await;
+    let b = node_with(&redis, NO_LIMITS, &cluster).await;
+    let (_a, _b, mut customer, mut agent, sid) = engagement_between(a, b, "agent-late").await;
+    let send = |body: &str| json!({"channelSid": sid, "body": body});
+    for (i, body) in ["m0", "m1", "m2"].into_iter().enumerate() {
+        let posted = customer.call("SendMessage", send(body)).await.unwrap();
+        assert_eq!(posted["index"], i);
+    }
+    for session in [&mut customer, &mut agent] {
+        assert_gapless(&read_until(session, 2).await, 0, "before the pause");
+    }
+
+    // Redis holds every write for longer than the node waits.
+    let paused = redis.command("CLIENT PAUSE 1500 WRITE").unwrap();
+    assert!(paused.starts_with("+OK"), "{paused}");
+    let (result, took) = timed_send(&mut customer, &sid, "late".into()).await;
+    let e = result.expect_err("the node gives up on the held call");
+    assert_eq!(e["code"], "unavailable", "{e}");
+    assert!(
+        took < Duration::from_millis(TIMEOUT_MS + 600),
+        "answered in {took:?}"
+    );
+    // A write on a connection of its own is answered once the pause ends,
+    // and Redis has run the held call by then.
+    let after_pause = tokio::task::block_in_place(|| redis.command("SET late-probe 1"));
+    assert!(after_pause.unwrap().starts_with("+OK"));
+
+    // The next message comes right after the last acknowledged one (and
+    // after the held call on the node's connection to Redis).
+    let posted = customer.call("SendMessage", send("after")).await.unwrap();
+    assert_eq!(posted["index"], 3, "{posted}");
+    for session in [&mut customer, &mut agent] {
+        let added = session.push("messageAdded").await;
+        assert_eq!(
+            (added["index"].as_u64(), added["body"].as_str()),
+            (Some(3), Some("after")),
+            "the late message was pushed: {added}"
+        );
+    }
+    for session in [&mut customer, &mut agent] {
+        let page = session
+            .call("GetMessages", json!({"channelSid": sid}))
+            .await
+            .unwrap();
+        let got: Vec<(u64, &str)> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["index"].as_u64().unwrap(), m["body"].as_str().unwrap()))
+            .collect();
+        assert_eq!(got, [(0, "m0"), (1, "m1"), (2, "m2"), (3, "after")]);
+    }
 }

@@ -44,7 +44,12 @@ impl Redis {
 
     /// `[cluster]` for a broker on this Redis.
     pub fn cluster_toml(&self) -> String {
-        format!("[cluster]\nredis_url = \"{}\"\n", self.url())
+        self.cluster_toml_with("")
+    }
+
+    /// `[cluster]` for a broker on this Redis, with more of its `keys`.
+    pub fn cluster_toml_with(&self, keys: &str) -> String {
+        format!("[cluster]\nredis_url = \"{}\"\n{keys}", self.url())
     }
 
     /// Starts (again) on the same port and data.
@@ -113,7 +118,13 @@ impl Drop for Redis {
 
 /// An in-process broker node on `redis` (plus `extra` TOML).
 pub async fn node(redis: &Redis, extra: &str) -> TestServer {
-    TestServer::start(&format!("{extra}\n{}", redis.cluster_toml())).await
+    node_with(redis, extra, "").await
+}
+
+/// An in-process broker node on `redis` (plus `extra` TOML, and
+/// `cluster` keys in its `[cluster]` table).
+pub async fn node_with(redis: &Redis, extra: &str, cluster: &str) -> TestServer {
+    TestServer::start(&format!("{extra}\n{}", redis.cluster_toml_with(cluster))).await
 }
 
 /// A node as a process of its own (the `switchboard` binary), so that a
