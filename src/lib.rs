@@ -12,7 +12,8 @@
 //! - `connection`: one session, one task: it reads frames (`ws` cuts
 //!   them out of the socket's bytes), runs commands in order (a pipelined
 //!   command's reply waits, in command order, for its change to be durable
-//!   while the session reads on), and writes out whatever its [`outbox`]
+//!   while the session reads on: parked in the [`outbox`], which the
+//!   store's commit writes it from), and writes out whatever its outbox
 //!   queued, many frames per `writev`.
 //! - [`codec`]: JSON and MessagePack, encoded straight into complete
 //!   WebSocket frames; a push is encoded once per encoding and its bytes

@@ -14,6 +14,11 @@
 //! Typing pushes are the only frames the broker may drop: they go through
 //! [`Outbox::push_droppable`], which keeps them in order with everything else
 //! but refuses them when the queue is under pressure.
+//!
+//! Replies that stand once the store has made their writes durable are
+//! parked here ([`Outbox::park`]), encoded and in command order, and the
+//! outbox leaves itself with the store as a waker: the commit that settles
+//! them writes them, with its pushes, without waking the session's task.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -27,12 +32,15 @@ use std::io::{self, IoSlice};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use tokio::net::TcpStream;
 
 use futures_util::task::AtomicWaker;
 
-use crate::metrics::Metrics;
+use crate::codec::{encode_error, Encoding};
+use crate::error::ActionError;
+use crate::metrics::{CommandTimer, Metrics};
+use crate::store::Commits;
 
 /// Why a session ends. The writer turns it into a close frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,9 +114,6 @@ impl fmt::Display for CloseReason {
 thread_local! {
     /// The outboxes written to under this thread's [`Cork`], if one is on.
     static CORK: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
-    /// Under [`Cork::settling`]: every store ticket up to this one is about
-    /// to be settled (0: none).
-    static SETTLING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// While one is alive on a thread, pushes made on that thread to idle
@@ -122,19 +127,6 @@ pub(crate) struct Cork {
 }
 
 impl Cork {
-    /// A cork for the deliveries of a store commit that settles every
-    /// ticket up to `upto`. A session waiting for one of those tickets (a
-    /// held reply, see [`Outbox::awaiting`]) is about to run anyway: its
-    /// frames are left for its task, which writes them with the reply in
-    /// one `writev` instead of two.
-    pub(crate) fn settling(upto: u64) -> Cork {
-        let cork = Cork::new();
-        if cork.outer {
-            SETTLING.with(|s| s.set(upto));
-        }
-        cork
-    }
-
     pub(crate) fn new() -> Cork {
         let outer = CORK.with(|cork| {
             let mut cork = cork.borrow_mut();
@@ -178,9 +170,8 @@ impl Drop for Cork {
             let dirty = CORK
                 .with(|cork| cork.borrow_mut().take())
                 .unwrap_or_default();
-            let settling = SETTLING.with(|s| s.replace(0));
             for outbox in dirty {
-                outbox.flush_corked(settling);
+                outbox.flush_corked();
             }
         }
     }
@@ -210,9 +201,6 @@ pub struct Outbox {
     /// Wakes the session's task when a close is asked for (it is the writer
     /// too on plain TCP; a TLS session's task only waits for this).
     owner: AtomicWaker,
-    /// The newest store ticket a reply of this session's is held for (0:
-    /// none): when it settles the session's task runs.
-    awaiting: AtomicU64,
     /// Signals for the session's task ([`Signal`] bits), raised by others
     /// and taken by the task, which is woken for them like for a write.
     signals: AtomicU8,
@@ -296,6 +284,50 @@ struct State {
     socket: Option<Arc<TcpStream>>,
     /// Queued under a [`Cork`] and listed for its flush.
     corked: bool,
+    /// Replies waiting for the store (allocated while there are some).
+    parked: Option<Box<Parked>>,
+}
+
+/// A session's replies that stand once the store settles their tickets,
+/// written by whichever thread sees them settle ([`Outbox::park`]).
+struct Parked {
+    /// In command order; tickets never decrease along it.
+    replies: VecDeque<ParkedReply>,
+    commits: Arc<Commits>,
+    encoding: Encoding,
+    /// The newest ticket the store will wake this outbox for.
+    registered: u64,
+}
+
+/// One parked reply: its frame as it stands if its ticket's write is
+/// durable (or at once: ticket 0, a reply that only waits its turn).
+pub(crate) struct ParkedReply {
+    pub(crate) ticket: u64,
+    /// The command's id, for the error that replaces the frame if the
+    /// write fails.
+    pub(crate) id: u64,
+    /// Recorded when the reply is written (`None`: recorded already).
+    pub(crate) timer: Option<CommandTimer>,
+    pub(crate) frame: Bytes,
+}
+
+/// What [`Outbox::push_in`] did.
+enum Pushed {
+    /// Written, or queued under a cork that writes it.
+    Done,
+    /// Queued for the writer.
+    Queued,
+    /// Over the bounds: the session closes with 4008.
+    Overflowed,
+    /// The session is closing.
+    Refused,
+}
+
+/// What releasing parked replies did, for after the lock.
+#[derive(Default)]
+struct Released {
+    wake: bool,
+    end: Option<Pushed>,
 }
 
 /// How far [`Outbox::write_to`] got.
@@ -417,7 +449,6 @@ impl Outbox {
             writer: AtomicWaker::new(),
             wanted: AtomicBool::new(false),
             owner: AtomicWaker::new(),
-            awaiting: AtomicU64::new(0),
             signals: AtomicU8::new(0),
             alarm: AtomicU64::new(NO_ALARM),
             limits,
@@ -434,19 +465,27 @@ impl Outbox {
     /// nothing is waiting before it. Returns `false` when the session is
     /// closing (or has just been closed for overflowing).
     pub fn push(self: &Arc<Self>, frame: Bytes) -> bool {
-        let len = frame.len();
         let mut state = self.state.lock();
+        let pushed = self.push_in(&mut state, frame);
+        drop(state);
+        self.after_push(pushed)
+    }
+
+    /// [`Self::push`]'s work under the lock; the wake-ups it calls for are
+    /// left to [`Self::after_push`], once the lock is released.
+    fn push_in(self: &Arc<Self>, state: &mut State, frame: Bytes) -> Pushed {
+        let len = frame.len();
         if state.closing.is_some() {
-            return false;
+            return Pushed::Refused;
         }
         if state.direct().is_some() {
-            if self.cork_in(&mut state) {
+            if self.cork_in(state) {
                 state.add(frame, Kind::Required);
-                return true;
+                return Pushed::Done;
             }
             let socket = state.direct().expect("checked");
             match socket.try_write(&frame) {
-                Ok(n) if n == len => return true,
+                Ok(n) if n == len => return Pushed::Done,
                 Ok(n) => {
                     state.add(frame, Kind::Required);
                     state.front_written = n;
@@ -455,9 +494,7 @@ impl Outbox {
                 // writable socket) itself.
                 Err(_) => state.add(frame, Kind::Required),
             }
-            drop(state);
-            self.wake();
-            return true;
+            return Pushed::Queued;
         }
         // A cork gathers at most a writev's worth for one session: past
         // that, what it holds is written now. Otherwise a long burst under
@@ -476,21 +513,175 @@ impl Outbox {
         if must_deliver >= self.limits.frames || bytes + len > self.limits.bytes {
             // Free the backlog now: the session is going away with 4008.
             state.free_backlog();
+            state.parked = None;
             state.closing = Some(CloseReason::SlowConsumer);
-            drop(state);
-            self.metrics.slow_consumer_closed();
-            self.wake();
-            self.owner.wake();
-            return false;
+            return Pushed::Overflowed;
         }
         state.add(frame, Kind::Required);
         // A cork's flush will write it (and wake the writer if it must).
-        let corked = state.corked;
-        drop(state);
-        if !corked {
-            self.wake();
+        if state.corked {
+            Pushed::Done
+        } else {
+            Pushed::Queued
         }
-        true
+    }
+
+    /// The wake-ups a push calls for; whether the frame was taken.
+    fn after_push(&self, pushed: Pushed) -> bool {
+        match pushed {
+            Pushed::Done => true,
+            Pushed::Queued => {
+                self.wake_writer();
+                true
+            }
+            Pushed::Overflowed => {
+                self.metrics.slow_consumer_closed();
+                self.wake_writer();
+                self.owner.wake();
+                false
+            }
+            Pushed::Refused => false,
+        }
+    }
+
+    /// Sends a reply to one of the session's commands: behind its parked
+    /// replies if it has any (replies go out in command order), otherwise
+    /// like [`Self::push`].
+    pub(crate) fn push_reply(self: &Arc<Self>, frame: Bytes) -> bool {
+        let mut state = self.state.lock();
+        if let Some(parked) = state.parked.as_mut() {
+            parked.replies.push_back(ParkedReply {
+                ticket: 0,
+                id: 0,
+                timer: None,
+                frame,
+            });
+            return true;
+        }
+        let pushed = self.push_in(&mut state, frame);
+        drop(state);
+        self.after_push(pushed)
+    }
+
+    /// Parks replies that stand once the store has settled their tickets:
+    /// the thread that settles them writes them (with the commit's pushes,
+    /// in one `writev`), so the session's task is not woken for its own
+    /// acknowledgements. `replies` are in command order, after any parked
+    /// before.
+    pub(crate) fn park(
+        self: &Arc<Self>,
+        commits: &Arc<Commits>,
+        encoding: Encoding,
+        replies: impl IntoIterator<Item = ParkedReply>,
+    ) {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return;
+        }
+        let parked = state.parked.get_or_insert_with(|| {
+            Box::new(Parked {
+                replies: VecDeque::new(),
+                commits: commits.clone(),
+                encoding,
+                registered: 0,
+            })
+        });
+        parked.replies.extend(replies);
+        let newest = parked
+            .replies
+            .iter()
+            .rev()
+            .map(|r| r.ticket)
+            .find(|&t| t != 0)
+            .unwrap_or(0);
+        if newest > parked.registered {
+            parked.registered = newest;
+            // The store wakes this outbox when `newest` settles (see the
+            // `Wake` impl); if it has already, the front stands below.
+            parked
+                .commits
+                .notify_when_settled(newest, || Waker::from(self.clone()));
+        }
+        // What stands already (settled meanwhile, or only waiting its
+        // turn behind replies written since) goes now.
+        let upto = parked.commits.upto();
+        if parked.replies.front().is_some_and(|r| r.ticket <= upto) {
+            let released = self.release_in(&mut state);
+            drop(state);
+            self.after_release(released);
+        }
+    }
+
+    /// Writes the parked replies whose tickets are settled, in order (a
+    /// failed write's reply is its `unavailable` error).
+    pub(crate) fn release_parked(self: &Arc<Self>) {
+        let mut state = self.state.lock();
+        let pushed = self.release_in(&mut state);
+        drop(state);
+        self.after_release(pushed);
+    }
+
+    fn release_in(self: &Arc<Self>, state: &mut State) -> Released {
+        let mut released = Released::default();
+        let Some(mut parked) = state.parked.take() else {
+            return released;
+        };
+        let upto = parked.commits.upto();
+        while let Some(front) = parked.replies.front() {
+            if front.ticket > upto {
+                break;
+            }
+            let reply = parked.replies.pop_front().expect("front");
+            let frame = match parked.commits.outcome(reply.ticket) {
+                Some(Err(why)) if reply.ticket != 0 => {
+                    let error = ActionError::Unavailable(why);
+                    if let Some(timer) = reply.timer {
+                        self.metrics.command(timer, Some(&error));
+                    }
+                    encode_error(parked.encoding, Some(reply.id), &error.to_wire())
+                }
+                _ => {
+                    if let Some(timer) = reply.timer {
+                        self.metrics.command(timer, None);
+                    }
+                    reply.frame
+                }
+            };
+            match self.push_in(state, frame) {
+                Pushed::Done => {}
+                Pushed::Queued => released.wake = true,
+                other => {
+                    released.end = Some(other);
+                    return released;
+                }
+            }
+        }
+        if !parked.replies.is_empty() {
+            state.parked = Some(parked);
+        }
+        released
+    }
+
+    fn after_release(&self, released: Released) {
+        if let Some(end) = released.end {
+            self.after_push(end);
+        } else if released.wake {
+            self.wake_writer();
+        }
+    }
+
+    /// Replies parked and not yet written, and the newest store ticket
+    /// among them (0: none waits for the store).
+    pub(crate) fn parked(&self) -> (usize, u64, Option<Arc<Commits>>) {
+        let state = self.state.lock();
+        match state.parked.as_deref() {
+            None => (0, 0, None),
+            Some(parked) => (
+                parked.replies.len(),
+                parked.registered,
+                Some(parked.commits.clone()),
+            ),
+        }
     }
 
     /// Queues recovered history (a replay on reconnect). The caller has
@@ -504,7 +695,7 @@ impl Outbox {
         }
         state.add(frame, Kind::Replayed);
         drop(state);
-        self.wake();
+        self.wake_writer();
         true
     }
 
@@ -544,7 +735,7 @@ impl Outbox {
         let mut state = self.state.lock();
         state.holds = state.holds.saturating_sub(1);
         drop(state);
-        self.wake();
+        self.wake_writer();
     }
 
     /// Queues a frame the broker may drop under pressure (typing). Returns
@@ -567,7 +758,7 @@ impl Outbox {
                     state.add(frame, Kind::Required);
                     state.front_written = n;
                     drop(state);
-                    self.wake();
+                    self.wake_writer();
                     return true;
                 }
                 Err(_) => {}
@@ -585,7 +776,7 @@ impl Outbox {
         let corked = state.corked;
         drop(state);
         if !corked {
-            self.wake();
+            self.wake_writer();
         }
         true
     }
@@ -598,7 +789,7 @@ impl Outbox {
             state.closing = Some(reason);
         }
         drop(state);
-        self.wake();
+        self.wake_writer();
         self.owner.wake();
     }
 
@@ -625,35 +816,22 @@ impl Outbox {
         })
     }
 
-    /// Records the newest store ticket a reply of this session's is held
-    /// for (0: none).
-    pub(crate) fn awaiting(&self, ticket: u64) {
-        self.awaiting.store(ticket, Ordering::Relaxed);
-    }
-
     /// Writes what a cork held back, as far as the socket takes it; the
-    /// writer gets the rest. Under a cork settling tickets up to `settling`
-    /// a session whose held reply they settle gets it all (it runs anyway).
-    fn flush_corked(&self, settling: u64) {
+    /// writer gets the rest.
+    fn flush_corked(&self) {
         let mut state = self.state.lock();
         state.corked = false;
-        let awaiting = self.awaiting.load(Ordering::Relaxed);
-        if awaiting != 0 && awaiting <= settling {
-            drop(state);
-            self.wake();
-            return;
-        }
         let blocked = match state.socket.clone() {
             Some(socket) => !matches!(state.write_queue(&socket), Ok(Progress::Idle)),
             None => true,
         };
         drop(state);
         if blocked {
-            self.wake();
+            self.wake_writer();
         }
     }
 
-    fn wake(&self) {
+    fn wake_writer(&self) {
         self.wanted.store(true, Ordering::Release);
         self.writer.wake();
     }
@@ -677,7 +855,7 @@ impl Outbox {
     /// its wakers it waits on).
     pub(crate) fn signal(&self, signal: Signal) {
         self.signals.fetch_or(signal as u8, Ordering::AcqRel);
-        self.wake();
+        self.wake_writer();
         self.owner.wake();
     }
 
@@ -775,9 +953,102 @@ impl Outbox {
     }
 }
 
+/// The store wakes an outbox that parked replies when their tickets
+/// settle: waking it writes them ([`Outbox::release_parked`]).
+impl Wake for Outbox {
+    fn wake(self: Arc<Self>) {
+        self.release_parked();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.release_parked();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parked(ticket: u64, id: u64, text: &'static str) -> ParkedReply {
+        ParkedReply {
+            ticket,
+            id,
+            timer: Some(CommandTimer::start(Some("SendMessage"))),
+            frame: Bytes::from_static(text.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn parked_replies_go_out_in_command_order_as_the_store_settles_them() {
+        let outbox = outbox(64);
+        let commits = Arc::new(Commits::default());
+        outbox.park(
+            &commits,
+            Encoding::Json,
+            [
+                parked(1, 10, "r10"),
+                parked(3, 11, "r11"),
+                parked(0, 12, "r12"),
+            ],
+        );
+        // A reply that stands at once still waits its turn.
+        outbox.push_reply(frame("r13"));
+        // Pushes do not wait for replies.
+        outbox.push(frame("push"));
+        assert_eq!(texts(outbox.take_frames()), ["push"]);
+        assert_eq!(outbox.parked().0, 4);
+        // The store wakes the outbox once, for its newest parked ticket (a
+        // commit settles them together); a release asked for meanwhile
+        // writes what is durable.
+        commits.settle_for_tests(2);
+        assert!(outbox.take_frames().is_empty());
+        outbox.release_parked();
+        assert_eq!(texts(outbox.take_frames()), ["r10"], "only what is durable");
+        outbox.park(&commits, Encoding::Json, [parked(4, 14, "r14")]);
+        commits.settle_for_tests(4);
+        assert_eq!(texts(outbox.take_frames()), ["r11", "r12", "r13", "r14"]);
+        assert_eq!(outbox.parked().0, 0, "the parked list is freed");
+        // Nothing parked: a reply goes like any frame.
+        outbox.push_reply(frame("r15"));
+        assert_eq!(texts(outbox.take_frames()), ["r15"]);
+    }
+
+    #[test]
+    fn a_parked_reply_whose_write_failed_is_unavailable_and_one_already_durable_goes_at_once() {
+        let outbox = outbox(64);
+        let commits = Arc::new(Commits::default());
+        commits.settle_for_tests(5);
+        outbox.park(&commits, Encoding::Json, [parked(5, 20, "r20")]);
+        assert_eq!(
+            texts(outbox.take_frames()),
+            ["r20"],
+            "settled before parking"
+        );
+        outbox.park(
+            &commits,
+            Encoding::Json,
+            [parked(6, 21, "r21"), parked(7, 22, "r22")],
+        );
+        commits.fail_for_tests(6, 7, "disk full");
+        let frames = outbox.take_frames();
+        assert_eq!(frames.len(), 2);
+        for (frame, id) in frames.iter().zip([21, 22]) {
+            let reply: serde_json::Value =
+                serde_json::from_slice(&crate::ws::payload_of(frame)).unwrap();
+            assert_eq!(reply["id"], id);
+            assert_eq!(reply["error"]["code"], "unavailable");
+        }
+    }
+
+    #[test]
+    fn a_closing_outbox_drops_what_it_parked() {
+        let outbox = outbox(64);
+        let commits = Arc::new(Commits::default());
+        outbox.park(&commits, Encoding::Json, [parked(1, 1, "r1")]);
+        outbox.close(CloseReason::Shutdown);
+        commits.settle_for_tests(1);
+        assert!(outbox.take_frames().is_empty());
+    }
 
     fn outbox(frames: usize) -> Arc<Outbox> {
         Arc::new(Outbox::new(

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use serde_json::Value;
@@ -10,6 +11,7 @@ use serde_json::Value;
 use crate::engine::Pending;
 use crate::error::ActionError;
 use crate::metrics::CommandTimer;
+use crate::store::Commits;
 
 /// Replies waiting for their commands' changes to be durable, in command
 /// order (a reply that is ready still waits behind the ones before it).
@@ -18,8 +20,11 @@ use crate::metrics::CommandTimer;
 #[derive(Default)]
 pub(super) struct HeldReplies(Option<Box<HeldQueue>>);
 
+/// Held replies in command order: the command's id, its timer, its result.
+pub(super) type HeldList = VecDeque<(u64, CommandTimer, Result<Pending<Value>, ActionError>)>;
+
 struct HeldQueue {
-    replies: VecDeque<(u64, CommandTimer, Result<Pending<Value>, ActionError>)>,
+    replies: HeldList,
     /// Armed for the newest held store ticket: one wake-up for a whole
     /// group commit, not one per reply.
     wait: Option<Pending<()>>,
@@ -32,17 +37,6 @@ impl HeldReplies {
 
     pub(super) fn is_empty(&self) -> bool {
         self.0.is_none()
-    }
-
-    /// The newest store ticket a held reply waits for (0: none).
-    pub(super) fn newest_ticket(&self) -> u64 {
-        self.0.as_ref().map_or(0, |q| {
-            q.replies
-                .iter()
-                .rev()
-                .find_map(|(_, _, r)| r.as_ref().ok().and_then(Pending::ticket))
-                .unwrap_or(0)
-        })
     }
 
     pub(super) fn push(
@@ -58,6 +52,27 @@ impl HeldReplies {
             })
         });
         queue.replies.push_back((id, timer, result));
+    }
+
+    /// Takes every held reply, for the outbox to park with the store
+    /// ([`crate::outbox::Outbox::park`]), when the front one waits for the
+    /// store and none waits for anything else (a shared engine's answer);
+    /// with the store's commits.
+    pub(super) fn take_for_store(&mut self) -> Option<(Arc<Commits>, HeldList)> {
+        let queue = self.0.as_ref()?;
+        let Some((_, _, Ok(Pending::Durable { commits, .. }))) = queue.replies.front() else {
+            return None;
+        };
+        if queue
+            .replies
+            .iter()
+            .any(|(_, _, r)| matches!(r, Ok(Pending::Remote(_))))
+        {
+            return None;
+        }
+        let commits = commits.clone();
+        let queue = self.0.take()?;
+        Some((commits, queue.replies))
     }
 
     /// The front reply, if its result stands now.

@@ -14,7 +14,9 @@
 //! session's next commands, and held replies are released in command order
 //! as the store's group commits cover them. A client that pipelines its
 //! commands (a console flushing a backlog, a bot) then gets one commit per
-//! burst instead of one commit per command.
+//! burst instead of one commit per command. Before the task waits, replies
+//! that wait for the store alone are parked in the outbox (`park_held`):
+//! the commit writes them itself, so the task is not woken to acknowledge.
 
 mod alarms;
 mod held;
@@ -38,11 +40,11 @@ use crate::actions::ActionContext;
 use crate::broker::Broker;
 use crate::codec::{decode_command, encode_error, encode_result, Command};
 use crate::delivery::session::SessionHandle;
-use crate::engine::Pending;
+use crate::engine::{EngineError, Pending};
 use crate::error::ActionError;
 use crate::http::Upgraded;
 use crate::metrics::CommandTimer;
-use crate::outbox::{CloseReason, Outbox, Progress, Signal, Signals};
+use crate::outbox::{CloseReason, Outbox, ParkedReply, Progress, Signal, Signals};
 use crate::rate_limit::SessionLimiter;
 use crate::ws::{self, FrameReader, Inbound, ReadError};
 
@@ -55,6 +57,8 @@ enum Woke {
     Signals(Signals),
     /// The front held reply stands, or the engine has room again.
     Settled,
+    /// The parked replies (at their bound) are settled.
+    Parked,
     /// Something to write, a close asked for, or the socket writable again.
     Wanted,
     /// Bytes read (frames in `inbound`), or the end of the connection.
@@ -212,8 +216,22 @@ impl SessionTask {
             // Read on while few replies are held and the engine has room;
             // otherwise wait first (backpressure, not errors).
             let mut room = broker.node.engine.room();
-            outbox.awaiting(held.newest_ticket());
-            let readable = held.len() < MAX_HELD_REPLIES && room.is_none();
+            reader.park_held(&mut held);
+            // Parked replies count against the bound too: past it, wait
+            // for the store to settle the newest of them.
+            let (parked, newest_parked, commits) = outbox.parked();
+            let mut parked_full = match commits {
+                Some(commits) if held.len() + parked >= MAX_HELD_REPLIES => {
+                    Some(Pending::Durable {
+                        ticket: newest_parked,
+                        value: Some(()),
+                        commits,
+                        registered: None,
+                    })
+                }
+                _ => None,
+            };
+            let readable = held.len() + parked < MAX_HELD_REPLIES && room.is_none();
             let waiting = !held.is_empty() || room.is_some();
             // Everything a waiting session waits on is polled here rather
             // than awaited: the wake-ups live in the outbox, the socket's
@@ -223,6 +241,11 @@ impl SessionTask {
                 let signals = outbox.take_signals();
                 if !signals.is_empty() {
                     return Poll::Ready(Woke::Signals(signals));
+                }
+                if let Some(full) = parked_full.as_mut() {
+                    if Pin::new(full).poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Parked);
+                    }
                 }
                 if waiting {
                     let settled = match room.as_mut() {
@@ -258,6 +281,7 @@ impl SessionTask {
             })
             .await;
             drop(room);
+            drop(parked_full);
             match woke {
                 Woke::Signals(signals) => {
                     if signals.has(Signal::Shutdown) {
@@ -276,6 +300,8 @@ impl SessionTask {
                     }
                 }
                 Woke::Settled => reader.release_held(&mut held),
+                // Written here if the store's thread has not yet.
+                Woke::Parked => outbox.release_parked(),
                 Woke::Wanted => {}
                 Woke::Read(read) => {
                     clock.last_rx = Instant::now();
@@ -411,9 +437,16 @@ impl Reader {
                 }
                 Inbound::Pong => {}
                 command => {
-                    while held.len() >= MAX_HELD_REPLIES {
-                        held.settled().await;
-                        self.release_held(held);
+                    if held.len() >= MAX_HELD_REPLIES {
+                        self.park_held(held);
+                    }
+                    while held.len() + self.session.outbox.parked().0 >= MAX_HELD_REPLIES {
+                        if held.is_empty() {
+                            self.await_parked().await;
+                        } else {
+                            held.settled().await;
+                            self.release_held(held);
+                        }
                     }
                     self.handle_frame(held, &command).await;
                     if self.session.outbox.is_closing() {
@@ -518,14 +551,27 @@ impl Reader {
         }
     }
 
-    /// Encodes and sends one reply.
+    /// Encodes and sends one reply (behind any parked ones).
     fn send_reply(
         &self,
         timer: CommandTimer,
         id: Option<u64>,
         outcome: Result<Value, ActionError>,
     ) {
-        self.broker.metrics.command(timer, outcome.as_ref().err());
+        let frame = self.encode_reply(Some(timer), id, outcome);
+        self.session.outbox.push_reply(frame);
+    }
+
+    /// Encodes one reply; with its timer, records the command as answered.
+    fn encode_reply(
+        &self,
+        timer: Option<CommandTimer>,
+        id: Option<u64>,
+        outcome: Result<Value, ActionError>,
+    ) -> bytes::Bytes {
+        if let Some(timer) = timer {
+            self.broker.metrics.command(timer, outcome.as_ref().err());
+        }
         let encoding = self.session.encoding;
         let mut frame = match (&outcome, id) {
             (Ok(result), Some(id)) => encode_result(encoding, id, result),
@@ -554,7 +600,60 @@ impl Reader {
             ));
             frame = encode_error(encoding, id, &error.to_wire());
         }
-        self.session.outbox.push(frame);
+        frame
+    }
+
+    /// Hands the held replies to the outbox when they wait for the store
+    /// alone: the thread that makes their writes durable then writes them,
+    /// and this session's task is not woken for its acknowledgements.
+    fn park_held(&self, held: &mut HeldReplies) {
+        let Some((commits, replies)) = held.take_for_store() else {
+            return;
+        };
+        let parked = replies.into_iter().map(|(id, timer, result)| {
+            let pending = match result {
+                Ok(pending) => pending,
+                Err(e) => {
+                    return ParkedReply {
+                        ticket: 0,
+                        id,
+                        timer: None,
+                        frame: self.encode_reply(Some(timer), Some(id), Err(e)),
+                    }
+                }
+            };
+            match pending.into_durable() {
+                // Written, with its timer, once `ticket` settles.
+                Ok((ticket, value, c)) if c.outcome(ticket).is_none() => ParkedReply {
+                    ticket,
+                    id,
+                    timer: Some(timer),
+                    frame: self.encode_reply(None, Some(id), Ok(value)),
+                },
+                // Stands now: it only waits its turn.
+                settled => {
+                    let outcome = match settled {
+                        Ok((ticket, value, c)) => match c.outcome(ticket) {
+                            Some(Err(why)) => Err(ActionError::Unavailable(why)),
+                            _ => Ok(value),
+                        },
+                        Err(mut pending) => pending
+                            .try_take()
+                            .unwrap_or_else(|| Err(EngineError::Internal("unsettled".into())))
+                            .map_err(ActionError::from),
+                    };
+                    ParkedReply {
+                        ticket: 0,
+                        id,
+                        timer: None,
+                        frame: self.encode_reply(Some(timer), Some(id), outcome),
+                    }
+                }
+            }
+        });
+        self.session
+            .outbox
+            .park(&commits, self.session.encoding, parked);
     }
 
     /// Sends the held replies whose results stand, in order.
@@ -570,6 +669,18 @@ impl Reader {
             held.settled().await;
             self.release_held(held);
         }
+        self.await_parked().await;
+    }
+
+    /// Waits until the store has settled every parked reply's ticket, and
+    /// writes them if the store's thread has not yet (it writes them when
+    /// it settles them; either writes each once, in order).
+    async fn await_parked(&self) {
+        let outbox = &self.session.outbox;
+        if let (_, newest, Some(commits)) = outbox.parked() {
+            commits.wait(newest).await;
+            outbox.release_parked();
+        }
     }
 
     /// Waits (a bounded time) for the held replies and sends those that
@@ -583,6 +694,7 @@ impl Reader {
         Box::pin(async move {
             let _ = tokio::time::timeout(CLOSE_GRACE, self.drain_held(held)).await;
             self.release_held(held);
+            self.session.outbox.release_parked();
         })
     }
 

@@ -153,6 +153,21 @@ impl<T> Pending<T> {
         }
     }
 
+    /// A result that waits for the store alone, taken apart: its ticket,
+    /// the value that stands once the ticket is durable, and the store's
+    /// commits. Anything else comes back as it was.
+    pub(crate) fn into_durable(self) -> Result<(u64, T, Arc<Commits>), Self> {
+        match self {
+            Pending::Durable {
+                ticket,
+                value: Some(value),
+                commits,
+                ..
+            } => Ok((ticket, value, commits)),
+            other => Err(other),
+        }
+    }
+
     /// The result if it is already known, without waiting.
     pub(crate) fn try_take(&mut self) -> Option<Outcome<T>> {
         match self {

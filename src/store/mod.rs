@@ -275,15 +275,18 @@ pub struct Snapshot {
 pub trait AfterCommit: Send + 'static {
     fn settled(self, durable: bool);
 
-    /// Settles a commit's jobs, in ticket order; `upto` is the commit's
-    /// last ticket.
-    fn settled_all(jobs: impl Iterator<Item = Self>, durable: bool, _upto: u64)
+    /// Settles a commit's jobs, in ticket order. `then` marks their
+    /// tickets settled (it wakes whoever waits for them): called last,
+    /// while whatever the jobs set up for their effects (a cork) is still
+    /// in place.
+    fn settled_all(jobs: impl Iterator<Item = Self>, durable: bool, then: impl FnOnce())
     where
         Self: Sized,
     {
         for job in jobs {
             job.settled(durable);
         }
+        then();
     }
 }
 
@@ -465,6 +468,21 @@ impl Commits {
         Poll::Pending
     }
 
+    /// Leaves the waker `waker` makes with the store, to be woken once
+    /// `ticket` is settled; `false` (and no waker made) if it is already.
+    pub(crate) fn notify_when_settled(&self, ticket: u64, waker: impl FnOnce() -> Waker) -> bool {
+        if self.upto() >= ticket {
+            return false;
+        }
+        let mut waiters = self.waiters.lock();
+        // Checked again under the lock `advance` takes (see `poll_settled`).
+        if self.upto() >= ticket {
+            return false;
+        }
+        waiters.push((ticket, waker()));
+        true
+    }
+
     fn advance(&self, upto: u64) {
         self.upto.store(upto, Ordering::Release);
         let ready: Vec<Waker> = {
@@ -500,6 +518,19 @@ impl Commits {
         }
         *self.unhealthy.lock() = Some(why);
         self.advance(to);
+    }
+
+    /// Settles every ticket up to `upto` as the writer does (tests of
+    /// what waits for the store).
+    #[cfg(test)]
+    pub(crate) fn settle_for_tests(&self, upto: u64) {
+        self.advance(upto);
+    }
+
+    /// Fails tickets `from..=to` as the writer does.
+    #[cfg(test)]
+    pub(crate) fn fail_for_tests(&self, from: u64, to: u64, why: &str) {
+        self.fail(from, to, why);
     }
 
     /// `Err(why)` while the store takes no writes.
@@ -985,8 +1016,10 @@ impl<A: AfterCommit> Writer<A> {
                             .store(behind, Ordering::Release);
                     }
                     let upto = batch.last().map_or(0, |j| j.ticket);
-                    A::settled_all(batch.drain(..).map(|job| job.after), true, upto);
-                    self.commits.advance(upto);
+                    let commits = &self.commits;
+                    A::settled_all(batch.drain(..).map(|job| job.after), true, || {
+                        commits.advance(upto)
+                    });
                 }
                 Err(e) => {
                     self.fail(&mut batch, &e.to_string());

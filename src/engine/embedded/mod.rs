@@ -73,15 +73,15 @@ impl AfterCommit for Deliveries {
         }
     }
 
-    fn settled_all(jobs: impl Iterator<Item = Self>, durable: bool, upto: u64) {
+    fn settled_all(jobs: impl Iterator<Item = Self>, durable: bool, then: impl FnOnce()) {
         // One write per recipient for all of the commit's events (a
-        // session in several of its jobs' channels gets one), and none at
-        // all for a session this commit releases a held reply of: its task
-        // writes the events with the reply.
-        let _cork = crate::outbox::Cork::settling(upto);
+        // session in several of its jobs' channels gets one), with the
+        // replies parked for these tickets (`then` releases them).
+        let _cork = crate::outbox::Cork::new();
         for job in jobs {
             job.settled(durable);
         }
+        then();
     }
 }
 
