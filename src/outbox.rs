@@ -170,6 +170,11 @@ impl Drop for Cork {
             let dirty = CORK
                 .with(|cork| cork.borrow_mut().take())
                 .unwrap_or_default();
+            // Sessions that were sent replies under the cork go last: a
+            // commit's replies are for its senders, and the other members
+            // of their channels should not wait behind those writes.
+            let mut dirty = dirty;
+            dirty.retain(|outbox| !outbox.flush_corked_unless_replied());
             for outbox in dirty {
                 outbox.flush_corked();
             }
@@ -284,6 +289,8 @@ struct State {
     socket: Option<Arc<TcpStream>>,
     /// Queued under a [`Cork`] and listed for its flush.
     corked: bool,
+    /// A reply was queued under the cork: flushed in its second round.
+    replied: bool,
     /// Replies waiting for the store (allocated while there are some).
     parked: Option<Box<Parked>>,
 }
@@ -648,7 +655,7 @@ impl Outbox {
                 }
             };
             match self.push_in(state, frame) {
-                Pushed::Done => {}
+                Pushed::Done => state.replied |= state.corked,
                 Pushed::Queued => released.wake = true,
                 other => {
                     released.end = Some(other);
@@ -816,10 +823,28 @@ impl Outbox {
         })
     }
 
+    /// [`Self::flush_corked`] unless a reply was queued under the cork
+    /// (`false`: left for the cork's second round).
+    fn flush_corked_unless_replied(&self) -> bool {
+        let state = self.state.lock();
+        if state.replied {
+            return false;
+        }
+        self.write_uncorked(state);
+        true
+    }
+
     /// Writes what a cork held back, as far as the socket takes it; the
     /// writer gets the rest.
     fn flush_corked(&self) {
         let mut state = self.state.lock();
+        state.replied = false;
+        self.write_uncorked(state);
+    }
+
+    /// Writes the queue a cork held, as far as the socket takes it; the
+    /// writer gets the rest.
+    fn write_uncorked(&self, mut state: parking_lot::MutexGuard<'_, State>) {
         state.corked = false;
         let blocked = match state.socket.clone() {
             Some(socket) => !matches!(state.write_queue(&socket), Ok(Progress::Idle)),
