@@ -114,6 +114,8 @@ impl fmt::Display for CloseReason {
 thread_local! {
     /// The outboxes written to under this thread's [`Cork`], if one is on.
     static CORK: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+    /// Whether a reply was queued under this thread's [`Cork`].
+    static REPLIED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// While one is alive on a thread, pushes made on that thread to idle
@@ -167,16 +169,17 @@ impl<F: Future> Future for Corked<F> {
 impl Drop for Cork {
     fn drop(&mut self) {
         if self.outer {
-            let dirty = CORK
+            let mut dirty = CORK
                 .with(|cork| cork.borrow_mut().take())
                 .unwrap_or_default();
             // Sessions that were sent replies under the cork go last: a
             // commit's replies are for its senders, and the other members
             // of their channels should not wait behind those writes.
-            let mut dirty = dirty;
-            dirty.retain(|outbox| !outbox.flush_corked_unless_replied());
+            if REPLIED.with(|replied| replied.replace(false)) {
+                dirty.retain(|outbox| !outbox.flush_corked(true));
+            }
             for outbox in dirty {
-                outbox.flush_corked();
+                outbox.flush_corked(false);
             }
         }
     }
@@ -655,7 +658,11 @@ impl Outbox {
                 }
             };
             match self.push_in(state, frame) {
-                Pushed::Done => state.replied |= state.corked,
+                Pushed::Done if state.corked => {
+                    state.replied = true;
+                    REPLIED.with(|replied| replied.set(true));
+                }
+                Pushed::Done => {}
                 Pushed::Queued => released.wake = true,
                 other => {
                     released.end = Some(other);
@@ -823,29 +830,18 @@ impl Outbox {
         })
     }
 
-    /// [`Self::flush_corked`] unless a reply was queued under the cork
-    /// (`false`: left for the cork's second round).
-    fn flush_corked_unless_replied(&self) -> bool {
-        let state = self.state.lock();
-        if state.replied {
+    /// Writes what a cork held back, as far as the socket takes it; the
+    /// writer gets the rest. With `unless_replied`, an outbox a reply was
+    /// queued to under the cork is left for the cork's second round
+    /// (`false`). Inlined: it runs for every recipient of every burst.
+    #[inline(always)]
+    fn flush_corked(&self, unless_replied: bool) -> bool {
+        let mut state = self.state.lock();
+        if unless_replied && state.replied {
             return false;
         }
-        self.write_uncorked(state);
-        true
-    }
-
-    /// Writes what a cork held back, as far as the socket takes it; the
-    /// writer gets the rest.
-    fn flush_corked(&self) {
-        let mut state = self.state.lock();
-        state.replied = false;
-        self.write_uncorked(state);
-    }
-
-    /// Writes the queue a cork held, as far as the socket takes it; the
-    /// writer gets the rest.
-    fn write_uncorked(&self, mut state: parking_lot::MutexGuard<'_, State>) {
         state.corked = false;
+        state.replied = false;
         let blocked = match state.socket.clone() {
             Some(socket) => !matches!(state.write_queue(&socket), Ok(Progress::Idle)),
             None => true,
@@ -854,6 +850,7 @@ impl Outbox {
         if blocked {
             self.wake_writer();
         }
+        true
     }
 
     fn wake_writer(&self) {
