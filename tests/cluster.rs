@@ -807,17 +807,10 @@ async fn a_channel_from_before_the_state_field_goes_on() {
             );
         }
     }
-    let page = customer
-        .call("GetMessages", json!({"channelSid": sid}))
-        .await
-        .unwrap();
-    let got: Vec<(u64, &str)> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["index"].as_u64().unwrap(), m["body"].as_str().unwrap()))
-        .collect();
-    assert_eq!(got, [(0, "m0"), (1, "m1"), (2, "m2"), (3, "m3")]);
+    assert_eq!(
+        indexed_bodies(&mut customer, &sid).await,
+        ["0 m0", "1 m1", "2 m2", "3 m3"]
+    );
     let joined = b
         .staff("agent-l2", "agent")
         .await
@@ -1129,16 +1122,23 @@ async fn a_call_redis_runs_after_the_node_gave_up_does_nothing() {
         );
     }
     for session in [&mut customer, &mut agent] {
-        let page = session
-            .call("GetMessages", json!({"channelSid": sid}))
-            .await
-            .unwrap();
-        let got: Vec<(u64, &str)> = page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| (m["index"].as_u64().unwrap(), m["body"].as_str().unwrap()))
-            .collect();
-        assert_eq!(got, [(0, "m0"), (1, "m1"), (2, "m2"), (3, "after")]);
+        assert_eq!(
+            indexed_bodies(session, &sid).await,
+            ["0 m0", "1 m1", "2 m2", "3 after"]
+        );
     }
+}
+
+/// A channel's newest messages (`GetMessages`), each as "index body".
+async fn indexed_bodies(client: &mut Client, sid: &str) -> Vec<String> {
+    let page = client
+        .call("GetMessages", json!({"channelSid": sid}))
+        .await
+        .unwrap();
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| format!("{} {}", m["index"], m["body"].as_str().unwrap()))
+        .collect()
 }
