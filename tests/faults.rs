@@ -499,6 +499,33 @@ async fn a_full_disk_fails_fast_resumes_and_loses_nothing() {
         }
     }
     assert!(unavailable > 0, "a full disk refuses writes");
+    // Pipelined while full: every command is answered, in command order,
+    // each acknowledged or `unavailable` (replies that waited for a write
+    // that failed are answered by the commit that failed it).
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let body = format!("pipelined while full {i} {}", "x".repeat(4000));
+        ids.push(
+            customer
+                .send("SendMessage", json!({"channelSid": sid, "body": body}))
+                .await,
+        );
+    }
+    for id in ids {
+        let reply = loop {
+            let frame = customer.read_frame().await.expect("a reply");
+            if frame.get("event").is_none() {
+                break frame;
+            }
+        };
+        assert_eq!(reply["id"], id, "replies in command order: {reply}");
+        match reply.get("result") {
+            Some(result) => acked.push(result["index"].as_u64().unwrap()),
+            None => assert_eq!(reply["error"]["code"], "unavailable", "{reply}"),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
     let addr: std::net::SocketAddr = broker
         .url
         .trim_start_matches("ws://")
