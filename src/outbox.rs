@@ -582,21 +582,24 @@ impl Outbox {
         self: &Arc<Self>,
         commits: &Arc<Commits>,
         encoding: Encoding,
-        replies: impl IntoIterator<Item = ParkedReply>,
+        mut replies: VecDeque<ParkedReply>,
     ) {
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return;
         }
-        let parked = state.parked.get_or_insert_with(|| {
-            Box::new(Parked {
-                replies: VecDeque::new(),
+        let parked = match &mut state.parked {
+            Some(parked) => {
+                parked.replies.append(&mut replies);
+                parked
+            }
+            none => none.insert(Box::new(Parked {
+                replies,
                 commits: commits.clone(),
                 encoding,
                 registered: 0,
-            })
-        });
-        parked.replies.extend(replies);
+            })),
+        };
         let newest = parked
             .replies
             .iter()
@@ -684,18 +687,21 @@ impl Outbox {
         }
     }
 
-    /// Replies parked and not yet written, and the newest store ticket
-    /// among them (0: none waits for the store).
-    pub(crate) fn parked(&self) -> (usize, u64, Option<Arc<Commits>>) {
+    /// How many replies are parked and not yet written.
+    pub(crate) fn parked_len(&self) -> usize {
+        self.state
+            .lock()
+            .parked
+            .as_ref()
+            .map_or(0, |p| p.replies.len())
+    }
+
+    /// The newest store ticket a parked reply waits for, and the store's
+    /// commits to wait on (`None`: nothing is parked).
+    pub(crate) fn parked_newest(&self) -> Option<(u64, Arc<Commits>)> {
         let state = self.state.lock();
-        match state.parked.as_deref() {
-            None => (0, 0, None),
-            Some(parked) => (
-                parked.replies.len(),
-                parked.registered,
-                Some(parked.commits.clone()),
-            ),
-        }
+        let parked = state.parked.as_deref()?;
+        Some((parked.registered, parked.commits.clone()))
     }
 
     /// Queues recovered history (a replay on reconnect). The caller has
@@ -1007,18 +1013,18 @@ mod tests {
         outbox.park(
             &commits,
             Encoding::Json,
-            [
+            VecDeque::from([
                 parked(1, 10, "r10"),
                 parked(3, 11, "r11"),
                 parked(0, 12, "r12"),
-            ],
+            ]),
         );
         // A reply that stands at once still waits its turn.
         outbox.push_reply(frame("r13"));
         // Pushes do not wait for replies.
         outbox.push(frame("push"));
         assert_eq!(texts(outbox.take_frames()), ["push"]);
-        assert_eq!(outbox.parked().0, 4);
+        assert_eq!(outbox.parked_len(), 4);
         // The store wakes the outbox once, for its newest parked ticket (a
         // commit settles them together); a release asked for meanwhile
         // writes what is durable.
@@ -1026,10 +1032,14 @@ mod tests {
         assert!(outbox.take_frames().is_empty());
         outbox.release_parked();
         assert_eq!(texts(outbox.take_frames()), ["r10"], "only what is durable");
-        outbox.park(&commits, Encoding::Json, [parked(4, 14, "r14")]);
+        outbox.park(
+            &commits,
+            Encoding::Json,
+            VecDeque::from([parked(4, 14, "r14")]),
+        );
         commits.settle_for_tests(4);
         assert_eq!(texts(outbox.take_frames()), ["r11", "r12", "r13", "r14"]);
-        assert_eq!(outbox.parked().0, 0, "the parked list is freed");
+        assert_eq!(outbox.parked_len(), 0, "the parked list is freed");
         // Nothing parked: a reply goes like any frame.
         outbox.push_reply(frame("r15"));
         assert_eq!(texts(outbox.take_frames()), ["r15"]);
@@ -1040,7 +1050,11 @@ mod tests {
         let outbox = outbox(64);
         let commits = Arc::new(Commits::default());
         commits.settle_for_tests(5);
-        outbox.park(&commits, Encoding::Json, [parked(5, 20, "r20")]);
+        outbox.park(
+            &commits,
+            Encoding::Json,
+            VecDeque::from([parked(5, 20, "r20")]),
+        );
         assert_eq!(
             texts(outbox.take_frames()),
             ["r20"],
@@ -1049,7 +1063,7 @@ mod tests {
         outbox.park(
             &commits,
             Encoding::Json,
-            [parked(6, 21, "r21"), parked(7, 22, "r22")],
+            VecDeque::from([parked(6, 21, "r21"), parked(7, 22, "r22")]),
         );
         commits.fail_for_tests(6, 7, "disk full");
         let frames = outbox.take_frames();
@@ -1066,7 +1080,11 @@ mod tests {
     fn a_closing_outbox_drops_what_it_parked() {
         let outbox = outbox(64);
         let commits = Arc::new(Commits::default());
-        outbox.park(&commits, Encoding::Json, [parked(1, 1, "r1")]);
+        outbox.park(
+            &commits,
+            Encoding::Json,
+            VecDeque::from([parked(1, 1, "r1")]),
+        );
         outbox.close(CloseReason::Shutdown);
         commits.settle_for_tests(1);
         assert!(outbox.take_frames().is_empty());

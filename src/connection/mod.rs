@@ -219,17 +219,18 @@ impl SessionTask {
             reader.park_held(&mut held);
             // Parked replies count against the bound too: past it, wait
             // for the store to settle the newest of them.
-            let (parked, newest_parked, commits) = outbox.parked();
-            let mut parked_full = match commits {
-                Some(commits) if held.len() + parked >= MAX_HELD_REPLIES => {
-                    Some(Pending::Durable {
-                        ticket: newest_parked,
+            let parked = outbox.parked_len();
+            let mut parked_full = if held.len() + parked >= MAX_HELD_REPLIES {
+                outbox
+                    .parked_newest()
+                    .map(|(ticket, commits)| Pending::Durable {
+                        ticket,
                         value: Some(()),
                         commits,
                         registered: None,
                     })
-                }
-                _ => None,
+            } else {
+                None
             };
             let readable = held.len() + parked < MAX_HELD_REPLIES && room.is_none();
             let waiting = !held.is_empty() || room.is_some();
@@ -440,7 +441,7 @@ impl Reader {
                     if held.len() >= MAX_HELD_REPLIES {
                         self.park_held(held);
                     }
-                    while held.len() + self.session.outbox.parked().0 >= MAX_HELD_REPLIES {
+                    while held.len() + self.session.outbox.parked_len() >= MAX_HELD_REPLIES {
                         if held.is_empty() {
                             self.await_parked().await;
                         } else {
@@ -610,50 +611,51 @@ impl Reader {
         let Some((commits, replies)) = held.take_for_store() else {
             return;
         };
-        let parked = replies.into_iter().map(|(id, timer, result)| {
-            let pending = match result {
-                Ok(pending) => pending,
-                Err(e) => {
-                    return ParkedReply {
-                        ticket: 0,
-                        id,
-                        timer: None,
-                        frame: self.encode_reply(Some(timer), Some(id), Err(e)),
-                    }
-                }
-            };
-            match pending.into_durable() {
-                // Written, with its timer, once `ticket` settles.
-                Ok((ticket, value, c)) if c.outcome(ticket).is_none() => ParkedReply {
-                    ticket,
-                    id,
-                    timer: Some(timer),
-                    frame: self.encode_reply(None, Some(id), Ok(value)),
-                },
-                // Stands now: it only waits its turn.
-                settled => {
-                    let outcome = match settled {
-                        Ok((ticket, value, c)) => match c.outcome(ticket) {
-                            Some(Err(why)) => Err(ActionError::Unavailable(why)),
-                            _ => Ok(value),
-                        },
-                        Err(mut pending) => pending
-                            .try_take()
-                            .unwrap_or_else(|| Err(EngineError::Internal("unsettled".into())))
-                            .map_err(ActionError::from),
-                    };
-                    ParkedReply {
-                        ticket: 0,
-                        id,
-                        timer: None,
-                        frame: self.encode_reply(Some(timer), Some(id), outcome),
-                    }
-                }
-            }
-        });
+        // Encoded before the outbox's lock is taken: the store's writer
+        // takes it too.
+        let parked = replies
+            .into_iter()
+            .map(|(id, timer, result)| self.parked_reply(id, timer, result))
+            .collect();
         self.session
             .outbox
             .park(&commits, self.session.encoding, parked);
+    }
+
+    /// One held reply as it will be written: encoded as it stands once its
+    /// ticket is durable, or (settled already, or no write to wait for)
+    /// as it stands now, waiting only its turn.
+    fn parked_reply(
+        &self,
+        id: u64,
+        timer: CommandTimer,
+        result: Result<Pending<Value>, ActionError>,
+    ) -> ParkedReply {
+        let outcome = match result.map(Pending::into_durable) {
+            Ok(Ok((ticket, value, commits))) => match commits.outcome(ticket) {
+                None => {
+                    return ParkedReply {
+                        ticket,
+                        id,
+                        timer: Some(timer),
+                        frame: self.encode_reply(None, Some(id), Ok(value)),
+                    }
+                }
+                Some(Err(why)) => Err(ActionError::Unavailable(why)),
+                Some(Ok(())) => Ok(value),
+            },
+            Ok(Err(mut pending)) => pending
+                .try_take()
+                .unwrap_or_else(|| Err(EngineError::Internal("unsettled".into())))
+                .map_err(ActionError::from),
+            Err(e) => Err(e),
+        };
+        ParkedReply {
+            ticket: 0,
+            id,
+            timer: None,
+            frame: self.encode_reply(Some(timer), Some(id), outcome),
+        }
     }
 
     /// Sends the held replies whose results stand, in order.
@@ -677,7 +679,7 @@ impl Reader {
     /// it settles them; either writes each once, in order).
     async fn await_parked(&self) {
         let outbox = &self.session.outbox;
-        if let (_, newest, Some(commits)) = outbox.parked() {
+        if let Some((newest, commits)) = outbox.parked_newest() {
             commits.wait(newest).await;
             outbox.release_parked();
         }
