@@ -51,11 +51,19 @@ impl TestServer {
     ) -> TestServer {
         let mut config = Config::from_toml(toml).expect("test config");
         // Opt-in: the same suites on the Redis engine (every broker a
-        // node of its own, kept apart by its key prefix).
+        // node of its own, kept apart by its key prefix). The prefix comes
+        // from the data directory, so that a broker started again on it
+        // (a restart) finds its state, as it would on disk; the salt keeps
+        // one run's brokers apart from an earlier run's in the same Redis.
         if let Ok(url) = std::env::var("SWITCHBOARD_TEST_REDIS_URL") {
             if config.cluster.redis_url.is_none() {
+                use std::hash::{Hash, Hasher};
+                static SALT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                SALT.get_or_init(rand::random::<u64>).hash(&mut hasher);
+                data_dir.hash(&mut hasher);
                 config.cluster.redis_url = Some(url);
-                config.cluster.key_prefix = format!("t{:016x}", rand::random::<u64>());
+                config.cluster.key_prefix = format!("t{:016x}", hasher.finish());
             }
         }
         config.jwt_secret = Some(SECRET.into());
