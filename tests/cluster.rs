@@ -1142,3 +1142,78 @@ async fn indexed_bodies(client: &mut Client, sid: &str) -> Vec<String> {
         .map(|m| format!("{} {}", m["index"], m["body"].as_str().unwrap()))
         .collect()
 }
+
+/// `[history] max_age_secs` on Redis: a pass (one node's per period)
+/// empties a live channel's log of its old messages; the channel's
+/// numbering carries on for every node, one that follows the channel
+/// only afterwards included; a recovery from before the purge is told
+/// history no longer reaches back. The pass stays within its own key
+/// prefix, even one with glob characters in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn age_retention_empties_a_channel_and_its_numbering_carries_on() {
+    let redis = Redis::start();
+    let aged = format!("{NO_LIMITS}[history]\nmax_age_secs = 1\npurge_interval_secs = 1\n");
+    let prefix = "key_prefix = \"sb[1]*\"\n";
+    // A broker on a prefix the glob `sb[1]*` would match, unescaped: its
+    // messages are not the pass's to purge.
+    let neighbour = node_with(&redis, NO_LIMITS, "key_prefix = \"sb1\"\n").await;
+    let mut other = neighbour.customer().await;
+    let other_sid = other.start_engagement().await;
+    other
+        .call(
+            "SendMessage",
+            json!({"channelSid": other_sid, "body": "kept"}),
+        )
+        .await
+        .unwrap();
+
+    let a = node_with(&redis, &aged, prefix).await;
+    let b = node_with(&redis, &aged, prefix).await;
+    let (a, b, mut customer, mut agent, sid) = engagement_between(a, b, "agent-age").await;
+    let resume = customer.connect_result["resumeToken"].clone();
+    for i in 0..5 {
+        customer
+            .call(
+                "SendMessage",
+                json!({"channelSid": sid, "body": format!("m{i}")}),
+            )
+            .await
+            .unwrap();
+    }
+    read_until(&mut agent, 4).await;
+    // Retention has no event to wait for: ask until the history is empty.
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while !indexed_bodies(&mut agent, &sid).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("age retention emptied the channel");
+
+    // A third node follows the channel only now, from its emptied log.
+    let c = node_with(&redis, &aged, prefix).await;
+    let mut again = Client::open_url(&c.url(), Enc::Json).await.unwrap();
+    let connected = again
+        .connect(json!({"resumeToken": resume, "recover": {&sid: 1}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        connected["engagement"]["channelSid"],
+        sid.as_str(),
+        "{connected}"
+    );
+    assert_eq!(connected["engagement"]["lastIndex"], 4, "{connected}");
+    assert_eq!(connected["recovered"][&sid], false, "{connected}");
+    let sent = customer
+        .call("SendMessage", json!({"channelSid": sid, "body": "after"}))
+        .await
+        .unwrap();
+    assert_eq!(sent["index"], 5, "numbering carries on");
+    for session in [&mut again, &mut agent] {
+        let pushed = read_until(session, 5).await;
+        assert_eq!(pushed.last().unwrap()["body"], "after");
+    }
+    assert_eq!(indexed_bodies(&mut again, &sid).await, ["5 after"]);
+    assert_eq!(indexed_bodies(&mut other, &other_sid).await, ["0 kept"]);
+    drop((a, b, c, neighbour));
+}

@@ -57,6 +57,12 @@ use wire::WireMember;
 /// short however many sessions a dead node had.
 const REAP_BUDGET: usize = 1000;
 
+/// One age-retention call's bounds (channel logs looked at, log entries
+/// read), so that it stays short however long the logs are; a pass is as
+/// many calls as it takes.
+const PURGE_KEYS: usize = 100;
+const PURGE_ROWS: usize = 2000;
+
 /// A followed topic no local session has needed for this long is dropped.
 const IDLE_FEED: Duration = Duration::from_secs(60);
 
@@ -83,6 +89,8 @@ pub(crate) struct RedisEngine {
     /// author through this node ends the period in Redis, so its timer has
     /// nothing left to do.
     typing_timers: Arc<TypingTimers>,
+    /// An age-retention pass of this node is under way.
+    purging: Arc<AtomicBool>,
 }
 
 type TypingTimers = dashmap::DashMap<(Arc<str>, Arc<str>), (String, CancellationToken)>;
@@ -261,6 +269,7 @@ impl RedisEngine {
             me: me.clone(),
             webhooks,
             typing_timers: Arc::default(),
+            purging: Arc::default(),
         });
         let apply: Weak<dyn Apply> = Arc::downgrade(&engine) as Weak<dyn Apply>;
         fanout.set_engine(apply);
@@ -274,6 +283,49 @@ impl RedisEngine {
         tokio::spawn(Self::heartbeat(Arc::downgrade(&engine), heartbeat));
         tracing::info!(redis = %url, node = %engine.node, "cluster node registered");
         Ok((engine, secret.into_bytes()))
+    }
+
+    /// Age retention: one pass over every channel's log in Redis (by one
+    /// node of the cluster each period; see `PURGE` in `scripts.rs`), and
+    /// the messages this node holds for recovery. A pass still under way
+    /// when the next period comes is left to finish.
+    fn purge(&self) {
+        let max_age_ms = self.config.history.max_age_secs.saturating_mul(1000);
+        let cutoff = Utc::now().timestamp_millis() - max_age_ms.min(i64::MAX as u64) as i64;
+        self.delivery.trim_windows(cutoff);
+        if self.purging.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // The turn lasts a little less than a period, so that the node
+        // that took it finds it free again at its next tick.
+        let turn_ms = self.config.history.purge_interval_secs * 900;
+        let engine = self.me.clone();
+        let purging = self.purging.clone();
+        tokio::spawn(async move {
+            let mut cursor = "0".to_owned();
+            while let Some(engine) = engine.upgrade().filter(|e| !e.stop.is_cancelled()) {
+                let args = vec![
+                    cursor,
+                    max_age_ms.to_string(),
+                    PURGE_KEYS.to_string(),
+                    PURGE_ROWS.to_string(),
+                    turn_ms.to_string(),
+                ];
+                match engine.call(|s| &s.purge, args).await {
+                    Ok(Ok(next)) if next != "0" && next != "busy" => cursor = next,
+                    Ok(Ok(_)) => break,
+                    Ok(Err(Refused(code))) => {
+                        tracing::warn!(%code, "age retention refused; next period");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "age retention interrupted; next period");
+                        break;
+                    }
+                }
+            }
+            purging.store(false, Ordering::Release);
+        });
     }
 
     /// Says this node is alive (its per-node counts stay counted), tells
@@ -1504,10 +1556,12 @@ impl Engine for RedisEngine {
     }
 
     fn housekeeping(&self, tick: Housekeeping) {
-        if tick != Housekeeping::Reap {
-            // Retention is Redis's: streams are capped as they are written,
-            // ended channels expire.
-            return;
+        match tick {
+            // Retention by count is Redis's (logs are capped as they are
+            // written) and ended channels expire; age is a pass.
+            Housekeeping::Purge => return self.purge(),
+            Housekeeping::CatchUp => return,
+            Housekeeping::Reap => {}
         }
         for feed in self.fanout.idle_feeds(IDLE_FEED) {
             let unused = match &feed.topic {

@@ -53,9 +53,17 @@ local function q(s) return cjson.encode(s) end
 -- "x" before all once the channel is closed. A plain number: an open
 -- channel where nobody types, whose log is below the cap.
 local function seq_of(topic)
-  local last = redis.call('XREVRANGE', P .. ':ev:' .. topic, '+', '-', 'COUNT', 1)
-  if #last == 0 then return 0 end
-  return tonumber(string.sub(last[1][1], 3))
+  local key = P .. ':ev:' .. topic
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if #last > 0 then return tonumber(string.sub(last[1][1], 3)) end
+  -- A log emptied by age retention still knows its last seq (only a log
+  -- that never was has none).
+  if redis.call('EXISTS', key) == 0 then return 0 end
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #info - 1, 2 do
+    if info[i] == 'last-generated-id' then return tonumber(string.sub(info[i + 1], 3)) end
+  end
+  return 0
 end
 
 -- A channel written by a build before `s` (which counted its messages in

@@ -90,6 +90,54 @@ end
 return 'OK'
 "#;
 
+/// A:1 SCAN cursor ("0": a new pass), 2 `[history] max_age_secs` in ms,
+/// 3 channel logs looked at per call, 4 most log entries read per call, 5
+/// how long a pass holds the cluster's turn (ms) → the cursor to go on
+/// from ("0": the pass is over), or "busy" when another node took this
+/// period's pass. Age retention: a channel's log (its history) loses its
+/// messages older than the age, from the front, with the other events
+/// between them (those after its last old message stay). A message carries
+/// its node's time last (`"ms":<unix ms>}`); messages are appended in time
+/// order, so the walk stops at the first young one, and an unreadable one
+/// counts as young. Trimmed by `XTRIM MINID`, so the log's ids (its seqs,
+/// and so the indexes) carry on. One node a period takes the pass (the
+/// `purge` key, never given back: it expires with the period); a call
+/// whose entry budget runs out in the middle of a scan page answers the
+/// same cursor (a page scanned again costs a little; what was trimmed
+/// stays trimmed).
+const PURGE: &str = r#"
+local cursor = A(1)
+if cursor == '0' and not redis.call('SET', P .. ':purge', NODE, 'NX', 'PX', A(5)) then
+  return 'busy'
+end
+local cutoff, rows_left = NOW - tonumber(A(2)), tonumber(A(4))
+local pattern = string.gsub(P, '[%*%?%[%]\\]', '\\%0') .. ':ev:c:*'
+local page = redis.call('SCAN', cursor, 'MATCH', pattern, 'COUNT', A(3), 'TYPE', 'stream')
+for _, key in ipairs(page[2]) do
+  local upto, from, young = nil, '-', false
+  while not young do
+    if rows_left <= 0 then
+      if upto then redis.call('XTRIM', key, 'MINID', '0-' .. (tonumber(string.sub(upto, 3)) + 1)) end
+      return cursor
+    end
+    local rows = redis.call('XRANGE', key, from, '+', 'COUNT', math.min(rows_left, 64))
+    rows_left = rows_left - #rows - 1
+    for _, row in ipairs(rows) do
+      local e = row[2][2]
+      if string.sub(e, 1, 10) == '{"t":"msg"' then
+        local ms = tonumber(string.match(e, '"ms":(%-?%d+)}$'))
+        if not ms or ms >= cutoff then young = true break end
+        upto = row[1]
+      end
+    end
+    if #rows == 0 then break end
+    from = '(' .. rows[#rows][1]
+  end
+  if upto then redis.call('XTRIM', key, 'MINID', '0-' .. (tonumber(string.sub(upto, 3)) + 1)) end
+end
+return page[1]
+"#;
+
 /// A:1 idle TTL (s), 2 how long past its end a typing period waits for
 /// the node that began it (ms), 3 most entries handled per call. Run by
 /// every node on each heartbeat: what a dead node (its heartbeat key
@@ -544,6 +592,7 @@ pub(super) struct Scripts {
     pub identity_report: Function,
     pub disconnect: Function,
     pub reap: Function,
+    pub purge: Function,
     pub wh_hold: Function,
     pub wh_release: Function,
     pub wh_cursor: Function,
@@ -602,6 +651,7 @@ impl Scripts {
             ("identity_report", IDENTITY_REPORT),
             ("disconnect", DISCONNECT),
             ("reap", REAP),
+            ("purge", PURGE),
             ("wh_hold", WH_HOLD),
             ("wh_release", WH_RELEASE),
             ("wh_cursor", WH_CURSOR),
@@ -678,6 +728,7 @@ impl Scripts {
             identity_report: name("identity_report"),
             disconnect: name("disconnect"),
             reap: name("reap"),
+            purge: name("purge"),
             wh_hold: name("wh_hold"),
             wh_release: name("wh_release"),
             wh_cursor: name("wh_cursor"),
