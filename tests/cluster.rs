@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use cluster_support::{node, node_process, node_with, Redis};
+use cluster_support::{node, node_process, node_with, Cut, Cutter, Redis};
 use common::{assert_gapless, assert_holds_acked, read_until, token, Client, Enc, TestServer};
 use serde_json::{json, Value};
 
@@ -1100,10 +1100,10 @@ async fn a_call_redis_runs_after_the_node_gave_up_does_nothing() {
     let (result, took) = timed_send(&mut customer, &sid, "late".into()).await;
     let e = result.expect_err("the node gives up on the held call");
     assert_eq!(e["code"], "unavailable", "{e}");
-    assert!(
-        took < Duration::from_millis(TIMEOUT_MS + 600),
-        "answered in {took:?}"
-    );
+    // The node looks for the call in the channel's log until shortly
+    // before the contract's 2 s are up (it may have run before Redis
+    // held it), then answers what it knows.
+    assert!(took < Duration::from_secs(2), "answered in {took:?}");
     // A write on a connection of its own is answered once the pause ends,
     // and Redis has run the held call by then.
     let after_pause = tokio::task::block_in_place(|| redis.command("SET late-probe 1"));
@@ -1216,4 +1216,51 @@ async fn age_retention_empties_a_channel_and_its_numbering_carries_on() {
     assert_eq!(indexed_bodies(&mut again, &sid).await, ["5 after"]);
     assert_eq!(indexed_bodies(&mut other, &other_sid).await, ["0 kept"]);
     drop((a, b, c, neighbour));
+}
+
+/// A `SendMessage` whose answer from Redis never reaches its node is
+/// answered with the truth: its index when it was stored (the connection
+/// cut as Redis answered), `unavailable` when it was not (cut before the
+/// call reached Redis), so that a client that retries after
+/// `unavailable` never stores a message twice. Both within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_message_whose_answer_is_lost_is_answered_with_the_truth() {
+    let redis = Redis::start();
+    let cutter = Cutter::start(&redis);
+    let a = TestServer::start(&format!("{NO_LIMITS}\n{}", cutter.cluster_toml())).await;
+    let b = node(&redis, NO_LIMITS).await;
+    let (_a, _b, mut customer, mut agent, sid) = engagement_between(a, b, "agent-doubt").await;
+    let send = |body: &str| json!({"channelSid": sid, "body": body});
+    customer.call("SendMessage", send("m0")).await.unwrap();
+
+    cutter.arm(Cut::AtTheAnswer);
+    let asked = std::time::Instant::now();
+    let stored = customer.call("SendMessage", send("answer lost")).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(cutter.cuts(), 1, "the answer was cut");
+    assert_eq!(stored.expect("it was stored")["index"], 1);
+
+    cutter.arm(Cut::BeforeTheCall);
+    let asked = std::time::Instant::now();
+    let code = customer.fails("SendMessage", send("never sent")).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(cutter.cuts(), 2, "the call was cut");
+    assert_eq!(code, "unavailable");
+    let retried = customer.call("SendMessage", send("retried")).await.unwrap();
+    assert_eq!(retried["index"], 2);
+
+    let pushed = read_until(&mut agent, 2).await;
+    assert_gapless(&pushed, 0, "the agent on the other node");
+    assert_eq!(
+        indexed_bodies(&mut agent, &sid).await,
+        ["0 m0", "1 answer lost", "2 retried"]
+    );
 }

@@ -1,6 +1,7 @@
 //! Support for the cluster tests: a `redis-server` of the test's own (a
 //! free loopback port, its own directory, AOF with `appendfsync always`)
-//! that a test can stop and start again on the same data.
+//! that a test can stop and start again on the same data, and a relay
+//! that cuts a node's connection to it at a chosen moment.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -145,4 +146,123 @@ pub fn node_process(redis: &Redis, name: &str, extra: &str) -> BrokerProcess {
         &[("SWITCHBOARD_JWT_SECRET", SECRET)],
         &fresh_data_dir(),
     )
+}
+
+/// Where [`Cutter`] cuts a connection carrying a `post` call (a
+/// `SendMessage`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Before the call reaches Redis: it never runs.
+    BeforeTheCall,
+    /// When Redis's answer comes back: the call ran, its node never hears.
+    AtTheAnswer,
+}
+
+/// A TCP relay between nodes and a Redis, passing every byte through
+/// until armed: then it cuts the next connection that carries a `post`
+/// call, where [`Cut`] says (both ways closed, as a network failure or
+/// a Redis killed right after its write would).
+pub struct Cutter {
+    pub port: u16,
+    armed: std::sync::Arc<std::sync::Mutex<Option<Cut>>>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Cutter {
+    pub fn start(redis: &Redis) -> Cutter {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = redis.port;
+        let armed: std::sync::Arc<std::sync::Mutex<Option<Cut>>> = Default::default();
+        let cuts: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let (armed_, cuts_) = (armed.clone(), cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let cut_answer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let close = {
+                    let both = std::sync::Arc::new((
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                    ));
+                    move || {
+                        let _ = both.0.shutdown(std::net::Shutdown::Both);
+                        let _ = both.1.shutdown(std::net::Shutdown::Both);
+                    }
+                };
+                // Calls: node → Redis.
+                let (mut from, mut to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (armed, cuts, cut, close_) = (
+                    armed_.clone(),
+                    cuts_.clone(),
+                    cut_answer.clone(),
+                    close.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => return close_(),
+                            Ok(n) => n,
+                        };
+                        let chunk = &buf[..n];
+                        if chunk.windows(7).any(|w| w == b"_post\r\n") {
+                            match armed.lock().unwrap().take() {
+                                Some(Cut::BeforeTheCall) => {
+                                    cuts.fetch_add(1, Ordering::SeqCst);
+                                    return close_();
+                                }
+                                Some(Cut::AtTheAnswer) => cut.store(true, Ordering::SeqCst),
+                                None => {}
+                            }
+                        }
+                        if to.write_all(chunk).is_err() {
+                            return close_();
+                        }
+                    }
+                });
+                // Answers: Redis → node.
+                let (mut from, mut to) = (server, client);
+                let cuts = cuts_.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => return close(),
+                            Ok(n) => n,
+                        };
+                        if cut_answer.load(Ordering::SeqCst) {
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            return close();
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            return close();
+                        }
+                    }
+                });
+            }
+        });
+        Cutter { port, armed, cuts }
+    }
+
+    /// `[cluster]` for a broker reaching Redis through this relay.
+    pub fn cluster_toml(&self) -> String {
+        format!(
+            "[cluster]\nredis_url = \"redis://127.0.0.1:{}/0\"\n",
+            self.port
+        )
+    }
+
+    pub fn arm(&self, cut: Cut) {
+        *self.armed.lock().unwrap() = Some(cut);
+    }
+
+    /// Connections cut so far.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }

@@ -63,6 +63,13 @@ const REAP_BUDGET: usize = 1000;
 const PURGE_KEYS: usize = 100;
 const PURGE_ROWS: usize = 2000;
 
+/// A `SendMessage` whose answer from Redis never came is looked for in its
+/// channel's log until this long after its call was sent (the contract's
+/// 2 s, less a margin for the reply's way out); while the connection is
+/// being made again, every pause.
+const SETTLE_WITHIN: Duration = Duration::from_millis(1800);
+const SETTLE_PAUSE: Duration = Duration::from_millis(10);
+
 /// A followed topic no local session has needed for this long is dropped.
 const IDLE_FEED: Duration = Duration::from_secs(60);
 
@@ -97,6 +104,26 @@ type TypingTimers = dashmap::DashMap<(Arc<str>, Arc<str>), (String, Cancellation
 
 /// A script's refusal: its code and detail (`E:<code>[:<detail>]`).
 struct Refused(String);
+
+/// A call that got no answer it could use.
+struct Failed {
+    error: EngineError,
+    /// The call was sent and no answer came (none in time, or the
+    /// connection dropped while it waited): it may have run, or run yet,
+    /// up to its deadline.
+    in_doubt: Option<InDoubt>,
+}
+
+#[derive(Clone, Copy)]
+struct InDoubt {
+    /// Redis's time (unix ms) after which the call does nothing.
+    deadline: u64,
+    /// When its node gave up or would have (about that moment on the
+    /// node's clock).
+    give_up: Instant,
+    /// When it was sent.
+    sent: Instant,
+}
 
 /// A channel's state and its topic's position, read in one step.
 #[derive(Debug, Deserialize)]
@@ -148,6 +175,10 @@ struct MessageTail<'a> {
     b: &'a str,
     at: &'a Value,
     d: &'a str,
+    /// The `post` call's id (random), so that a call whose answer never
+    /// came can be looked for (`settle`).
+    c: &'a str,
+    /// Last: age retention and `settle` read it at the end of the event.
     ms: i64,
 }
 
@@ -285,6 +316,61 @@ impl RedisEngine {
         Ok((engine, secret.into_bytes()))
     }
 
+    /// Finds out whether a `post` whose answer never came ran (its
+    /// message in the channel's log, see `SETTLE`), so that its sender is
+    /// told the truth: the message's index when it ran, `unavailable`
+    /// (nothing was done) once its deadline has passed without it. Asks
+    /// at once, then from when the call's node gave up (or would have),
+    /// until `SETTLE_WITHIN` after the call was sent; gives up at once
+    /// when Redis refuses connections. A call still in doubt then is
+    /// answered `error` (`unavailable`), as before.
+    fn settle(
+        &self,
+        sid: &str,
+        call_id: String,
+        doubt: InDoubt,
+        created_ms: i64,
+        error: EngineError,
+    ) -> impl Future<Output = Outcome<Result<String, Refused>>> + Send + 'static {
+        let until = doubt.sent + SETTLE_WITHIN;
+        let args = vec![
+            sid.to_owned(),
+            call_id,
+            doubt.deadline.to_string(),
+            created_ms.to_string(),
+        ];
+        let engine = self.me.clone();
+        async move {
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                let Some(engine) = engine.upgrade().filter(|_| !left.is_zero()) else {
+                    break;
+                };
+                let pause = match engine.invoke(|s| &s.settle, args.clone(), left).await {
+                    Ok(Ok(answer)) if answer == "none" => {
+                        return Err(unavailable(&engine.url, "the message was not stored"));
+                    }
+                    // Not stored, and it still could be: ask again once
+                    // Redis's clock has passed its deadline.
+                    Ok(Ok(answer)) if answer == "wait" => doubt
+                        .give_up
+                        .saturating_duration_since(Instant::now())
+                        .max(SETTLE_PAUSE),
+                    Ok(answer) => return Ok(answer),
+                    Err(failed) if failed.in_doubt.is_none() => break,
+                    // The connection being made again.
+                    Err(_) => SETTLE_PAUSE,
+                };
+                tokio::time::sleep(pause).await;
+            }
+            tracing::warn!(
+                channel = %args[0],
+                "a SendMessage's outcome is unknown (Redis unreachable); answered unavailable"
+            );
+            Err(error)
+        }
+    }
+
     /// Age retention: one pass over every channel's log in Redis (by one
     /// node of the cluster each period; see `PURGE` in `scripts.rs`), and
     /// the messages this node holds for recovery. A pass still under way
@@ -418,10 +504,22 @@ impl RedisEngine {
         pick: fn(&Scripts) -> &scripts::Function,
         args: Vec<String>,
     ) -> impl Future<Output = Outcome<Result<String, Refused>>> + Send + 'static {
+        let timeout = Duration::from_millis(self.config.cluster.command_timeout_ms);
+        let call = self.invoke(pick, args, timeout);
+        async move { call.await.map_err(|failed| failed.error) }
+    }
+
+    /// [`call`](Self::call), waiting at most `timeout`, and saying of a
+    /// call that got no answer whether it may have run.
+    fn invoke(
+        &self,
+        pick: fn(&Scripts) -> &scripts::Function,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Result<String, Refused>, Failed>> + Send + 'static {
         let scripts = self.scripts.clone();
         let mut conn = self.conn.clone();
         let node = pick(&self.scripts).common.then(|| self.node.clone());
-        let timeout = Duration::from_millis(self.config.cluster.command_timeout_ms);
         let clock = self.clock.clone();
         let up = self.up.clone();
         let url = self.url.clone();
@@ -431,6 +529,7 @@ impl RedisEngine {
             // `give_up`, and the function does nothing from the same
             // moment on.
             let give_up = Instant::now() + timeout;
+            let mut deadline = clock.deadline(give_up);
             let build = |deadline: u64| {
                 let mut invocation = redis::cmd("FCALL");
                 invocation.arg(&pick(&scripts).name).arg(0).arg(deadline);
@@ -443,7 +542,7 @@ impl RedisEngine {
                 invocation
             };
             let attempts = async {
-                let mut invocation = build(clock.deadline(give_up));
+                let mut invocation = build(deadline);
                 let (mut reloaded, mut corrected) = (false, false);
                 loop {
                     let sent = Instant::now();
@@ -478,7 +577,8 @@ impl RedisEngine {
                             );
                             corrected = true;
                             clock.correct(sent, at);
-                            invocation = build(clock.deadline(give_up));
+                            deadline = clock.deadline(give_up);
+                            invocation = build(deadline);
                         }
                         _ => return reply,
                     }
@@ -486,10 +586,18 @@ impl RedisEngine {
             };
             let outcome =
                 tokio::time::timeout_at(tokio::time::Instant::from_std(give_up), attempts).await;
+            let failed = |error, in_doubt: bool| Failed {
+                error,
+                in_doubt: in_doubt.then_some(InDoubt {
+                    deadline,
+                    give_up,
+                    sent: give_up - timeout,
+                }),
+            };
             match outcome {
-                Ok(Ok(reply)) if late(&reply).is_some() => Err(unavailable(
-                    &url,
-                    "it ran the call after its deadline, and did nothing",
+                Ok(Ok(reply)) if late(&reply).is_some() => Err(failed(
+                    unavailable(&url, "it ran the call after its deadline, and did nothing"),
+                    false,
                 )),
                 Ok(Ok(reply)) => {
                     up.store(true, Ordering::Relaxed);
@@ -503,17 +611,18 @@ impl RedisEngine {
                         == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
                 {
                     tracing::error!(error = %e, "a Redis function failed");
-                    Err(EngineError::Internal(format!(
-                        "shared engine script failed: {e}"
-                    )))
+                    let error = EngineError::Internal(format!("shared engine script failed: {e}"));
+                    Err(failed(error, false))
                 }
                 Ok(Err(e)) => {
                     up.store(false, Ordering::Relaxed);
-                    Err(unavailable(&url, e))
+                    // Refused a connection: the call was not sent.
+                    let in_doubt = !e.is_connection_refusal();
+                    Err(failed(unavailable(&url, e), in_doubt))
                 }
                 Err(_) => {
                     up.store(false, Ordering::Relaxed);
-                    Err(unavailable(&url, "no answer in time"))
+                    Err(failed(unavailable(&url, "no answer in time"), true))
                 }
             }
         }
@@ -1165,6 +1274,7 @@ impl Engine for RedisEngine {
 
     fn post(&self, actor: &Actor, channel_sid: &str, message: NewMessage) -> Pending<Posted> {
         let (date_created, created_ms) = now();
+        let call_id = format!("{:016x}", rand::random::<u64>());
         let tail = serde_json::to_string(&MessageTail {
             sid: channel_sid,
             a: &actor.id,
@@ -1172,6 +1282,7 @@ impl Engine for RedisEngine {
             b: &message.body,
             at: &message.attributes,
             d: &date_created,
+            c: &call_id,
             ms: created_ms,
         })
         .expect("a message serializes");
@@ -1190,12 +1301,28 @@ impl Engine for RedisEngine {
             // The webhook event's time.
             args.push(created_ms.to_string());
         }
-        let call = self.call(|s| &s.post, args);
+        let timeout = Duration::from_millis(self.config.cluster.command_timeout_ms);
+        let call = self.invoke(|s| &s.post, args, timeout);
+        let engine = self.me.clone();
         let actor = actor.clone();
         let sid = channel_sid.to_owned();
         let timers = self.typing_timers.clone();
         Self::remote(async move {
-            match call.await? {
+            let answer = match call.await {
+                Ok(answer) => answer,
+                Err(Failed {
+                    in_doubt: Some(doubt),
+                    error,
+                }) => match engine.upgrade() {
+                    Some(engine) => {
+                        let settle = engine.settle(&sid, call_id, doubt, created_ms, error);
+                        settle.await?
+                    }
+                    None => return Err(error),
+                },
+                Err(failed) => return Err(failed.error),
+            };
+            match answer {
                 Ok(index) => {
                     // The message ended its author's typing period in the
                     // channel (`post` ends one whose window has passed too).

@@ -513,6 +513,39 @@ emit('i:' .. A(1), '{"t":"disconnect"}')
 return tostring(n)
 "#;
 
+/// A:1 sid, 2 a `post` call's id (its message's `"c"`), 3 that call's
+/// deadline (Redis's time, unix ms), 4 its message's time (the node's,
+/// unix ms) → the message's index when the call ran, "wait" when it has
+/// not (yet) while it still could (Redis's clock has not passed its
+/// deadline), "none" when it did not and never will (a call past its
+/// deadline does nothing: `begin`). For a `post` whose answer never came.
+/// The log is read from its newest entry back to messages a minute older
+/// than the call's (or 10,000 entries).
+const SETTLE: &str = r#"
+local key = P .. ':ev:c:' .. A(1)
+local mark, oldest = '"c":"' .. A(2) .. '","ms":%-?%d+}$', tonumber(A(4)) - 60000
+local from, read = '+', 0
+while read < 10000 do
+  local rows = redis.call('XREVRANGE', key, from, '-', 'COUNT', 100)
+  for _, row in ipairs(rows) do
+    local e = row[2][2]
+    local o = string.match(e, '^{"t":"msg","o":(%d+),')
+    if o then
+      if string.find(e, mark) then
+        return tostring(tonumber(string.sub(row[1], 3)) - 1 - tonumber(o))
+      end
+      local ms = tonumber(string.match(e, '"ms":(%-?%d+)}$'))
+      if ms and ms < oldest then read = 10000 break end
+    end
+  end
+  if #rows < 100 then break end
+  read = read + #rows
+  from = '(' .. rows[#rows][1]
+end
+if NOW <= tonumber(A(3)) then return 'wait' end
+return 'none'
+"#;
+
 /// A:1 url, 2 lease time (ms), 3 a fresh epoch in case there is none →
 /// `<1|0>:<epoch>`: whether this node holds the URL's webhook lease now
 /// (taken when free, renewed when its own), and the webhook epoch (event
@@ -593,6 +626,7 @@ pub(super) struct Scripts {
     pub disconnect: Function,
     pub reap: Function,
     pub purge: Function,
+    pub settle: Function,
     pub wh_hold: Function,
     pub wh_release: Function,
     pub wh_cursor: Function,
@@ -652,6 +686,7 @@ impl Scripts {
             ("disconnect", DISCONNECT),
             ("reap", REAP),
             ("purge", PURGE),
+            ("settle", SETTLE),
             ("wh_hold", WH_HOLD),
             ("wh_release", WH_RELEASE),
             ("wh_cursor", WH_CURSOR),
@@ -729,6 +764,7 @@ impl Scripts {
             disconnect: name("disconnect"),
             reap: name("reap"),
             purge: name("purge"),
+            settle: name("settle"),
             wh_hold: name("wh_hold"),
             wh_release: name("wh_release"),
             wh_cursor: name("wh_cursor"),
