@@ -64,7 +64,8 @@ impl Broker {
         let (engine, webhook_outbox, resume_secret): Opened = match config.cluster.redis_url {
             // Several nodes on one Redis: the shared engine.
             Some(_) => {
-                let (engine, secret) = RedisEngine::open(config.clone(), delivery.clone())?;
+                let (engine, secret) =
+                    RedisEngine::open(config.clone(), delivery.clone(), metrics.clone())?;
                 (engine.clone(), engine, Some(secret))
             }
             None => {

@@ -310,9 +310,13 @@ impl Metrics {
     pub fn session_closed(&self) {
         self.sessions_open.dec();
     }
-    /// One message accepted and pushed to `recipients` sessions.
-    pub fn message_added(&self, recipients: usize) {
+    /// One message accepted into a channel (counted once, where it was
+    /// accepted: on a cluster, by the node that ran its `SendMessage`).
+    pub fn message_accepted(&self) {
         self.messages.inc();
+    }
+    /// A message pushed to `recipients` sessions of this node.
+    pub fn delivered(&self, recipients: usize) {
         self.deliveries.inc_by(recipients as u64);
     }
     pub fn slow_consumer_closed(&self) {
@@ -450,7 +454,8 @@ mod tests {
     fn families_have_help_and_type_and_commands_are_labelled() {
         let m = Metrics::new();
         m.session_opened();
-        m.message_added(3);
+        m.message_accepted();
+        m.delivered(3);
         m.command(CommandTimer::start(Some("SendMessage")), None);
         m.command(
             CommandTimer::start(Some("no-such-action")),

@@ -81,6 +81,12 @@ async fn a_customer_and_an_agent_on_two_nodes_chat() {
     assert_eq!(messages.len(), 5);
     assert_eq!(messages[0]["index"], 5);
     assert_eq!(page["hasMore"], true);
+    // Each message is counted once, by the node that accepted it (five
+    // each), and each node counts the deliveries it made (ten each).
+    for node in [&a, &b] {
+        let counted = node.broker.metrics.snapshot();
+        assert_eq!((counted.messages, counted.deliveries), (5, 10));
+    }
 }
 
 /// Two writers on two nodes post concurrently: no index is handed out

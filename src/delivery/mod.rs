@@ -52,6 +52,9 @@ pub(crate) struct Delivery {
     sessions: DashMap<SessionKey, Arc<SessionHandle>, RandomState>,
     limits: DeliveryLimits,
     metrics: Arc<Metrics>,
+    /// Each message delivered here was accepted here (the embedded
+    /// engine), so delivery counts it.
+    counts_messages: bool,
 }
 
 /// A channel as delivered to this node's sessions.
@@ -205,6 +208,9 @@ impl Delivery {
             identities: DashMap::default(),
             sessions: DashMap::default(),
             limits,
+            // A shared engine's messages reach every node with recipients;
+            // the node that accepted one counts it.
+            counts_messages: config.cluster.redis_url.is_none(),
             metrics,
         }
     }
@@ -639,7 +645,10 @@ impl Delivery {
         match event {
             Event::MessageAdded(message) => {
                 let sent = view.broadcast(event, None);
-                self.metrics.message_added(sent);
+                if self.counts_messages {
+                    self.metrics.message_accepted();
+                }
+                self.metrics.delivered(sent);
                 view.next_index = message.index + 1;
                 view.window.push_back(message.clone());
                 while view.window.len() > self.limits.window {

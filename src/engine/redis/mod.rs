@@ -46,6 +46,7 @@ use crate::delivery::session::SessionHandle;
 use crate::delivery::{Added, Delivery};
 use crate::event::QUEUE_PREFIX;
 use crate::event::{member_list, LeaveReason, Member, QueuedEngagement, SessionKey, Topic};
+use crate::metrics::Metrics;
 use crate::store::StoredMessage;
 use clock::RedisClock;
 use fanout::{Apply, Fanout, FollowUp};
@@ -98,6 +99,8 @@ pub(crate) struct RedisEngine {
     typing_timers: Arc<TypingTimers>,
     /// An age-retention pass of this node is under way.
     purging: Arc<AtomicBool>,
+    /// Messages are counted by the node that accepted them.
+    metrics: Arc<Metrics>,
 }
 
 type TypingTimers = dashmap::DashMap<(Arc<str>, Arc<str>), (String, CancellationToken)>;
@@ -202,6 +205,7 @@ impl RedisEngine {
     pub(crate) fn open(
         config: Arc<Config>,
         delivery: Arc<Delivery>,
+        metrics: Arc<Metrics>,
     ) -> Result<(Arc<RedisEngine>, Vec<u8>), ConfigError> {
         let cluster = &config.cluster;
         let url = cluster.redis_url.clone().unwrap_or_default();
@@ -301,6 +305,7 @@ impl RedisEngine {
             webhooks,
             typing_timers: Arc::default(),
             purging: Arc::default(),
+            metrics,
         });
         let apply: Weak<dyn Apply> = Arc::downgrade(&engine) as Weak<dyn Apply>;
         fanout.set_engine(apply);
@@ -1307,6 +1312,7 @@ impl Engine for RedisEngine {
         let actor = actor.clone();
         let sid = channel_sid.to_owned();
         let timers = self.typing_timers.clone();
+        let metrics = self.metrics.clone();
         Self::remote(async move {
             let answer = match call.await {
                 Ok(answer) => answer,
@@ -1333,6 +1339,7 @@ impl Engine for RedisEngine {
                             cancel.cancel();
                         }
                     }
+                    metrics.message_accepted();
                     Ok(Posted {
                         index: index.parse().map_err(|_| {
                             EngineError::Internal(format!("unreadable index {index:?}"))
