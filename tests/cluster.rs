@@ -1239,7 +1239,7 @@ async fn a_send_message_whose_answer_is_lost_is_answered_with_the_truth() {
     let send = |body: &str| json!({"channelSid": sid, "body": body});
     customer.call("SendMessage", send("m0")).await.unwrap();
 
-    cutter.arm(Cut::AtTheAnswer);
+    cutter.arm(Cut::AtTheAnswer, "post");
     let asked = std::time::Instant::now();
     let stored = customer.call("SendMessage", send("answer lost")).await;
     assert!(
@@ -1250,7 +1250,7 @@ async fn a_send_message_whose_answer_is_lost_is_answered_with_the_truth() {
     assert_eq!(cutter.cuts(), 1, "the answer was cut");
     assert_eq!(stored.expect("it was stored")["index"], 1);
 
-    cutter.arm(Cut::BeforeTheCall);
+    cutter.arm(Cut::BeforeTheCall, "post");
     let asked = std::time::Instant::now();
     let code = customer.fails("SendMessage", send("never sent")).await;
     assert!(
@@ -1269,4 +1269,52 @@ async fn a_send_message_whose_answer_is_lost_is_answered_with_the_truth() {
         indexed_bodies(&mut agent, &sid).await,
         ["0 m0", "1 answer lost", "2 retried"]
     );
+}
+
+/// The state changes a client cannot safely repeat record their answer,
+/// and a node whose answer was lost asks for it again: a widget toggled
+/// once is answered as toggled (a retry after `unavailable` would have
+/// toggled it back), a restart with the channel it left (a retry would
+/// have been refused, `no_engagement`); one
+/// whose call never reached Redis is answered `unavailable` and changed
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_change_whose_answer_is_lost_is_answered_with_the_truth() {
+    let redis = Redis::start();
+    let cutter = Cutter::start(&redis);
+    let a = TestServer::start(&format!("{NO_LIMITS}\n{}", cutter.cluster_toml())).await;
+    let b = node(&redis, NO_LIMITS).await;
+    let jwt = token("cust-doubt", "customer", 3600);
+    let mut tab_a = a.staff_token(&jwt).await;
+    let mut tab_b = b.staff_token(&jwt).await;
+    let first = tab_a.start_engagement().await;
+
+    cutter.arm(Cut::AtTheAnswer, "widget");
+    let toggled = tab_a.call("ToggleChatVisibility", json!({})).await;
+    assert_eq!(cutter.cuts(), 1, "the answer was cut");
+    assert_eq!(toggled.expect("it was toggled")["expanded"], true);
+    assert_eq!(tab_b.push("widgetStateChanged").await["expanded"], true);
+
+    cutter.arm(Cut::BeforeTheCall, "widget");
+    let code = tab_a.fails("ToggleChatVisibility", json!({})).await;
+    assert_eq!((cutter.cuts(), code.as_str()), (2, "unavailable"));
+    tab_b
+        .no_push("widgetStateChanged", Duration::from_millis(300))
+        .await;
+
+    cutter.arm(Cut::AtTheAnswer, "restart");
+    let restarted = tab_a.call("RestartEngagement", json!({})).await;
+    assert_eq!(cutter.cuts(), 3, "the answer was cut");
+    assert_eq!(
+        restarted.expect("it was restarted")["channelSid"],
+        first.as_str()
+    );
+    assert_eq!(
+        tab_b.push("engagementRestarted").await["channelSid"],
+        first.as_str()
+    );
+    let mut tab_c = Client::open_url(&b.url(), Enc::Json).await.unwrap();
+    let connected = tab_c.connect(json!({"token": jwt})).await.unwrap();
+    assert_eq!(connected["engagement"], Value::Null);
+    assert_eq!(connected["widget"]["expanded"], true, "toggled once");
 }

@@ -148,8 +148,10 @@ pub fn node_process(redis: &Redis, name: &str, extra: &str) -> BrokerProcess {
     )
 }
 
-/// Where [`Cutter`] cuts a connection carrying a `post` call (a
-/// `SendMessage`).
+type Armed = std::sync::Arc<std::sync::Mutex<Option<(Cut, Vec<u8>)>>>;
+
+/// Where [`Cutter`] cuts a connection carrying a call of the function it
+/// was armed for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
     /// Before the call reaches Redis: it never runs.
@@ -159,12 +161,13 @@ pub enum Cut {
 }
 
 /// A TCP relay between nodes and a Redis, passing every byte through
-/// until armed: then it cuts the next connection that carries a `post`
-/// call, where [`Cut`] says (both ways closed, as a network failure or
-/// a Redis killed right after its write would).
+/// until armed: then it cuts the next connection that carries a call of
+/// the function it was armed for (`post`: a `SendMessage`), where [`Cut`]
+/// says (both ways closed, as a network failure or a Redis killed right
+/// after its write would).
 pub struct Cutter {
     pub port: u16,
-    armed: std::sync::Arc<std::sync::Mutex<Option<Cut>>>,
+    armed: Armed,
     cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -174,7 +177,7 @@ impl Cutter {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let upstream = redis.port;
-        let armed: std::sync::Arc<std::sync::Mutex<Option<Cut>>> = Default::default();
+        let armed: Armed = Default::default();
         let cuts: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
         let (armed_, cuts_) = (armed.clone(), cuts.clone());
         std::thread::spawn(move || {
@@ -210,16 +213,19 @@ impl Cutter {
                             Ok(n) => n,
                         };
                         let chunk = &buf[..n];
-                        if chunk.windows(7).any(|w| w == b"_post\r\n") {
-                            match armed.lock().unwrap().take() {
-                                Some(Cut::BeforeTheCall) => {
-                                    cuts.fetch_add(1, Ordering::SeqCst);
-                                    return close_();
-                                }
-                                Some(Cut::AtTheAnswer) => cut.store(true, Ordering::SeqCst),
-                                None => {}
+                        let mut armed = armed.lock().unwrap();
+                        let called = armed.as_ref().is_some_and(|(_, function)| {
+                            chunk.windows(function.len()).any(|w| w == function)
+                        });
+                        match armed.take_if(|_| called).map(|(cut, _)| cut) {
+                            Some(Cut::BeforeTheCall) => {
+                                cuts.fetch_add(1, Ordering::SeqCst);
+                                return close_();
                             }
+                            Some(Cut::AtTheAnswer) => cut.store(true, Ordering::SeqCst),
+                            None => {}
                         }
+                        drop(armed);
                         if to.write_all(chunk).is_err() {
                             return close_();
                         }
@@ -257,8 +263,11 @@ impl Cutter {
         )
     }
 
-    pub fn arm(&self, cut: Cut) {
-        *self.armed.lock().unwrap() = Some(cut);
+    /// Cuts the next connection that carries a call of `function` (the
+    /// library's name for it ends `_<function>`).
+    pub fn arm(&self, cut: Cut, function: &str) {
+        let name = format!("_{function}\r\n").into_bytes();
+        *self.armed.lock().unwrap() = Some((cut, name));
     }
 
     /// Connections cut so far.

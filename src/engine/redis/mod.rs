@@ -117,7 +117,7 @@ struct Failed {
     in_doubt: Option<InDoubt>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct InDoubt {
     /// Redis's time (unix ms) after which the call does nothing.
     deadline: u64,
@@ -126,6 +126,8 @@ struct InDoubt {
     give_up: Instant,
     /// When it was sent.
     sent: Instant,
+    /// A recorded function's call id (`settle_call`).
+    call_id: Option<String>,
 }
 
 /// A channel's state and its topic's position, read in one step.
@@ -321,29 +323,23 @@ impl RedisEngine {
         Ok((engine, secret.into_bytes()))
     }
 
-    /// Finds out whether a `post` whose answer never came ran (its
-    /// message in the channel's log, see `SETTLE`), so that its sender is
-    /// told the truth: the message's index when it ran, `unavailable`
-    /// (nothing was done) once its deadline has passed without it. Asks
-    /// at once, then from when the call's node gave up (or would have),
-    /// until `SETTLE_WITHIN` after the call was sent; gives up at once
-    /// when Redis refuses connections. A call still in doubt then is
-    /// answered `error` (`unavailable`), as before.
+    /// Finds out whether a call whose answer never came ran, so that its
+    /// caller is told the truth: `pick` is the function that looks
+    /// (`settle`: a message in its channel's log; `settle_call`: a
+    /// recorded answer), with `args`; its answer when the call ran,
+    /// `unavailable` (nothing was done) once the call's deadline has
+    /// passed without it. Asks at once, then from when the call's node
+    /// gave up (or would have), until `SETTLE_WITHIN` after the call was
+    /// sent; gives up at once when Redis refuses connections. A call
+    /// still in doubt then is answered `error` (`unavailable`), as before.
     fn settle(
         &self,
-        sid: &str,
-        call_id: String,
+        pick: fn(&Scripts) -> &scripts::Function,
+        args: Vec<String>,
         doubt: InDoubt,
-        created_ms: i64,
         error: EngineError,
     ) -> impl Future<Output = Outcome<Result<String, Refused>>> + Send + 'static {
         let until = doubt.sent + SETTLE_WITHIN;
-        let args = vec![
-            sid.to_owned(),
-            call_id,
-            doubt.deadline.to_string(),
-            created_ms.to_string(),
-        ];
         let engine = self.me.clone();
         async move {
             loop {
@@ -351,11 +347,11 @@ impl RedisEngine {
                 let Some(engine) = engine.upgrade().filter(|_| !left.is_zero()) else {
                     break;
                 };
-                let pause = match engine.invoke(|s| &s.settle, args.clone(), left).await {
+                let pause = match engine.invoke(pick, args.clone(), left).await {
                     Ok(Ok(answer)) if answer == "none" => {
-                        return Err(unavailable(&engine.url, "the message was not stored"));
+                        return Err(unavailable(&engine.url, "the call did nothing"));
                     }
-                    // Not stored, and it still could be: ask again once
+                    // Not done, and it still could be: ask again once
                     // Redis's clock has passed its deadline.
                     Ok(Ok(answer)) if answer == "wait" => doubt
                         .give_up
@@ -368,10 +364,7 @@ impl RedisEngine {
                 };
                 tokio::time::sleep(pause).await;
             }
-            tracing::warn!(
-                channel = %args[0],
-                "a SendMessage's outcome is unknown (Redis unreachable); answered unavailable"
-            );
+            tracing::warn!("a call's outcome is unknown (Redis unreachable); answered unavailable");
             Err(error)
         }
     }
@@ -511,7 +504,38 @@ impl RedisEngine {
     ) -> impl Future<Output = Outcome<Result<String, Refused>>> + Send + 'static {
         let timeout = Duration::from_millis(self.config.cluster.command_timeout_ms);
         let call = self.invoke(pick, args, timeout);
-        async move { call.await.map_err(|failed| failed.error) }
+        let engine = self.me.clone();
+        async move {
+            let (doubt, error) = match call.await {
+                Ok(answer) => return Ok(answer),
+                Err(Failed {
+                    in_doubt: Some(doubt),
+                    error,
+                }) if doubt.call_id.is_some() => (doubt, error),
+                Err(failed) => return Err(failed.error),
+            };
+            // A recorded function's lost answer: asked for again.
+            let Some(engine) = engine.upgrade() else {
+                return Err(error);
+            };
+            let args = vec![
+                doubt.call_id.clone().unwrap_or_default(),
+                doubt.deadline.to_string(),
+            ];
+            let recorded = engine
+                .settle(|s| &s.settle_call, args, doubt, error)
+                .await?;
+            Ok(match recorded {
+                Ok(answer) => {
+                    let answer = answer.strip_prefix('R').unwrap_or(&answer);
+                    match answer.strip_prefix("E:") {
+                        Some(code) => Err(Refused(code.to_owned())),
+                        None => Ok(answer.to_owned()),
+                    }
+                }
+                Err(refused) => Err(refused),
+            })
+        }
     }
 
     /// [`call`](Self::call), waiting at most `timeout`, and saying of a
@@ -525,6 +549,9 @@ impl RedisEngine {
         let scripts = self.scripts.clone();
         let mut conn = self.conn.clone();
         let node = pick(&self.scripts).common.then(|| self.node.clone());
+        let call_id = pick(&self.scripts)
+            .recorded
+            .then(|| format!("{:016x}", rand::random::<u64>()));
         let clock = self.clock.clone();
         let up = self.up.clone();
         let url = self.url.clone();
@@ -540,6 +567,9 @@ impl RedisEngine {
                 invocation.arg(&pick(&scripts).name).arg(0).arg(deadline);
                 if let Some(node) = &node {
                     invocation.arg(&**node);
+                }
+                if let Some(call_id) = &call_id {
+                    invocation.arg(call_id);
                 }
                 for arg in &args {
                     invocation.arg(arg);
@@ -593,10 +623,11 @@ impl RedisEngine {
                 tokio::time::timeout_at(tokio::time::Instant::from_std(give_up), attempts).await;
             let failed = |error, in_doubt: bool| Failed {
                 error,
-                in_doubt: in_doubt.then_some(InDoubt {
+                in_doubt: in_doubt.then(|| InDoubt {
                     deadline,
                     give_up,
                     sent: give_up - timeout,
+                    call_id: call_id.clone(),
                 }),
             };
             match outcome {
@@ -1321,8 +1352,13 @@ impl Engine for RedisEngine {
                     error,
                 }) => match engine.upgrade() {
                     Some(engine) => {
-                        let settle = engine.settle(&sid, call_id, doubt, created_ms, error);
-                        settle.await?
+                        let args = vec![
+                            sid.clone(),
+                            call_id,
+                            doubt.deadline.to_string(),
+                            created_ms.to_string(),
+                        ];
+                        engine.settle(|s| &s.settle, args, doubt, error).await?
                     }
                     None => return Err(error),
                 },

@@ -19,7 +19,8 @@ local ARGV, BASE, NOW, NODE
 -- ("nothing was done; retry"), so it does nothing at all (no write, no
 -- index, no publish) and answers `E:late:<Redis's time>`. `base`: the
 -- common arguments before the function's own (2: the deadline and the
--- node's id; `post`: 1, the deadline). → nil, or Redis's time (unix ms)
+-- node's id; 3: those and the call's id, for a function that records its
+-- answer; `post`: 1, the deadline). → nil, or Redis's time (unix ms)
 -- when the call is late. NOW is Redis's clock (unix ms), one clock for
 -- every node's expiries and timestamps (`post` needs none: its webhook
 -- event's time comes with it).
@@ -35,7 +36,7 @@ local function begin(args, base)
     return t[1] * 1000 + math.floor(t[2] / 1000)
   end
   ARGV, BASE = args, base
-  if base == 2 then
+  if base >= 2 then
     NOW, NODE = t[1] * 1000 + math.floor(t[2] / 1000), args[2]
   else
     NOW, NODE = nil, nil

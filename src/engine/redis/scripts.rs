@@ -546,6 +546,17 @@ if NOW <= tonumber(A(3)) then return 'wait' end
 return 'none'
 "#;
 
+/// A:1 a recorded function's call id (see `RECORDED`), 2 that call's
+/// deadline → its answer, prefixed with "R", when it ran; "wait" when it
+/// has not (yet) while it still could; "none" when it did not and never
+/// will.
+const SETTLE_CALL: &str = r#"
+local answer = redis.call('GET', P .. ':call:' .. A(1))
+if answer then return answer end
+if NOW <= tonumber(A(2)) then return 'wait' end
+return 'none'
+"#;
+
 /// A:1 url, 2 lease time (ms), 3 a fresh epoch in case there is none →
 /// `<1|0>:<epoch>`: whether this node holds the URL's webhook lease now
 /// (taken when free, renewed when its own), and the webhook epoch (event
@@ -596,10 +607,25 @@ pub(super) struct Function {
     /// before its own; `post` takes only the deadline (each argument costs
     /// Redis about 1,400 instructions).
     pub common: bool,
+    /// It records its answer under its call's id (a third common
+    /// argument), for `settle_call`.
+    pub recorded: bool,
 }
 
 /// The functions that take only their deadline and their own arguments.
 const OWN_ARGUMENTS: &[&str] = &["post"];
+
+/// The state changes whose answer, when it is lost, the node asks for
+/// again (`settle_call`): each records its answer under its call's id
+/// for `CALL_RECORD_MS`, one more write. Not `post` (`settle` finds a
+/// message in its channel's log, so that a message costs no second
+/// write), nor the changes a client can repeat without harm (a draft, a
+/// typing indicator, minimizing) or that belong to a session's own
+/// connection.
+const RECORDED: &[&str] = &["start", "restart", "end", "join", "leave", "widget"];
+
+/// How long a recorded answer is kept: far longer than a node asks for it.
+const CALL_RECORD_MS: u64 = 60_000;
 
 pub(super) struct Scripts {
     pub identify: Function,
@@ -627,6 +653,7 @@ pub(super) struct Scripts {
     pub reap: Function,
     pub purge: Function,
     pub settle: Function,
+    pub settle_call: Function,
     pub wh_hold: Function,
     pub wh_release: Function,
     pub wh_cursor: Function,
@@ -687,6 +714,7 @@ impl Scripts {
             ("reap", REAP),
             ("purge", PURGE),
             ("settle", SETTLE),
+            ("settle_call", SETTLE_CALL),
             ("wh_hold", WH_HOLD),
             ("wh_release", WH_RELEASE),
             ("wh_cursor", WH_CURSOR),
@@ -705,14 +733,26 @@ impl Scripts {
         // nothing and answers `E:late:<Redis's time>`). The common
         // arguments before the function's own: the deadline, then (but
         // for `post`) the node's id.
+        // A recorded function takes its call's id as a third common
+        // argument and keeps its answer under it.
         let functions: Vec<(&str, String)> = bodies
             .iter()
             .map(|(f, body)| {
-                let base = if OWN_ARGUMENTS.contains(f) { 1 } else { 2 };
-                let wrapped = format!(
-                    "function(_, args)\nlocal late = begin(args, {base})\n\
-                     if late then return string.format('E:late:%d', late) end\n{body}\nend"
-                );
+                let wrapped = if RECORDED.contains(f) {
+                    format!(
+                        "function(_, args)\nlocal late = begin(args, 3)\n\
+                         if late then return string.format('E:late:%d', late) end\n\
+                         local answer = (function()\n{body}\nend)()\n\
+                         redis.call('SET', P .. ':call:' .. args[3], 'R' .. answer, 'PX', {CALL_RECORD_MS})\n\
+                         return answer\nend"
+                    )
+                } else {
+                    let base = if OWN_ARGUMENTS.contains(f) { 1 } else { 2 };
+                    format!(
+                        "function(_, args)\nlocal late = begin(args, {base})\n\
+                         if late then return string.format('E:late:%d', late) end\n{body}\nend"
+                    )
+                };
                 (*f, wrapped)
             })
             .collect();
@@ -731,6 +771,7 @@ impl Scripts {
         let name = |f: &str| Function {
             name: function_name(f),
             common: !OWN_ARGUMENTS.contains(&f),
+            recorded: RECORDED.contains(&f),
         };
         let mut library = format!("#!lua name=switchboard_{id}\n{config}{PRELUDE}\n");
         for (f, function) in &functions {
@@ -765,6 +806,7 @@ impl Scripts {
             reap: name("reap"),
             purge: name("purge"),
             settle: name("settle"),
+            settle_call: name("settle_call"),
             wh_hold: name("wh_hold"),
             wh_release: name("wh_release"),
             wh_cursor: name("wh_cursor"),
