@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    assert_gapless, config_file, fresh_data_dir, read_until, token, BrokerProcess, Client, Enc,
-    TestServer,
+    assert_gapless, config_file, fresh_data_dir, read_until, send_messages, token, BrokerProcess,
+    Client, Enc, TestServer,
 };
 use futures_util::SinkExt;
 use serde_json::{json, Value};
@@ -31,19 +31,6 @@ async fn restart_and_resume(
         .await
         .unwrap();
     (server, customer, r)
-}
-
-/// Sends `m0`, `m1`, … one at a time, each acknowledged before the next.
-async fn send_messages(client: &mut Client, sid: &str, n: usize) {
-    for i in 0..n {
-        client
-            .call(
-                "SendMessage",
-                json!({"channelSid": sid, "body": format!("m{i}")}),
-            )
-            .await
-            .unwrap();
-    }
 }
 
 /// Every message of a channel, paging back with `GetMessages`.

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_gapless, read_until, Client, Enc, TestServer};
+use common::{assert_gapless, read_until, send_messages, Client, Enc, TestServer};
 
 /// Broker processes listen on a port of their own.
 const LISTEN: [&str; 2] = ["--listen", "127.0.0.1:0"];
@@ -231,15 +231,7 @@ async fn a_damaged_journal_is_refused_not_rewound() {
     customer.connect(json!({})).await.unwrap();
     let resume = customer.connect_result["resumeToken"].clone();
     let sid = customer.start_engagement().await;
-    for i in 0..90 {
-        customer
-            .call(
-                "SendMessage",
-                json!({"channelSid": sid, "body": format!("m{i}")}),
-            )
-            .await
-            .unwrap();
-    }
+    send_messages(&mut customer, &sid, 90).await;
     broker.signal("KILL");
     broker.wait_exit();
     // The log's segment that holds the messages (the only one a new store

@@ -574,6 +574,19 @@ pub fn assert_holds_acked(messages: &[Value], acked: &[u64], what: &str) {
     }
 }
 
+/// Sends `m0`, `m1`, … one at a time, each acknowledged before the next.
+pub async fn send_messages(client: &mut Client, sid: &str, n: usize) {
+    for i in 0..n {
+        client
+            .call(
+                "SendMessage",
+                json!({"channelSid": sid, "body": format!("m{i}")}),
+            )
+            .await
+            .unwrap();
+    }
+}
+
 /// Reads `messageAdded` pushes until index `last` (inclusive).
 pub async fn read_until(client: &mut Client, last: u64) -> Vec<Value> {
     let mut out = Vec::new();
