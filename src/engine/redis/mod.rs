@@ -64,10 +64,10 @@ const REAP_BUDGET: usize = 1000;
 const PURGE_KEYS: usize = 100;
 const PURGE_ROWS: usize = 2000;
 
-/// A `SendMessage` whose answer from Redis never came is looked for in its
-/// channel's log until this long after its call was sent (the contract's
-/// 2 s, less a margin for the reply's way out); while the connection is
-/// being made again, every pause.
+/// A call whose answer from Redis never came (a `SendMessage`, or a state
+/// change that records its answer) is asked after until this long after
+/// it was sent (the contract's 2 s, less a margin for the reply's way
+/// out); while the connection is being made again, every pause.
 const SETTLE_WITHIN: Duration = Duration::from_millis(1800);
 const SETTLE_PAUSE: Duration = Duration::from_millis(10);
 
@@ -496,7 +496,9 @@ impl RedisEngine {
     /// it, in Redis's time (its deadline, `clock.rs`): a call Redis runs
     /// after that, held up while Redis was blocked or slow, does nothing
     /// (`begin` in `prelude.lua`), so that `unavailable` for a call given
-    /// up means that it was not done.
+    /// up means that it was not done. A function that records its answer
+    /// (`scripts::RECORDED`) and got none is asked after (`settle`): its
+    /// recorded answer if it ran, `unavailable` once it no longer can.
     fn call(
         &self,
         pick: fn(&Scripts) -> &scripts::Function,
