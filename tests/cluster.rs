@@ -1297,3 +1297,29 @@ async fn a_state_change_whose_answer_is_lost_is_answered_with_the_truth() {
     assert_eq!(connected["engagement"], Value::Null);
     assert_eq!(connected["widget"]["expanded"], true, "toggled once");
 }
+
+/// A session's pipelined `SendMessage`s go to Redis before their replies
+/// are due (several in flight at once), and still take indexes in
+/// command order: the replies, and an agent on the other node, see
+/// `m0`, `m1`, … at indexes 0, 1, ….
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_messages_keep_command_order_across_nodes() {
+    const N: u64 = 200;
+    let redis = Redis::start();
+    let (_a, _b, mut customer, mut agent, sid) =
+        engagement_across(&redis, NO_LIMITS, "agent-pipe").await;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let body = json!({"channelSid": sid, "body": format!("m{i}")});
+        ids.push(customer.send("SendMessage", body).await);
+    }
+    for (i, id) in ids.into_iter().enumerate() {
+        let reply = customer.reply(id).await;
+        assert_eq!(reply["result"]["index"], i, "{reply}");
+    }
+    let seen = read_until(&mut agent, N - 1).await;
+    assert_gapless(&seen, 0, "the agent on the other node");
+    for (i, m) in seen.iter().enumerate() {
+        assert_eq!(m["body"], format!("m{i}"));
+    }
+}

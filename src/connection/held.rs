@@ -13,6 +13,10 @@ use crate::error::ActionError;
 use crate::metrics::CommandTimer;
 use crate::store::Commits;
 
+/// A session's calls to a shared engine sent before their turn comes (see
+/// `poll_settled`).
+const IN_FLIGHT: usize = 8;
+
 /// Replies waiting for their commands' changes to be durable, in command
 /// order (a reply that is ready still waits behind the ones before it).
 /// Allocated while replies are held and freed when the last one goes: an
@@ -25,6 +29,9 @@ pub(super) type HeldList = VecDeque<(u64, CommandTimer, Result<Pending<Value>, A
 
 struct HeldQueue {
     replies: HeldList,
+    /// How many replies, from the front, have been polled once: a shared
+    /// engine's call goes out at its first poll.
+    polled: usize,
     /// Armed for the newest held store ticket: one wake-up for a whole
     /// group commit, not one per reply.
     wait: Option<Pending<()>>,
@@ -48,6 +55,7 @@ impl HeldReplies {
         let queue = self.0.get_or_insert_with(|| {
             Box::new(HeldQueue {
                 replies: VecDeque::new(),
+                polled: 0,
                 wait: None,
             })
         });
@@ -85,6 +93,7 @@ impl HeldReplies {
             Ok(pending) => pending.try_take()?.map_err(ActionError::from),
         };
         queue.replies.pop_front();
+        queue.polled = queue.polled.saturating_sub(1);
         if queue.replies.is_empty() {
             self.0 = None;
         }
@@ -101,7 +110,30 @@ impl HeldReplies {
         let Some(queue) = self.0.as_mut() else {
             return Poll::Ready(());
         };
-        let HeldQueue { replies, wait } = &mut **queue;
+        let HeldQueue {
+            replies,
+            polled,
+            wait,
+        } = &mut **queue;
+        // A shared engine's calls go out as soon as they are held, not
+        // when they reach the front: only pipelinable built-ins are held,
+        // each one call whose first poll sends it, so they leave in
+        // command order, and Redis runs one connection's calls in the
+        // order sent. Each is polled once here, then again only at the
+        // front (its answer waits in it), so that a wake-up costs one
+        // poll, not one per reply held. At most `IN_FLIGHT` go out ahead
+        // of their turn: a session flooding an overloaded Redis waits
+        // for its answers instead of queueing calls past their timeout.
+        for (_, _, reply) in replies.iter_mut().take(IN_FLIGHT).skip(*polled) {
+            if let Ok(pending) = reply {
+                if let Pending::Remote(future) = pending {
+                    if let Poll::Ready(outcome) = future.as_mut().poll(cx) {
+                        *pending = Pending::Ready(outcome);
+                    }
+                }
+            }
+        }
+        *polled = replies.len().min(IN_FLIGHT);
         // The newest store ticket held: waiting for it wakes once for
         // a whole group commit.
         let newest = replies

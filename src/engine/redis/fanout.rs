@@ -18,14 +18,14 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, PubSubSink};
 
 use super::wire::{self, Wire};
 use crate::delivery::Delivery;
 use crate::event::{Event, Topic};
-use crate::outbox::CloseReason;
+use crate::outbox::{CloseReason, Cork};
 
 /// Early arrivals kept per topic while a gap is filled; past it they are
 /// dropped (the fill reads them from the log as well).
@@ -34,6 +34,9 @@ const MAX_EARLY: usize = 4096;
 const MAX_TRANSIENT: usize = 64;
 /// Log entries read per round trip while filling.
 const FILL_BATCH: usize = 1000;
+/// Most pub/sub events applied under one cork (those already received
+/// when the first of them is read).
+const BURST: usize = 256;
 /// Pause between attempts while Redis cannot be reached.
 const RETRY: Duration = Duration::from_millis(250);
 
@@ -258,7 +261,19 @@ impl Fanout {
             loop {
                 tokio::select! {
                     msg = stream.next() => match msg {
-                        Some(msg) => self.on_message(msg.get_channel_name(), msg.get_payload_bytes()),
+                        Some(msg) => {
+                            // The events already here go out under one
+                            // cork: each recipient gets one write for all
+                            // of them, as after an embedded commit.
+                            let _cork = Cork::new();
+                            self.on_message(msg.get_channel_name(), msg.get_payload_bytes());
+                            for _ in 1..BURST {
+                                match stream.next().now_or_never() {
+                                    Some(Some(msg)) => self.on_message(msg.get_channel_name(), msg.get_payload_bytes()),
+                                    _ => break,
+                                }
+                            }
+                        }
                         None => break,
                     },
                     _ = self.restart.notified() => {
