@@ -1323,3 +1323,47 @@ async fn pipelined_messages_keep_command_order_across_nodes() {
         assert_eq!(m["body"], format!("m{i}"));
     }
 }
+
+/// Several pipelined `SendMessage`s in flight when their connection to
+/// Redis is cut as Redis answers the first: each is answered with the
+/// truth, in command order, within 2 s of being sent: the ones Redis
+/// stored with their indexes, any that never reached it `unavailable`,
+/// and the channel holds exactly the acknowledged ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_messages_whose_answers_are_lost_are_each_answered_with_the_truth() {
+    const N: usize = 8;
+    let redis = Redis::start();
+    let cutter = Cutter::start(&redis);
+    let a = TestServer::start(&format!("{NO_LIMITS}\n{}", cutter.cluster_toml())).await;
+    let b = node(&redis, NO_LIMITS).await;
+    let (_a, _b, mut customer, mut agent, sid) = engagement_between(a, b, "agent-cut").await;
+    cutter.arm(Cut::AtTheAnswer, "post");
+    let asked = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let body = json!({"channelSid": sid, "body": format!("m{i}")});
+        ids.push(customer.send("SendMessage", body).await);
+    }
+    let mut acked = Vec::new();
+    for (i, id) in ids.into_iter().enumerate() {
+        let reply = customer.reply(id).await;
+        match reply.get("result") {
+            Some(result) => {
+                assert_eq!(result["index"], acked.len(), "{reply}");
+                acked.push(format!("{} m{i}", acked.len()));
+            }
+            None => assert_eq!(reply["error"]["code"], "unavailable", "{reply}"),
+        }
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(cutter.cuts(), 1, "the answers were cut");
+    assert!(
+        !acked.is_empty(),
+        "Redis had stored the first before the cut"
+    );
+    assert_eq!(indexed_bodies(&mut agent, &sid).await, acked);
+}

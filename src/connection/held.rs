@@ -29,9 +29,6 @@ pub(super) type HeldList = VecDeque<(u64, CommandTimer, Result<Pending<Value>, A
 
 struct HeldQueue {
     replies: HeldList,
-    /// How many replies, from the front, have been polled once: a shared
-    /// engine's call goes out at its first poll.
-    polled: usize,
     /// Armed for the newest held store ticket: one wake-up for a whole
     /// group commit, not one per reply.
     wait: Option<Pending<()>>,
@@ -55,7 +52,6 @@ impl HeldReplies {
         let queue = self.0.get_or_insert_with(|| {
             Box::new(HeldQueue {
                 replies: VecDeque::new(),
-                polled: 0,
                 wait: None,
             })
         });
@@ -93,7 +89,6 @@ impl HeldReplies {
             Ok(pending) => pending.try_take()?.map_err(ActionError::from),
         };
         queue.replies.pop_front();
-        queue.polled = queue.polled.saturating_sub(1);
         if queue.replies.is_empty() {
             self.0 = None;
         }
@@ -110,21 +105,17 @@ impl HeldReplies {
         let Some(queue) = self.0.as_mut() else {
             return Poll::Ready(());
         };
-        let HeldQueue {
-            replies,
-            polled,
-            wait,
-        } = &mut **queue;
+        let HeldQueue { replies, wait } = &mut **queue;
         // A shared engine's calls go out as soon as they are held, not
         // when they reach the front: only pipelinable built-ins are held,
         // each one call whose first poll sends it, so they leave in
         // command order, and Redis runs one connection's calls in the
-        // order sent. Each is polled once here, then again only at the
-        // front (its answer waits in it), so that a wake-up costs one
-        // poll, not one per reply held. At most `IN_FLIGHT` go out ahead
-        // of their turn: a session flooding an overloaded Redis waits
-        // for its answers instead of queueing calls past their timeout.
-        for (_, _, reply) in replies.iter_mut().take(IN_FLIGHT).skip(*polled) {
+        // order sent. The first `IN_FLIGHT` are polled on every wake-up,
+        // so that each sees its own timeout and, its answer lost, looks
+        // for its outcome in its own time (`settle`); the rest wait:
+        // a session flooding an overloaded Redis waits for its answers
+        // instead of queueing calls past their timeout.
+        for (_, _, reply) in replies.iter_mut().take(IN_FLIGHT) {
             if let Ok(pending) = reply {
                 if let Pending::Remote(future) = pending {
                     if let Poll::Ready(outcome) = future.as_mut().poll(cx) {
@@ -133,7 +124,6 @@ impl HeldReplies {
                 }
             }
         }
-        *polled = replies.len().min(IN_FLIGHT);
         // The newest store ticket held: waiting for it wakes once for
         // a whole group commit.
         let newest = replies
@@ -147,15 +137,9 @@ impl HeldReplies {
             *wait = None;
             return Poll::Ready(());
         }
-        if let Pending::Remote(future) = front {
-            // Decided elsewhere: this reply's own answer.
-            return match future.as_mut().poll(cx) {
-                Poll::Ready(outcome) => {
-                    *front = Pending::Ready(outcome);
-                    Poll::Ready(())
-                }
-                Poll::Pending => Poll::Pending,
-            };
+        if let Pending::Remote(_) = front {
+            // Decided elsewhere, and polled above: its answer wakes us.
+            return Poll::Pending;
         }
         if wait.is_none() {
             *wait = newest.and_then(|ticket| front.wait_for(ticket));
