@@ -326,15 +326,7 @@ async fn channels_queues_and_identities_are_readable() {
     );
     assert!(channel["startedAt"].as_str().unwrap().ends_with('Z'));
 
-    for i in 0..3 {
-        customer
-            .call(
-                "SendMessage",
-                json!({ "channelSid": sid, "body": format!("m{i}") }),
-            )
-            .await
-            .unwrap();
-    }
+    send_messages(&mut customer, &sid, 3).await;
     let (_, channel) = api.get(&format!("/api/v1/channels/{sid}")).await;
     assert_eq!(channel["lastIndex"], 2);
     let (status, page) = api

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use cluster_support::{node, node_process, node_with, Cut, Cutter, Redis};
+use cluster_support::{node, node_behind, node_process, node_with, Cut, Cutter, Redis};
 use common::{
     assert_gapless, assert_holds_acked, read_until, send_messages, token, Client, Enc, TestServer,
 };
@@ -1219,7 +1219,7 @@ async fn age_retention_empties_a_channel_and_its_numbering_carries_on() {
 async fn a_send_message_whose_answer_is_lost_is_answered_with_the_truth() {
     let redis = Redis::start();
     let cutter = Cutter::start(&redis);
-    let a = TestServer::start(&format!("{NO_LIMITS}\n{}", cutter.cluster_toml())).await;
+    let a = node_behind(&cutter, NO_LIMITS).await;
     let b = node(&redis, NO_LIMITS).await;
     let (_a, _b, mut customer, mut agent, sid) = engagement_between(a, b, "agent-doubt").await;
     let send = |body: &str| json!({"channelSid": sid, "body": body});
@@ -1261,7 +1261,7 @@ async fn a_send_message_whose_answer_is_lost_is_answered_with_the_truth() {
 async fn a_state_change_whose_answer_is_lost_is_answered_with_the_truth() {
     let redis = Redis::start();
     let cutter = Cutter::start(&redis);
-    let a = TestServer::start(&format!("{NO_LIMITS}\n{}", cutter.cluster_toml())).await;
+    let a = node_behind(&cutter, NO_LIMITS).await;
     let b = node(&redis, NO_LIMITS).await;
     let jwt = token("cust-doubt", "customer", 3600);
     let mut tab_a = a.staff_token(&jwt).await;
@@ -1334,7 +1334,7 @@ async fn pipelined_messages_whose_answers_are_lost_are_each_answered_with_the_tr
     const N: usize = 8;
     let redis = Redis::start();
     let cutter = Cutter::start(&redis);
-    let a = TestServer::start(&format!("{NO_LIMITS}\n{}", cutter.cluster_toml())).await;
+    let a = node_behind(&cutter, NO_LIMITS).await;
     let b = node(&redis, NO_LIMITS).await;
     let (_a, _b, mut customer, mut agent, sid) = engagement_between(a, b, "agent-cut").await;
     cutter.arm(Cut::AtTheAnswer, "post");

@@ -406,15 +406,7 @@ async fn events_of_acknowledged_messages_survive_kill_9_while_the_receiver_is_do
     let sid = customer.start_engagement().await;
     // Acknowledged, then the broker dies while their events wait.
     const SENT: u64 = 50;
-    for i in 0..SENT {
-        customer
-            .call(
-                "SendMessage",
-                json!({ "channelSid": sid, "body": format!("m{i}") }),
-            )
-            .await
-            .unwrap();
-    }
+    send_messages(&mut customer, &sid, SENT as usize).await;
     broker.signal("KILL");
     drop(broker);
     drop(customer);

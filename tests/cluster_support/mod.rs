@@ -128,6 +128,11 @@ pub async fn node_with(redis: &Redis, extra: &str, cluster: &str) -> TestServer 
     TestServer::start(&format!("{extra}\n{}", redis.cluster_toml_with(cluster))).await
 }
 
+/// An in-process broker node reaching Redis through `cutter`.
+pub async fn node_behind(cutter: &Cutter, extra: &str) -> TestServer {
+    TestServer::start(&format!("{extra}\n{}", cutter.cluster_toml())).await
+}
+
 /// A node as a process of its own (the `switchboard` binary), so that a
 /// test can kill it with SIGKILL: `extra` configuration on this Redis,
 /// its configuration file named after `name`.
