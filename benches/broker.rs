@@ -59,7 +59,7 @@ fn encode(c: &mut Criterion) {
         author: Arc::from("anon-0123456789abcdef0123456789abcdef"),
         author_role: Role::Customer,
         body: "x".repeat(200),
-        attributes: json!({"t": 1_700_000_000_000_000_000u64}),
+        attributes: switchboard::store::Attributes::of(&json!({"t": 1_700_000_000_000_000_000u64})),
         date_created: "2026-11-21T10:00:00.000Z".into(),
         created_ms: 0,
     };

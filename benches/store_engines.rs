@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redb::{Database, TableDefinition};
-use serde_json::Value;
 use switchboard::auth::Role;
 use switchboard::config::Durability;
 use switchboard::metrics::Metrics;
@@ -44,7 +43,7 @@ fn message(n: u64) -> StoredMessage {
         author: Arc::from(format!("customer-{channel}")),
         author_role: Role::Customer,
         body: "x".repeat(100),
-        attributes: Value::Object(Default::default()),
+        attributes: switchboard::store::Attributes::empty(),
         date_created: "2026-11-21T12:00:00.000Z".into(),
         created_ms: 1_795_000_000_000 + n as i64,
     }
@@ -272,7 +271,7 @@ fn fill(dir: &Path, channels: u64, messages: u64) {
                     author: customer(c),
                     author_role: Role::Customer,
                     body: "x".repeat(100),
-                    attributes: Value::Object(Default::default()),
+                    attributes: switchboard::store::Attributes::empty(),
                     date_created: "2026-11-26T00:00:00.000Z".into(),
                     created_ms: now,
                 }))

@@ -375,7 +375,7 @@ fn message_json(event: &str, m: &StoredMessage) -> Bytes {
     buf.extend_from_slice(b"\",\"body\":");
     json_str(&mut buf, &m.body);
     buf.extend_from_slice(b",\"attributes\":");
-    serde_json::to_writer(&mut buf, &m.attributes).expect("a Value serializes");
+    buf.extend_from_slice(m.attributes.json().as_bytes());
     buf.extend_from_slice(b",\"dateCreated\":");
     json_str(&mut buf, &m.date_created);
     buf.extend_from_slice(b"}}");

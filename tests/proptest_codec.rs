@@ -9,7 +9,7 @@ use switchboard::auth::Role;
 use switchboard::codec::{
     as_inbound, decode_command, encode, Command, Encoding, Inbound, Push, MAX_ACTION_BYTES,
 };
-use switchboard::store::StoredMessage;
+use switchboard::store::{Attributes, StoredMessage};
 use switchboard::validate::{check_msgpack, depth, MAX_FRAME_DEPTH};
 
 /// Any JSON value (finite numbers only: JSON has no others), nested a few
@@ -56,7 +56,7 @@ fn message() -> impl Strategy<Value = StoredMessage> {
                 author: Arc::from(author),
                 author_role: [Role::Customer, Role::Agent, Role::Service][role as usize],
                 body,
-                attributes,
+                attributes: Attributes::of(&attributes),
                 date_created: date,
                 created_ms: ms,
             },
@@ -88,7 +88,14 @@ proptest! {
         for encoding in [Encoding::Json, Encoding::MsgPack] {
             let by_hand = Push::new("messageAdded", &m).message_frame(encoding);
             let by_serde = Push::new("messageAdded", &m).frame(encoding);
-            prop_assert_eq!(by_hand, by_serde);
+            prop_assert_eq!(&by_hand, &by_serde);
+            // The attributes, kept as JSON text, arrive as the map in both.
+            let payload = switchboard::codec::payload_of(&by_hand);
+            let pushed: Value = match encoding {
+                Encoding::Json => serde_json::from_slice(&payload).unwrap(),
+                Encoding::MsgPack => rmp_serde::from_slice(&payload).unwrap(),
+            };
+            prop_assert_eq!(&pushed["data"]["attributes"], &m.attributes.to_value());
         }
     }
 

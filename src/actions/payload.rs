@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::error::ActionError;
+use crate::store::Attributes;
 use crate::validate::{depth, MAX_FRAME_DEPTH};
 
 /// One field of a payload, as the client sent it.
@@ -105,8 +106,8 @@ pub(crate) fn body(name: &str, value: String, config: &Config) -> Result<String,
     bounded(name, value, config.limits.max_body_bytes)
 }
 
-/// A free-form map (`formData`, `messageAttributes`): within the byte limit
-/// as JSON and the nesting limit; `{}` when absent.
+/// A free-form map (`formData`): within the byte limit as JSON and the
+/// nesting limit; `{}` when absent.
 pub(crate) fn free_form(
     name: &str,
     field: Field<Map<String, Value>>,
@@ -116,22 +117,51 @@ pub(crate) fn free_form(
         return Ok(Value::Object(Map::new()));
     };
     let value = Value::Object(map);
+    within_depth(name, &value, config)?;
+    if !value.as_object().is_some_and(Map::is_empty) {
+        within_bytes(name, crate::codec::encoded_len(&value), config)?;
+    }
+    Ok(value)
+}
+
+/// `messageAttributes`: [`free_form`]'s checks, and the map as the JSON
+/// text it is stored and sent as (serialized once, here).
+pub(crate) fn attributes(
+    name: &str,
+    field: Field<Map<String, Value>>,
+    config: &Config,
+) -> Result<Attributes, ActionError> {
+    let Some(map) = field.optional(name)? else {
+        return Ok(Attributes::empty());
+    };
+    if map.is_empty() {
+        return Ok(Attributes::empty());
+    }
+    let value = Value::Object(map);
+    within_depth(name, &value, config)?;
+    let attributes = Attributes::of(&value);
+    within_bytes(name, attributes.json().len(), config)?;
+    Ok(attributes)
+}
+
+fn within_depth(name: &str, value: &Value, config: &Config) -> Result<(), ActionError> {
     let max_depth = config.validation.max_payload_depth;
-    if depth(&value, max_depth) > max_depth {
+    if depth(value, max_depth) > max_depth {
         return Err(ActionError::TooLarge(format!(
             "`{name}` is nested more than {max_depth} levels deep (validation.max_payload_depth)"
         )));
     }
+    Ok(())
+}
+
+fn within_bytes(name: &str, bytes: usize, config: &Config) -> Result<(), ActionError> {
     let limit = config.limits.max_body_bytes;
-    if !value.as_object().is_some_and(Map::is_empty) {
-        let bytes = crate::codec::encoded_len(&value);
-        if bytes > limit {
-            return Err(ActionError::TooLarge(format!(
-                "`{name}` is {bytes} bytes as JSON; the limit is {limit}"
-            )));
-        }
+    if bytes > limit {
+        return Err(ActionError::TooLarge(format!(
+            "`{name}` is {bytes} bytes as JSON; the limit is {limit}"
+        )));
     }
-    Ok(value)
+    Ok(())
 }
 
 /// A `channelSid`: `CH` + 32 lowercase hex digits.

@@ -36,7 +36,7 @@ pub(super) fn run(ctx: &ActionContext, payload: Value) -> Result<Pending<Value>,
     if body.is_empty() {
         return Err(ActionError::bad_request("`body` must not be empty"));
     }
-    let attributes = payload::free_form("messageAttributes", p.message_attributes, config)?;
+    let attributes = payload::attributes("messageAttributes", p.message_attributes, config)?;
     let posted = ctx.node.engine.post(
         &ctx.actor,
         &sid,

@@ -274,7 +274,7 @@ pub(crate) struct Posted {
 /// A message to post.
 pub(crate) struct NewMessage {
     pub body: String,
-    pub attributes: Value,
+    pub attributes: crate::store::Attributes,
     /// Posted by the broker itself (a configured greeter): it need not be
     /// a member.
     pub by_broker: bool,

@@ -47,8 +47,8 @@ use parking_lot::RwLock;
 use serde_json::Value;
 
 use super::{
-    check_loss, Backend, ChannelRow, Durability, HistoryReader, IdentityRow, Op, Opened, Retention,
-    Snapshot, StoreError, StoredMessage,
+    check_loss, Attributes, Backend, ChannelRow, Durability, HistoryReader, IdentityRow, Op,
+    Opened, Retention, Snapshot, StoreError, StoredMessage,
 };
 use crate::auth::Role;
 
@@ -229,12 +229,7 @@ fn put_message(b: &mut Vec<u8>, m: &StoredMessage) {
     put_str(b, &m.author);
     b.push(role_code(m.author_role));
     put_str(b, &m.body);
-    // serde_json writes into the buffer directly: no String in between.
-    let attrs_at = b.len();
-    put_u32(b, 0);
-    serde_json::to_writer(&mut *b, &m.attributes).expect("a Value serializes");
-    let attrs_len = (b.len() - attrs_at - 4) as u32;
-    b[attrs_at..attrs_at + 4].copy_from_slice(&attrs_len.to_le_bytes());
+    put_str(b, m.attributes.json());
     put_str(b, &m.date_created);
     let len = (b.len() - at - 4) as u32;
     b[at..at + 4].copy_from_slice(&len.to_le_bytes());
@@ -248,7 +243,7 @@ fn decode_message(sid: &Arc<str>, body: &[u8]) -> Result<StoredMessage, Bad> {
     let author = d.str()?;
     let author_role = d.role()?;
     let text = d.str()?;
-    let attributes = serde_json::from_slice(d.bytes()?).unwrap_or(Value::Null);
+    let attributes = Attributes::read(std::str::from_utf8(d.bytes()?).unwrap_or("null"));
     let date_created = d.str()?;
     Ok(StoredMessage {
         channel_sid: sid.clone(),

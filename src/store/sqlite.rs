@@ -12,8 +12,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 
 use super::{
-    check_loss, Backend, ChannelRow, Durability, HistoryReader, IdentityRow, Op, Opened, Snapshot,
-    StoreError, StoredMessage,
+    check_loss, Attributes, Backend, ChannelRow, Durability, HistoryReader, IdentityRow, Op,
+    Opened, Snapshot, StoreError, StoredMessage,
 };
 use crate::auth::Role;
 
@@ -266,7 +266,7 @@ fn message_from_row(sid: &Arc<str>, row: &rusqlite::Row<'_>) -> rusqlite::Result
         author: Arc::from(author),
         author_role: role(&author_role),
         body: row.get("body")?,
-        attributes: serde_json::from_str(&attributes).unwrap_or(Value::Null),
+        attributes: Attributes::read(&attributes),
         date_created: row.get("date_created")?,
         created_ms: row.get("created_ms")?,
     })
@@ -449,7 +449,7 @@ fn apply<'a>(
                         &*m.author,
                         m.author_role.as_str(),
                         m.body,
-                        m.attributes.to_string(),
+                        m.attributes.json(),
                         m.date_created,
                         m.created_ms,
                     ])?;

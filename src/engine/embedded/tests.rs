@@ -89,7 +89,7 @@ impl World {
             sid,
             NewMessage {
                 body: body.into(),
-                attributes: json!({}),
+                attributes: crate::store::Attributes::empty(),
                 by_broker: false,
             },
         )

@@ -47,7 +47,7 @@ use crate::delivery::{Added, Delivery};
 use crate::event::QUEUE_PREFIX;
 use crate::event::{member_list, LeaveReason, Member, QueuedEngagement, SessionKey, Topic};
 use crate::metrics::Metrics;
-use crate::store::StoredMessage;
+use crate::store::{Attributes, StoredMessage};
 use clock::RedisClock;
 use fanout::{Apply, Fanout, FollowUp};
 use scripts::Scripts;
@@ -178,7 +178,7 @@ struct MessageTail<'a> {
     a: &'a str,
     r: Role,
     b: &'a str,
-    at: &'a Value,
+    at: &'a Attributes,
     d: &'a str,
     /// The `post` call's id (random), so that a call whose answer never
     /// came can be looked for (`settle`).

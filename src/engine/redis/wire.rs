@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::auth::Role;
 use crate::event::{EngagementStarted, Event, LeaveReason, Member, SessionKey, Topic};
-use crate::store::StoredMessage;
+use crate::store::{Attributes, StoredMessage};
 
 /// One event as written by a script.
 #[derive(Debug, Deserialize)]
@@ -99,7 +99,7 @@ pub(super) struct WireMessage {
     pub a: String,
     pub r: Role,
     pub b: String,
-    pub at: Value,
+    pub at: Attributes,
     pub d: String,
     pub ms: i64,
 }

@@ -10,7 +10,7 @@ use super::{check_record, data_end, segment_name, LOG_DIR, TORN_SPAN};
 use crate::auth::Role;
 use crate::metrics::Metrics;
 use crate::store::{
-    Durability, IdentityRow, Op, Retention, Snapshot, Store, StoreEngine, StoreError,
+    Attributes, Durability, IdentityRow, Op, Retention, Snapshot, Store, StoreEngine, StoreError,
     StoredMessage, ACK_MARKER_FILE,
 };
 
@@ -47,7 +47,7 @@ fn message(sid: &str, index: u64, created_ms: i64) -> Op {
         author: Arc::from("customer-1"),
         author_role: Role::Customer,
         body: format!("message {index} of {sid}"),
-        attributes: json!({"n": index}),
+        attributes: Attributes::of(&json!({"n": index})),
         date_created: "2026-11-26T00:00:00.000Z".into(),
         created_ms,
     }))
@@ -457,7 +457,7 @@ fn a_restart_rebuilds_every_kind_of_state_across_segments() {
     assert_eq!(ch1.members, vec![(Arc::from("customer-1"), Role::Customer)]);
     assert_eq!(ch1.next_index, 100);
     assert_eq!(ch1.recent.len(), 100);
-    assert_eq!(ch1.recent[42].attributes, json!({"n": 42}));
+    assert_eq!(ch1.recent[42].attributes.to_value(), json!({"n": 42}));
     assert_eq!(store.ended_channel("CH2").unwrap(), Some(100));
     assert_eq!(store.messages("CH2", 10, 20, 5).unwrap().len(), 5);
     assert_eq!(store.messages("CH2", 10, 20, 5).unwrap()[0].index, 15);
