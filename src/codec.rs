@@ -229,26 +229,82 @@ struct ReplyFrame<'a> {
 
 /// `{"id": 7, "result": {…}}`
 pub fn encode_result(encoding: Encoding, id: u64, result: &Value) -> Bytes {
-    encode(
-        encoding,
-        &ReplyFrame {
-            id: Some(id),
-            result: Some(result),
-            error: None,
-        },
-    )
+    let frame = ReplyFrame {
+        id: Some(id),
+        result: Some(result),
+        error: None,
+    };
+    match encoding {
+        Encoding::Json => reply_json(&frame),
+        Encoding::MsgPack => encode(encoding, &frame),
+    }
 }
 
 /// `{"id": 7, "error": {…}}`, with `"id": null` when the id was unreadable.
 pub fn encode_error(encoding: Encoding, id: Option<u64>, error: &Value) -> Bytes {
-    encode(
-        encoding,
-        &ReplyFrame {
-            id,
-            result: None,
-            error: Some(error),
-        },
-    )
+    let frame = ReplyFrame {
+        id,
+        result: None,
+        error: Some(error),
+    };
+    match encoding {
+        Encoding::Json => reply_json(&frame),
+        Encoding::MsgPack => encode(encoding, &frame),
+    }
+}
+
+/// A reply in JSON, written by hand: the same bytes serde_json writes
+/// (tested), with strings through [`json_str`] (serde_json escapes a
+/// string a byte at a time; every command's reply has a few).
+fn reply_json(frame: &ReplyFrame<'_>) -> Bytes {
+    let mut buf = crate::ws::payload_buffer(96);
+    buf.extend_from_slice(b"{\"id\":");
+    match frame.id {
+        Some(id) => buf.extend_from_slice(itoa::Buffer::new().format(id).as_bytes()),
+        None => buf.extend_from_slice(b"null"),
+    }
+    if let Some(result) = frame.result {
+        buf.extend_from_slice(b",\"result\":");
+        json_value(&mut buf, result);
+    }
+    if let Some(error) = frame.error {
+        buf.extend_from_slice(b",\"error\":");
+        json_value(&mut buf, error);
+    }
+    buf.push(b'}');
+    crate::ws::finish(crate::ws::TEXT, buf)
+}
+
+/// `value` as serde_json writes it (compact, a map's keys in its order).
+/// Recursion is bounded: every value a reply carries was built by the
+/// broker or checked against the nesting limit when it came in.
+fn json_value(buf: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::String(s) => json_str(buf, s),
+        Value::Array(items) => {
+            buf.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                json_value(buf, item);
+            }
+            buf.push(b']');
+        }
+        Value::Object(map) => {
+            buf.push(b'{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                json_str(buf, key);
+                buf.push(b':');
+                json_value(buf, item);
+            }
+            buf.push(b'}');
+        }
+        scalar => serde_json::to_writer(&mut *buf, scalar).expect("a scalar serializes"),
+    }
 }
 
 #[derive(Serialize)]

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use switchboard::auth::Role;
 use switchboard::codec::{
-    as_inbound, decode_command, encode, Command, Encoding, Inbound, Push, MAX_ACTION_BYTES,
+    as_inbound, decode_command, encode, encode_error, encode_result, payload_of, Command, Encoding,
+    Inbound, Push, MAX_ACTION_BYTES,
 };
 use switchboard::store::{Attributes, StoredMessage};
 use switchboard::validate::{check_msgpack, depth, MAX_FRAME_DEPTH};
@@ -76,6 +77,16 @@ fn command() -> impl Strategy<Value = Command> {
         })
 }
 
+/// A reply as serde_json writes it.
+#[derive(serde::Serialize)]
+struct Reply<'a> {
+    id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a Value>,
+}
+
 fn frame(c: &Command) -> Value {
     serde_json::json!({"id": c.id, "action": c.action, "payload": c.payload})
 }
@@ -97,6 +108,19 @@ proptest! {
             };
             prop_assert_eq!(&pushed["data"]["attributes"], &m.attributes.to_value());
         }
+    }
+
+    /// The hand-written JSON replies are byte for byte what serde_json
+    /// writes for them.
+    #[test]
+    fn json_replies_are_what_serde_writes(id in any::<u64>(), v in value(), known in any::<bool>()) {
+        let result = payload_of(&encode_result(Encoding::Json, id, &v));
+        let by_serde = serde_json::to_vec(&Reply { id: Some(id), result: Some(&v), error: None }).unwrap();
+        prop_assert_eq!(&result[..], &by_serde[..]);
+        let id = known.then_some(id);
+        let error = payload_of(&encode_error(Encoding::Json, id, &v));
+        let by_serde = serde_json::to_vec(&Reply { id, result: None, error: Some(&v) }).unwrap();
+        prop_assert_eq!(&error[..], &by_serde[..]);
     }
 
     #[test]
