@@ -808,6 +808,36 @@ async fn pipelined_commands_are_answered_in_order_once_durable() {
     server.shutdown().await;
 }
 
+/// A burst of pipelined messages far past the replies a session may hold
+/// (held or parked): the session stops reading at the bound, reads on as
+/// the store settles them, and answers every one, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_burst_past_the_reply_bound_is_answered_in_order() {
+    const MESSAGES: u64 = 500;
+    let server = TestServer::start("[rate_limits]\nenabled = false").await;
+    let mut customer = server.customer().await;
+    let sid = customer.start_engagement().await;
+    let mut ids = Vec::new();
+    for i in 0..MESSAGES {
+        ids.push(
+            customer
+                .send(
+                    "SendMessage",
+                    json!({"channelSid": sid, "body": format!("m{i}")}),
+                )
+                .await,
+        );
+    }
+    for (i, id) in ids.into_iter().enumerate() {
+        let reply = customer.reply(id).await;
+        assert_eq!(reply["result"]["index"], i as u64, "{reply}");
+    }
+    let history = whole_history(&mut customer, &sid).await;
+    assert_gapless(&history, 0, "burst");
+    assert_eq!(history.len() as u64, MESSAGES);
+    server.shutdown().await;
+}
+
 /// A replaced `SendMessage` is not pipelined: it may read anything, so it
 /// runs only once the session's earlier writes are durable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

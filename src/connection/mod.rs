@@ -57,8 +57,6 @@ enum Woke {
     Signals(Signals),
     /// The front held reply stands, or the engine has room again.
     Settled,
-    /// The parked replies (at their bound) are settled.
-    Parked,
     /// Something to write, a close asked for, or the socket writable again.
     Wanted,
     /// Bytes read (frames in `inbound`), or the end of the connection.
@@ -218,21 +216,23 @@ impl SessionTask {
             let mut room = broker.node.engine.room();
             reader.park_held(&mut held);
             // Parked replies count against the bound too: past it, wait
-            // for the store to settle the newest of them.
-            let parked = outbox.parked_len();
-            let mut parked_full = if held.len() + parked >= MAX_HELD_REPLIES {
-                outbox
+            // for the store to settle the newest of them, in the slot the
+            // engine's room takes (whatever lives across the wait below is
+            // in every session's task, idle ones too).
+            let full = held.len() + outbox.parked_len() >= MAX_HELD_REPLIES;
+            let readable = !full && room.is_none();
+            let mut awaits_parked = false;
+            if full && room.is_none() {
+                room = outbox
                     .parked_newest()
                     .map(|(ticket, commits)| Pending::Durable {
                         ticket,
                         value: Some(()),
                         commits,
                         registered: None,
-                    })
-            } else {
-                None
-            };
-            let readable = held.len() + parked < MAX_HELD_REPLIES && room.is_none();
+                    });
+                awaits_parked = room.is_some();
+            }
             let waiting = !held.is_empty() || room.is_some();
             // Everything a waiting session waits on is polled here rather
             // than awaited: the wake-ups live in the outbox, the socket's
@@ -242,11 +242,6 @@ impl SessionTask {
                 let signals = outbox.take_signals();
                 if !signals.is_empty() {
                     return Poll::Ready(Woke::Signals(signals));
-                }
-                if let Some(full) = parked_full.as_mut() {
-                    if Pin::new(full).poll(cx).is_ready() {
-                        return Poll::Ready(Woke::Parked);
-                    }
                 }
                 if waiting {
                     let settled = match room.as_mut() {
@@ -282,7 +277,6 @@ impl SessionTask {
             })
             .await;
             drop(room);
-            drop(parked_full);
             match woke {
                 Woke::Signals(signals) => {
                     if signals.has(Signal::Shutdown) {
@@ -300,9 +294,10 @@ impl SessionTask {
                         outbox.set_alarm(alarm);
                     }
                 }
+                // The parked replies are written here if the store's
+                // thread has not yet.
+                Woke::Settled if awaits_parked => outbox.release_parked(),
                 Woke::Settled => reader.release_held(&mut held),
-                // Written here if the store's thread has not yet.
-                Woke::Parked => outbox.release_parked(),
                 Woke::Wanted => {}
                 Woke::Read(read) => {
                     clock.last_rx = Instant::now();
