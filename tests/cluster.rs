@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use cluster_support::{node, node_behind, node_process, node_with, Cut, Cutter, Redis};
 use common::{
-    assert_gapless, assert_holds_acked, read_until, send_messages, token, Client, Enc, TestServer,
+    assert_gapless, assert_holds_acked, pipeline_messages, read_until, send_messages, token,
+    Client, Enc, TestServer,
 };
 use serde_json::{json, Value};
 
@@ -494,17 +495,7 @@ async fn a_node_killed_under_writes_loses_nothing_acknowledged() {
         acked.push(posted["index"].as_u64().unwrap());
     }
     // Writes in flight when the node dies.
-    let mut in_flight = Vec::new();
-    for i in 0..20 {
-        in_flight.push(
-            customer
-                .send(
-                    "SendMessage",
-                    json!({"channelSid": sid, "body": format!("f{i}")}),
-                )
-                .await,
-        );
-    }
+    pipeline_messages(&mut customer, &sid, "f", 20).await;
     dying.signal("KILL");
     let mut seen_by_customer = -1i64;
     while let Some(frame) = customer.read_frame().await {

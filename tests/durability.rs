@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    assert_gapless, config_file, fresh_data_dir, read_until, send_messages, token, BrokerProcess,
-    Client, Enc, TestServer,
+    assert_gapless, config_file, expect_indexes_in_order, fresh_data_dir, pipeline_messages,
+    read_until, send_messages, token, BrokerProcess, Client, Enc, TestServer,
 };
 use futures_util::SinkExt;
 use serde_json::{json, Value};
@@ -817,21 +817,8 @@ async fn a_pipelined_burst_past_the_reply_bound_is_answered_in_order() {
     let server = TestServer::start("[rate_limits]\nenabled = false").await;
     let mut customer = server.customer().await;
     let sid = customer.start_engagement().await;
-    let mut ids = Vec::new();
-    for i in 0..MESSAGES {
-        ids.push(
-            customer
-                .send(
-                    "SendMessage",
-                    json!({"channelSid": sid, "body": format!("m{i}")}),
-                )
-                .await,
-        );
-    }
-    for (i, id) in ids.into_iter().enumerate() {
-        let reply = customer.reply(id).await;
-        assert_eq!(reply["result"]["index"], i as u64, "{reply}");
-    }
+    let ids = pipeline_messages(&mut customer, &sid, "m", MESSAGES).await;
+    expect_indexes_in_order(&mut customer, ids).await;
     let history = whole_history(&mut customer, &sid).await;
     assert_gapless(&history, 0, "burst");
     assert_eq!(history.len() as u64, MESSAGES);

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Enc, TestServer};
+use common::{expect_indexes_in_order, pipeline_messages, Enc, TestServer};
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -143,21 +143,8 @@ async fn a_pipelined_burst_reaches_observers_that_keep_reading() {
         }));
     }
     // The whole burst written before any reply is read.
-    let mut ids = Vec::new();
-    for i in 0..MESSAGES {
-        ids.push(
-            customer
-                .send(
-                    "SendMessage",
-                    json!({"channelSid": sid, "body": format!("m{i}")}),
-                )
-                .await,
-        );
-    }
-    for (i, id) in ids.into_iter().enumerate() {
-        let reply = customer.reply(id).await;
-        assert_eq!(reply["result"]["index"], i as u64, "{reply}");
-    }
+    let ids = pipeline_messages(&mut customer, &sid, "m", MESSAGES).await;
+    expect_indexes_in_order(&mut customer, ids).await;
     for reader in readers {
         let observer = reader.await.unwrap();
         assert!(observer.closed.is_none(), "an observer was closed");

@@ -587,6 +587,30 @@ pub async fn send_messages(client: &mut Client, sid: &str, n: usize) {
     }
 }
 
+/// Sends `n` messages (`{prefix}{i}`) without reading a reply: their ids.
+pub async fn pipeline_messages(client: &mut Client, sid: &str, prefix: &str, n: u64) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            client
+                .send(
+                    "SendMessage",
+                    json!({"channelSid": sid, "body": format!("{prefix}{i}")}),
+                )
+                .await,
+        );
+    }
+    ids
+}
+
+/// Reads the replies to `ids`, which must hold indexes 0, 1, 2, …
+pub async fn expect_indexes_in_order(client: &mut Client, ids: Vec<u64>) {
+    for (i, id) in ids.into_iter().enumerate() {
+        let reply = client.reply(id).await;
+        assert_eq!(reply["result"]["index"], i as u64, "{reply}");
+    }
+}
+
 /// Reads `messageAdded` pushes until index `last` (inclusive).
 pub async fn read_until(client: &mut Client, last: u64) -> Vec<Value> {
     let mut out = Vec::new();
