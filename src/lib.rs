@@ -28,9 +28,11 @@
 //!   change is durable. `engine/embedded` keeps the state in this process
 //!   and writes through the [`store`]; `engine/redis` (`[cluster]`) is
 //!   several nodes on one Redis, one Lua script per operation.
-//! - [`store`]: durable storage (SQLite under a `Backend` trait, group
-//!   commit on a writer thread, the acknowledged-writes check at start);
-//!   settles each job in ticket order and fails fast when it cannot write.
+//! - [`store`]: durable storage (the segment log, `store/log.rs`, by
+//!   default, or SQLite, under a `Backend` trait; group commit on a writer
+//!   thread, the acknowledged-writes check at start); settles each job in
+//!   ticket order and fails fast when it cannot write. A message as stored
+//!   and pushed is a `StoredMessage`, its attributes JSON text.
 //! - `delivery`: this node's sessions and who receives which topic
 //!   (channel, identity, queue); hands each topic's `event`s to them in
 //!   the engine's order, and keeps what was delivered (members, recent
