@@ -16,7 +16,7 @@
 //! but refuses them when the queue is under pressure.
 //!
 //! Replies that stand once the store has made their writes durable are
-//! parked here ([`Outbox::park`]), encoded and in command order, and the
+//! parked here (`Outbox::park`), encoded and in command order, and the
 //! outbox leaves itself with the store as a waker: the commit that settles
 //! them writes them, with its pushes, without waking the session's task.
 
