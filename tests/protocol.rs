@@ -209,8 +209,14 @@ async fn a_whole_engagement_in_json_and_msgpack() {
         .unwrap();
     assert_eq!(m0["index"], 0);
     assert!(m0["dateCreated"].as_str().unwrap().ends_with('Z'));
+    // Attributes sent in MessagePack reach JSON and MessagePack sessions
+    // alike (kept as JSON text in between).
+    let nested = json!({"f": 1.5, "n": {"a": [1, "x", null, true]}, "s": "é\"q"});
     let m1 = console
-        .call("SendMessage", json!({"channelSid": sid, "body": "hi Ada"}))
+        .call(
+            "SendMessage",
+            json!({"channelSid": sid, "body": "hi Ada", "messageAttributes": nested}),
+        )
         .await
         .unwrap();
     assert_eq!(m1["index"], 1);
@@ -225,7 +231,7 @@ async fn a_whole_engagement_in_json_and_msgpack() {
         assert_eq!(a["dateCreated"], m0["dateCreated"]);
         assert_eq!(b["index"], 1);
         assert_eq!(b["author"], "bob");
-        assert_eq!(b["attributes"], json!({}));
+        assert_eq!(b["attributes"], nested);
     }
 
     // Typing: to the others only; repeats inside the window are not re-sent;
@@ -719,5 +725,10 @@ async fn connect_members_queue_updates_and_end_engagement() {
         .await
         .unwrap();
     assert_eq!(page["messages"][0]["body"], "hello", "transcript kept");
+    assert_eq!(
+        page["messages"][0]["attributes"],
+        json!({}),
+        "no attributes given: an empty map"
+    );
     server.shutdown().await;
 }
