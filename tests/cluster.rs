@@ -64,7 +64,10 @@ async fn a_customer_and_an_agent_on_two_nodes_chat() {
             (&mut agent, format!("a{i}"))
         };
         let posted = who
-            .call("SendMessage", json!({"channelSid": sid, "body": body}))
+            .call(
+                "SendMessage",
+                json!({"channelSid": sid, "body": body, "messageAttributes": {"i": i, "s": "é\"q"}}),
+            )
             .await
             .unwrap();
         assert_eq!(posted["index"], i);
@@ -75,6 +78,13 @@ async fn a_customer_and_an_agent_on_two_nodes_chat() {
     assert_gapless(&seen_by_agent, 0, "agent on B");
     let bodies = |m: &[Value]| m.iter().map(|m| m["body"].clone()).collect::<Vec<_>>();
     assert_eq!(bodies(&seen_by_customer), bodies(&seen_by_agent));
+    for m in seen_by_customer.iter().chain(&seen_by_agent) {
+        assert_eq!(
+            m["attributes"],
+            json!({"i": m["index"], "s": "é\"q"}),
+            "{m}"
+        );
+    }
     // History on either node.
     let page = agent
         .call("GetMessages", json!({"channelSid": sid, "limit": 5}))
@@ -83,6 +93,7 @@ async fn a_customer_and_an_agent_on_two_nodes_chat() {
     let messages = page["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 5);
     assert_eq!(messages[0]["index"], 5);
+    assert_eq!(messages[0]["attributes"], json!({"i": 5, "s": "é\"q"}));
     assert_eq!(page["hasMore"], true);
     // Each message is counted once, by the node that accepted it (five
     // each), and each node counts the deliveries it made (ten each).
