@@ -676,14 +676,18 @@ impl<A: AfterCommit> Store<A> {
     /// fewer writes than were acknowledged has lost some (a damaged journal
     /// that SQLite discarded on open, a truncated file): it is refused,
     /// untouched, unless `accept_loss` (`--accept-data-loss`).
+    ///
+    /// With `fsync`, `commit_delay` is how long a commit may wait for more
+    /// writes (see [`CommitPace`]).
     pub fn open(
         dir: &Path,
         durability: Durability,
+        commit_delay: Duration,
         recent_messages: usize,
         metrics: Arc<Metrics>,
         accept_loss: bool,
     ) -> Result<(Store<A>, Snapshot), StoreError> {
-        Self::open_with(
+        Self::open_paced(
             dir,
             durability,
             recent_messages,
@@ -691,11 +695,12 @@ impl<A: AfterCommit> Store<A> {
             accept_loss,
             StoreEngine::for_dir(dir),
             log::SEGMENT_BYTES,
+            CommitPace::of(durability, commit_delay),
         )
     }
 
     /// [`Store::open`] with the engine chosen (benchmarks compare them) and
-    /// the log's segment size (tests make it small).
+    /// the log's segment size (tests make it small), and the default pace.
     #[doc(hidden)]
     pub fn open_with(
         dir: &Path,
@@ -706,11 +711,7 @@ impl<A: AfterCommit> Store<A> {
         engine: StoreEngine,
         segment_bytes: u64,
     ) -> Result<(Store<A>, Snapshot), StoreError> {
-        let pace = if durability == Durability::Fsync {
-            CommitPace::FSYNC
-        } else {
-            CommitPace::NONE
-        };
+        let delay = Duration::from_millis(crate::config::DEFAULT_COMMIT_DELAY_MS);
         Self::open_paced(
             dir,
             durability,
@@ -719,7 +720,7 @@ impl<A: AfterCommit> Store<A> {
             accept_loss,
             engine,
             segment_bytes,
-            pace,
+            CommitPace::of(durability, delay),
         )
     }
 
@@ -1022,8 +1023,9 @@ const MAX_BATCH: usize = 8192;
 /// one gathers `max`'s worth per commit (it has the latency to spare, and
 /// would otherwise spend most of its durability CPU on near-empty
 /// commits). A write after a quiet spell (`max` or more since the last
-/// commit) is committed at once. The same idea as MySQL's
-/// `binlog_group_commit_sync_delay` with `..._no_delay_count`.
+/// commit) is committed at once. `max` is `commit_delay_ms` (default 3;
+/// 0 commits as soon as the writer is free, as `os` does). The same idea
+/// as MySQL's `binlog_group_commit_sync_delay` with `..._no_delay_count`.
 #[derive(Clone, Copy, Debug)]
 struct CommitPace {
     min: Duration,
@@ -1032,11 +1034,24 @@ struct CommitPace {
 }
 
 impl CommitPace {
-    const FSYNC: CommitPace = CommitPace {
-        min: Duration::from_millis(1),
-        max: Duration::from_millis(3),
-        full_batch: 32,
-    };
+    /// Jobs that make a full batch.
+    const FULL_BATCH: u64 = 32;
+    /// The shortest wait from one commit to the next while batches fill.
+    const MIN: Duration = Duration::from_millis(1);
+
+    /// The pace for `durability`, waiting at most `delay`
+    /// (`commit_delay_ms`; the default is 3 ms).
+    fn of(durability: Durability, delay: Duration) -> CommitPace {
+        if durability != Durability::Fsync || delay.is_zero() {
+            return CommitPace::NONE;
+        }
+        CommitPace {
+            min: delay.min(CommitPace::MIN),
+            max: delay,
+            full_batch: CommitPace::FULL_BATCH,
+        }
+    }
+
     /// `os` and `memory`: every commit as soon as there is a job (and no
     /// wake-ups from submitters).
     const NONE: CommitPace = CommitPace {
@@ -1286,7 +1301,7 @@ mod pace_tests {
 
     #[test]
     fn a_write_after_a_quiet_spell_is_committed_at_once() {
-        let pace = CommitPace::FSYNC;
+        let pace = CommitPace::of(Durability::Fsync, 3 * MS);
         assert_eq!(pace.wait(pace.max, 1), None);
         assert_eq!(pace.wait(10 * pace.max, 1), None);
     }
@@ -1359,9 +1374,24 @@ mod pace_tests {
     }
 
     #[test]
-    fn without_fsync_nothing_waits() {
-        assert_eq!(CommitPace::NONE.wait(Duration::ZERO, 0), None);
-        assert_eq!(CommitPace::NONE.wait(Duration::ZERO, 1), None);
+    fn without_fsync_or_without_a_delay_nothing_waits() {
+        for pace in [
+            CommitPace::of(Durability::Os, 3 * MS),
+            CommitPace::of(Durability::Fsync, Duration::ZERO),
+        ] {
+            assert_eq!(pace.wait(Duration::ZERO, 0), None);
+            assert_eq!(pace.wait(Duration::ZERO, 1), None);
+        }
+    }
+
+    #[test]
+    fn a_delay_under_a_millisecond_is_the_whole_wait() {
+        let pace = CommitPace::of(Durability::Fsync, MS / 2);
+        assert_eq!(pace.wait(Duration::ZERO, 1), Some(MS / 2));
+        assert_eq!(pace.wait(Duration::ZERO, 100), Some(MS / 2));
+        let pace = CommitPace::of(Durability::Fsync, 10 * MS);
+        assert_eq!(pace.wait(Duration::ZERO, 1), Some(10 * MS));
+        assert_eq!(pace.wait(Duration::ZERO, 32), Some(MS));
     }
 }
 

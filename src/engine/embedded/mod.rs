@@ -134,6 +134,7 @@ impl Embedded {
                 let (store, snapshot) = Store::open(
                     &config.data_dir,
                     durability,
+                    config.commit_delay(),
                     config.history.window(),
                     metrics,
                     config.accept_data_loss,
