@@ -687,54 +687,33 @@ impl<A: AfterCommit> Store<A> {
         metrics: Arc<Metrics>,
         accept_loss: bool,
     ) -> Result<(Store<A>, Snapshot), StoreError> {
-        Self::open_paced(
+        Self::open_with(
             dir,
             durability,
+            commit_delay,
             recent_messages,
             metrics,
             accept_loss,
             StoreEngine::for_dir(dir),
             log::SEGMENT_BYTES,
-            CommitPace::of(durability, commit_delay),
         )
     }
 
     /// [`Store::open`] with the engine chosen (benchmarks compare them) and
-    /// the log's segment size (tests make it small), and the default pace.
+    /// the log's segment size (tests make it small).
     #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
     pub fn open_with(
         dir: &Path,
         durability: Durability,
+        commit_delay: Duration,
         recent_messages: usize,
         metrics: Arc<Metrics>,
         accept_loss: bool,
         engine: StoreEngine,
         segment_bytes: u64,
     ) -> Result<(Store<A>, Snapshot), StoreError> {
-        let delay = Duration::from_millis(crate::config::DEFAULT_COMMIT_DELAY_MS);
-        Self::open_paced(
-            dir,
-            durability,
-            recent_messages,
-            metrics,
-            accept_loss,
-            engine,
-            segment_bytes,
-            CommitPace::of(durability, delay),
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn open_paced(
-        dir: &Path,
-        durability: Durability,
-        recent_messages: usize,
-        metrics: Arc<Metrics>,
-        accept_loss: bool,
-        engine: StoreEngine,
-        segment_bytes: u64,
-        pace: CommitPace,
-    ) -> Result<(Store<A>, Snapshot), StoreError> {
+        let pace = CommitPace::of(durability, commit_delay);
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.to_owned(),
             source,
@@ -1331,20 +1310,15 @@ mod pace_tests {
             std::process::id(),
             rand::random::<u32>()
         ));
-        let pace = CommitPace {
-            min: Duration::ZERO,
-            max: Duration::from_secs(3600),
-            full_batch: 8,
-        };
-        let (store, _) = Store::<()>::open_paced(
+        let (store, _) = Store::<()>::open_with(
             &dir,
             Durability::Fsync,
+            Duration::from_secs(3600),
             100,
             Arc::new(Metrics::default()),
             false,
             StoreEngine::Log,
             1 << 20,
-            pace,
         )
         .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1364,11 +1338,12 @@ mod pace_tests {
         };
         let first = store.submit(vec![cursor(0)], ()).unwrap();
         durable(first);
-        let tickets: Vec<u64> = (1..=8)
+        let full = CommitPace::FULL_BATCH;
+        let tickets: Vec<u64> = (1..=full)
             .map(|seq| store.submit(vec![cursor(seq)], ()).unwrap())
             .collect();
         durable(*tickets.last().unwrap());
-        assert_eq!(store.durable_upto(), first + 8);
+        assert_eq!(store.durable_upto(), first + full);
         store.close();
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -32,6 +32,7 @@ fn open(
     Store::open_with(
         dir,
         Durability::Fsync,
+        std::time::Duration::from_millis(crate::config::DEFAULT_COMMIT_DELAY_MS),
         1000,
         Arc::new(Metrics::default()),
         accept_loss,
