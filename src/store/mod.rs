@@ -1002,7 +1002,11 @@ const MAX_BATCH: usize = 8192;
 /// one gathers `max`'s worth per commit (it has the latency to spare, and
 /// would otherwise spend most of its durability CPU on near-empty
 /// commits). A write after a quiet spell (`max` or more since the last
-/// commit) is committed at once. `max` is `commit_delay_ms` (default 3;
+/// commit) is committed at once, and after a sparse commit (fewer than
+/// `SPARSE` jobs: a client that waits for each acknowledgement before it
+/// sends again, or a trickle) the next waits only `min`: waiting longer
+/// would not have gathered more, only slowed the acknowledgement that the
+/// next write waits for. `max` is `commit_delay_ms` (default 3;
 /// 0 commits as soon as the writer is free, as `os` does). The same idea
 /// as MySQL's `binlog_group_commit_sync_delay` with `..._no_delay_count`.
 #[derive(Clone, Copy, Debug)]
@@ -1017,6 +1021,8 @@ impl CommitPace {
     const FULL_BATCH: u64 = 32;
     /// The shortest wait from one commit to the next while batches fill.
     const MIN: Duration = Duration::from_millis(1);
+    /// A commit of fewer jobs is sparse: the next one waits only `min`.
+    const SPARSE: u64 = 4;
 
     /// The pace for `durability`, waiting at most `delay`
     /// (`commit_delay_ms`; the default is 3 ms).
@@ -1040,10 +1046,10 @@ impl CommitPace {
     };
 
     /// How much longer the next commit must wait, `waiting` jobs being
-    /// queued `since_last` after the last commit started; `None`: start it
-    /// now.
-    fn wait(&self, since_last: Duration, waiting: u64) -> Option<Duration> {
-        let until = if waiting >= self.full_batch {
+    /// queued `since_last` after the last commit (of `last_batch` jobs)
+    /// started; `None`: start it now.
+    fn wait(&self, since_last: Duration, last_batch: u64, waiting: u64) -> Option<Duration> {
+        let until = if waiting >= self.full_batch || last_batch < CommitPace::SPARSE {
             self.min
         } else {
             self.max
@@ -1139,7 +1145,8 @@ struct Writer<A> {
 impl<A: AfterCommit> Writer<A> {
     fn run(mut self) {
         let mut batch: Vec<Job<A>> = Vec::new();
-        let mut last_commit: Option<Instant> = None;
+        // When the last commit started, and how many jobs it took.
+        let mut last_commit: Option<(Instant, u64)> = None;
         loop {
             // The pace is kept before waiting for a job, not after one
             // arrived: under a steady stream the jobs are already queued
@@ -1147,8 +1154,8 @@ impl<A: AfterCommit> Writer<A> {
             // instead of blocking on the queue and then sleeping too (one
             // context switch less per commit, and no wake-up for the
             // submitting thread to pay).
-            if let Some(at) = last_commit {
-                self.keep_pace(at);
+            if let Some((at, jobs)) = last_commit {
+                self.keep_pace(at, jobs);
             }
             let Ok(first) = self.jobs.recv() else {
                 break;
@@ -1166,7 +1173,7 @@ impl<A: AfterCommit> Writer<A> {
             let commit_seq =
                 self.commit_seq + batch.iter().map(|j| j.ops.len() as u64).sum::<u64>();
             let started = Instant::now();
-            last_commit = Some(started);
+            last_commit = Some((started, batch.len() as u64));
             let applied = self
                 .backend
                 .apply(&mut batch.iter().flat_map(|j| j.ops.iter()), commit_seq);
@@ -1204,16 +1211,16 @@ impl<A: AfterCommit> Writer<A> {
     }
 
     /// Waits until the next commit may start (see [`CommitPace`]): `min`
-    /// after the last one started with a full batch waiting, or `max` after
-    /// it whatever is waiting. A submitter wakes the writer when the batch
-    /// fills; a wake-up that comes early only makes it look again.
-    fn keep_pace(&self, last_commit: Instant) {
+    /// after the last one started with a full batch waiting or after a
+    /// sparse one, else `max` after it. A submitter wakes the writer when
+    /// the batch fills; a wake-up that comes early only makes it look again.
+    fn keep_pace(&self, last_commit: Instant, last_batch: u64) {
         while !self.stop.load(Ordering::Acquire) {
             let waiting = self
                 .issued
                 .load(Ordering::Acquire)
                 .saturating_sub(self.taken.load(Ordering::Acquire));
-            match self.pace.wait(last_commit.elapsed(), waiting) {
+            match self.pace.wait(last_commit.elapsed(), last_batch, waiting) {
                 Some(wait) => std::thread::park_timeout(wait),
                 None => return,
             }
@@ -1277,12 +1284,14 @@ mod pace_tests {
     use std::time::Duration;
 
     const MS: Duration = Duration::from_millis(1);
+    /// A last commit that was not sparse.
+    const BUSY: u64 = 10;
 
     #[test]
     fn a_write_after_a_quiet_spell_is_committed_at_once() {
         let pace = CommitPace::of(Durability::Fsync, 3 * MS);
-        assert_eq!(pace.wait(pace.max, 1), None);
-        assert_eq!(pace.wait(10 * pace.max, 1), None);
+        assert_eq!(pace.wait(pace.max, BUSY, 1), None);
+        assert_eq!(pace.wait(10 * pace.max, BUSY, 1), None);
     }
 
     #[test]
@@ -1292,17 +1301,19 @@ mod pace_tests {
             max: 3 * MS,
             full_batch: 32,
         };
-        assert_eq!(pace.wait(Duration::ZERO, 5), Some(3 * MS));
-        assert_eq!(pace.wait(2 * MS, 31), Some(MS));
-        assert_eq!(pace.wait(Duration::ZERO, 32), Some(MS));
-        assert_eq!(pace.wait(MS / 2, 100), Some(MS / 2));
-        assert_eq!(pace.wait(MS, 32), None);
-        assert_eq!(pace.wait(3 * MS, 0), None);
+        assert_eq!(pace.wait(Duration::ZERO, BUSY, 5), Some(3 * MS));
+        assert_eq!(pace.wait(2 * MS, BUSY, 31), Some(MS));
+        assert_eq!(pace.wait(Duration::ZERO, BUSY, 32), Some(MS));
+        assert_eq!(pace.wait(MS / 2, BUSY, 100), Some(MS / 2));
+        assert_eq!(pace.wait(MS, BUSY, 32), None);
+        assert_eq!(pace.wait(3 * MS, BUSY, 0), None);
     }
 
     /// Over real files: with a pace that would hold a commit for an hour,
-    /// a full batch is committed as soon as its last job is submitted (the
-    /// submitter wakes the writer), and the first write is not held.
+    /// the first write is not held, a sparse commit holds the next one only
+    /// the minimum, and after a commit that was not sparse a full batch is
+    /// committed as soon as its last job is submitted (the submitter wakes
+    /// the writer; without that wake-up this test waits out its timeout).
     #[test]
     fn a_full_batch_is_committed_without_waiting_out_the_pace() {
         let dir = std::env::temp_dir().join(format!(
@@ -1310,12 +1321,13 @@ mod pace_tests {
             std::process::id(),
             rand::random::<u32>()
         ));
+        let metrics = Arc::new(Metrics::default());
         let (store, _) = Store::<()>::open_with(
             &dir,
             Durability::Fsync,
             Duration::from_secs(3600),
             100,
-            Arc::new(Metrics::default()),
+            metrics.clone(),
             false,
             StoreEngine::Log,
             1 << 20,
@@ -1336,16 +1348,61 @@ mod pace_tests {
             url: Arc::from("http://hooks.example/"),
             seq,
         };
-        let first = store.submit(vec![cursor(0)], ()).unwrap();
-        durable(first);
-        let full = CommitPace::FULL_BATCH;
-        let tickets: Vec<u64> = (1..=full)
-            .map(|seq| store.submit(vec![cursor(seq)], ()).unwrap())
-            .collect();
-        durable(*tickets.last().unwrap());
-        assert_eq!(store.durable_upto(), first + full);
+        let submit = |n: u64| {
+            (0..n)
+                .map(|seq| store.submit(vec![cursor(seq)], ()).unwrap())
+                .last()
+                .unwrap()
+        };
+        let commits = || {
+            metrics
+                .render()
+                .lines()
+                .find_map(|l| l.strip_prefix("switchboard_store_commit_duration_seconds_count "))
+                .expect("the commit histogram")
+                .parse::<u64>()
+                .unwrap()
+        };
+        durable(submit(1));
+        // Sparse commits so far: each waits a millisecond. Jobs submitted
+        // together within it make one commit that is not sparse (retried
+        // if the writer was already waiting on the queue and took fewer).
+        let mut tries = 0;
+        loop {
+            let before = commits();
+            durable(submit(CommitPace::SPARSE));
+            if commits() == before + 1 {
+                break;
+            }
+            tries += 1;
+            assert!(
+                tries < 100,
+                "never one commit for {} jobs",
+                CommitPace::SPARSE
+            );
+        }
+        let upto = store.durable_upto();
+        durable(submit(CommitPace::FULL_BATCH));
+        assert_eq!(store.durable_upto(), upto + CommitPace::FULL_BATCH);
         store.close();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn after_a_sparse_commit_the_next_waits_only_the_minimum() {
+        let pace = CommitPace::of(Durability::Fsync, 3 * MS);
+        // One client that waits for each acknowledgement: one job a commit.
+        assert_eq!(pace.wait(Duration::ZERO, 1, 1), Some(MS));
+        assert_eq!(pace.wait(MS, 1, 1), None);
+        assert_eq!(
+            pace.wait(Duration::ZERO, CommitPace::SPARSE - 1, 2),
+            Some(MS)
+        );
+        // Enough jobs last time: gathering for longer is worth it.
+        assert_eq!(
+            pace.wait(Duration::ZERO, CommitPace::SPARSE, 2),
+            Some(3 * MS)
+        );
     }
 
     #[test]
@@ -1354,19 +1411,19 @@ mod pace_tests {
             CommitPace::of(Durability::Os, 3 * MS),
             CommitPace::of(Durability::Fsync, Duration::ZERO),
         ] {
-            assert_eq!(pace.wait(Duration::ZERO, 0), None);
-            assert_eq!(pace.wait(Duration::ZERO, 1), None);
+            assert_eq!(pace.wait(Duration::ZERO, BUSY, 0), None);
+            assert_eq!(pace.wait(Duration::ZERO, BUSY, 1), None);
         }
     }
 
     #[test]
     fn a_delay_under_a_millisecond_is_the_whole_wait() {
         let pace = CommitPace::of(Durability::Fsync, MS / 2);
-        assert_eq!(pace.wait(Duration::ZERO, 1), Some(MS / 2));
-        assert_eq!(pace.wait(Duration::ZERO, 100), Some(MS / 2));
+        assert_eq!(pace.wait(Duration::ZERO, BUSY, 1), Some(MS / 2));
+        assert_eq!(pace.wait(Duration::ZERO, BUSY, 100), Some(MS / 2));
         let pace = CommitPace::of(Durability::Fsync, 10 * MS);
-        assert_eq!(pace.wait(Duration::ZERO, 1), Some(10 * MS));
-        assert_eq!(pace.wait(Duration::ZERO, 32), Some(MS));
+        assert_eq!(pace.wait(Duration::ZERO, BUSY, 1), Some(10 * MS));
+        assert_eq!(pace.wait(Duration::ZERO, BUSY, 32), Some(MS));
     }
 }
 
