@@ -1242,6 +1242,8 @@ impl<A: AfterCommit> Writer<A> {
         while let Ok(job) = self.jobs.try_recv() {
             batch.push(job);
         }
+        // Nothing is waiting any more (the pace counts from here).
+        self.taken.store(last, Ordering::Release);
         let first = batch.first().map_or(last, |j| j.ticket);
         for job in batch.drain(..) {
             job.after.settled(false);
