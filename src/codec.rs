@@ -229,27 +229,32 @@ struct ReplyFrame<'a> {
 
 /// `{"id": 7, "result": {…}}`
 pub fn encode_result(encoding: Encoding, id: u64, result: &Value) -> Bytes {
-    let frame = ReplyFrame {
-        id: Some(id),
-        result: Some(result),
-        error: None,
-    };
-    match encoding {
-        Encoding::Json => reply_json(&frame),
-        Encoding::MsgPack => encode(encoding, &frame),
-    }
+    encode_reply(
+        encoding,
+        &ReplyFrame {
+            id: Some(id),
+            result: Some(result),
+            error: None,
+        },
+    )
 }
 
 /// `{"id": 7, "error": {…}}`, with `"id": null` when the id was unreadable.
 pub fn encode_error(encoding: Encoding, id: Option<u64>, error: &Value) -> Bytes {
-    let frame = ReplyFrame {
-        id,
-        result: None,
-        error: Some(error),
-    };
+    encode_reply(
+        encoding,
+        &ReplyFrame {
+            id,
+            result: None,
+            error: Some(error),
+        },
+    )
+}
+
+fn encode_reply(encoding: Encoding, frame: &ReplyFrame<'_>) -> Bytes {
     match encoding {
-        Encoding::Json => reply_json(&frame),
-        Encoding::MsgPack => encode(encoding, &frame),
+        Encoding::Json => reply_json(frame),
+        Encoding::MsgPack => encode(encoding, frame),
     }
 }
 

@@ -113,14 +113,10 @@ pub(crate) fn free_form(
     field: Field<Map<String, Value>>,
     config: &Config,
 ) -> Result<Value, ActionError> {
-    let Some(map) = field.optional(name)? else {
+    let Some(value) = non_empty_map(name, field, config)? else {
         return Ok(Value::Object(Map::new()));
     };
-    let value = Value::Object(map);
-    within_depth(name, &value, config)?;
-    if !value.as_object().is_some_and(Map::is_empty) {
-        within_bytes(name, crate::codec::encoded_len(&value), config)?;
-    }
+    within_bytes(name, crate::codec::encoded_len(&value), config)?;
     Ok(value)
 }
 
@@ -131,17 +127,27 @@ pub(crate) fn attributes(
     field: Field<Map<String, Value>>,
     config: &Config,
 ) -> Result<Attributes, ActionError> {
-    let Some(map) = field.optional(name)? else {
+    let Some(value) = non_empty_map(name, field, config)? else {
         return Ok(Attributes::empty());
     };
-    if map.is_empty() {
-        return Ok(Attributes::empty());
-    }
-    let value = Value::Object(map);
-    within_depth(name, &value, config)?;
     let attributes = Attributes::of(&value);
     within_bytes(name, attributes.json().len(), config)?;
     Ok(attributes)
+}
+
+/// A map field within the nesting limit; `None` when absent or empty
+/// (nothing to measure).
+fn non_empty_map(
+    name: &str,
+    field: Field<Map<String, Value>>,
+    config: &Config,
+) -> Result<Option<Value>, ActionError> {
+    let Some(map) = field.optional(name)?.filter(|map| !map.is_empty()) else {
+        return Ok(None);
+    };
+    let value = Value::Object(map);
+    within_depth(name, &value, config)?;
+    Ok(Some(value))
 }
 
 fn within_depth(name: &str, value: &Value, config: &Config) -> Result<(), ActionError> {
