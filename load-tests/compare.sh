@@ -65,12 +65,9 @@ done
 
 # run SCENARIO SERVER ROUND
 run() {
-    local scenario=$1 srv=$2 round=$3 bin=$BROKER tag=""
-    if [[ $srv == *@* ]]; then
-        bin=${srv#*@}
-        srv=${srv%%@*}
-        tag="-$(basename "$(dirname "$bin")")"
-    fi
+    local scenario=$1 round=$3 entry bin tag
+    split_build "$2"
+    local srv=$entry
     local kind=${srv%%:*} durability=$DURABILITY
     [[ $srv == *:* ]] && durability=${srv#*:}
     local label=$kind
@@ -95,12 +92,7 @@ run() {
 echo "machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%dT%H:%M:%SZ), $ROUNDS rounds, servers: ${servers[*]}"
 echo "node $(node --version), uws peer $(jq -r '.packages["node_modules/@trufflesuite/uws-js-unofficial"].version' "$ROOT/load-tests/peers/uws/package-lock.json")"
 for round in $(seq "$ROUNDS"); do
-    # Alternate the order so that neither server always runs first.
-    order=("${servers[@]}")
-    if [ $((round % 2)) -eq 0 ]; then
-        order=()
-        for ((i = ${#servers[@]} - 1; i >= 0; i--)); do order+=("${servers[i]}"); done
-    fi
+    round_order "$round" "${servers[@]}"
     for s in "${scenarios[@]}"; do
         for srv in "${order[@]}"; do
             run "$s" "$srv" "$round"

@@ -74,13 +74,9 @@ trap cleanup EXIT INT TERM
 
 # run SERVER ROUND
 run() {
-    local srv=$1 round=$2 bin=$BROKER tag=""
-    if [[ $srv == *@* ]]; then
-        bin=${srv#*@}
-        srv=${srv%%@*}
-        tag="-$(basename "$(dirname "$bin")")"
-    fi
-    local label="$srv$tag" base
+    local round=$2 entry bin tag
+    split_build "$1"
+    local srv=$entry label="$entry$tag" base
     base="$OUT/$label.r$round"
     BROKER=$bin start_server switchboard "$srv"
     # Every thread of the broker, and those it starts later, under the quota.
@@ -98,11 +94,7 @@ run() {
 
 echo "machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%dT%H:%M:%SZ), broker quota $QUOTA % of core 0, $ROUNDS rounds: ${servers[*]}"
 for round in $(seq "$ROUNDS"); do
-    order=("${servers[@]}")
-    if [ $((round % 2)) -eq 0 ]; then
-        order=()
-        for ((i = ${#servers[@]} - 1; i >= 0; i--)); do order+=("${servers[i]}"); done
-    fi
+    round_order "$round" "${servers[@]}"
     for srv in "${order[@]}"; do
         run "$srv" "$round"
     done

@@ -30,6 +30,32 @@ ensure_peer() {
     fi
 }
 
+# split_build ENTRY: an entry of SERVERS may end in @BINARY, a build of its
+# own. Sets `entry` to what comes before the @, `bin` to the binary ($BROKER
+# without one) and `tag` to "-FOLDER", the binary's folder name, for labels
+# ("" without one).
+split_build() {
+    entry=${1%%@*}
+    bin=$BROKER
+    tag=""
+    if [[ $1 == *@* ]]; then
+        bin=${1#*@}
+        tag="-$(basename "$(dirname "$bin")")"
+    fi
+}
+
+# round_order ROUND ENTRY...: sets `order` to the entries, reversed in even
+# rounds, so that no server always runs first.
+round_order() {
+    local round=$1 i
+    shift
+    order=("$@")
+    if [ $((round % 2)) -eq 0 ]; then
+        order=()
+        for ((i = $#; i >= 1; i--)); do order+=("${!i}"); done
+    fi
+}
+
 SPID=""
 DATA=""
 
