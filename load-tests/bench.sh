@@ -18,21 +18,12 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BROKER=${BROKER:-$TARGET/release/switchboard}
-LOAD=${LOAD:-$TARGET/release/switchboard-load}
 OUT=${OUT:-/tmp/switchboard-bench}
 ENCODING=${ENCODING:-json}
 DURABILITY=${DURABILITY:-fsync}
-export SWITCHBOARD_JWT_SECRET=${SWITCHBOARD_JWT_SECRET:-bench-secret-$$}
-export RUST_LOG=${RUST_LOG:-warn}
-mkdir -p "$OUT"
 # shellcheck source=servers.sh
 . "$ROOT/load-tests/servers.sh"
 
-# Both processes need one descriptor per connection (and the harness raises
-# its own soft limit); raise ours as far as allowed so the broker inherits it.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 trap stop_server EXIT INT TERM
 
 # run NAME ARGS...: fresh broker, one scenario, human table on stdout and

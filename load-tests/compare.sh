@@ -24,19 +24,12 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BROKER=${BROKER:-$TARGET/release/switchboard}
-LOAD=${LOAD:-$TARGET/release/switchboard-load}
 OUT=${OUT:-/tmp/switchboard-compare}
 ROUNDS=${ROUNDS:-3}
 DURABILITY=${DURABILITY:-memory}
 read -r -a servers <<<"${SERVERS:-switchboard uws}"
-export SWITCHBOARD_JWT_SECRET=${SWITCHBOARD_JWT_SECRET:-bench-secret-$$}
-export RUST_LOG=${RUST_LOG:-warn}
-mkdir -p "$OUT"
 # shellcheck source=servers.sh
 . "$ROOT/load-tests/servers.sh"
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 trap stop_server EXIT INT TERM
 
 # The scenarios, one shape for both servers.

@@ -22,20 +22,13 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BROKER=${BROKER:-$TARGET/release/switchboard}
-LOAD=${LOAD:-$TARGET/release/switchboard-load}
 OUT=${OUT:-/tmp/switchboard-saturation}
 QUOTA=${QUOTA:-35}
 ROUNDS=${ROUNDS:-3}
 RUN=${RUN:-15}
 read -r -a servers <<<"${SERVERS:-memory fsync}"
-export SWITCHBOARD_JWT_SECRET=${SWITCHBOARD_JWT_SECRET:-bench-secret-$$}
-export RUST_LOG=${RUST_LOG:-warn}
-mkdir -p "$OUT"
 # shellcheck source=servers.sh
 . "$ROOT/load-tests/servers.sh"
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 for srv in "${servers[@]}"; do
     case ${srv%%@*} in

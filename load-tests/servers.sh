@@ -1,8 +1,20 @@
-# Sourced by bench.sh and compare.sh: start and stop one server under test,
-# pinned to core 0, on a loopback port the kernel picks.
+# Sourced by bench.sh, compare.sh and saturation.sh: their common defaults,
+# and starting and stopping one server under test, pinned to core 0, on a
+# loopback port the kernel picks.
 #
-# Needs ROOT (the repository), OUT (a folder for its output) and BROKER (the
-# broker binary). start_server sets SPID (its PID) and URL (its WebSocket URL).
+# Needs ROOT (the repository) and OUT (a folder for its output, made here).
+# BROKER and LOAD default to this checkout's release builds. start_server sets
+# SPID (its PID) and URL (its WebSocket URL).
+
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BROKER=${BROKER:-$TARGET/release/switchboard}
+LOAD=${LOAD:-$TARGET/release/switchboard-load}
+export SWITCHBOARD_JWT_SECRET=${SWITCHBOARD_JWT_SECRET:-bench-secret-$$}
+export RUST_LOG=${RUST_LOG:-warn}
+mkdir -p "$OUT"
+# Both processes need one descriptor per connection (and the harness raises
+# its own soft limit); raise ours as far as allowed so the broker inherits it.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # write_broker_config DURABILITY FILE: the broker's load-test config. It keeps
 # the chosen durability but switches off what would stop a load test as
