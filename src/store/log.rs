@@ -37,6 +37,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
+use std::io::Read;
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 use std::os::unix::fs::FileExt;
@@ -1259,17 +1260,26 @@ pub(super) fn open(
         check_loss(&log_dir, 0, acknowledged, accept_loss)?;
         state.resume_secret = rand::random::<[u8; 32]>().to_vec();
     }
+    // One buffer for every segment: a start reads the whole log, and a
+    // fresh buffer per segment made the kernel fault in (and jemalloc
+    // hand back) hundreds of megabytes of pages more than the largest
+    // segment needs.
+    let mut bytes = Vec::new();
     for (i, &id) in ids.iter().enumerate() {
         let path = log_dir.join(segment_name(id));
         let last = i + 1 == ids.len();
-        let bytes = std::fs::read(&path).map_err(|source| StoreError::Dir {
+        let mut file = File::open(&path).map_err(|source| StoreError::Dir {
             path: path.clone(),
             source,
         })?;
-        let file = Arc::new(File::open(&path).map_err(|source| StoreError::Dir {
-            path: path.clone(),
-            source,
-        })?);
+        bytes.clear();
+        file.read_to_end(&mut bytes)
+            .map_err(|source| StoreError::Dir {
+                path: path.clone(),
+                source,
+            })?;
+        let bytes = &bytes[..];
+        let file = Arc::new(file);
         state.segments.insert(
             id,
             Segment {
@@ -1279,10 +1289,10 @@ pub(super) fn open(
                 live_bytes: 0,
             },
         );
-        let data_end = data_end(&bytes);
+        let data_end = data_end(bytes);
         let mut at = 0;
         while at < bytes.len() {
-            match check_record(&bytes, at, data_end) {
+            match check_record(bytes, at, data_end) {
                 Ok(end) => {
                     let payload = &bytes[at + HEADER..end];
                     let payload_off = (at + HEADER) as u64;
@@ -1394,6 +1404,7 @@ pub(super) fn open(
         needs_roll: true,
         prepared_len: 0,
         preparing: None,
+        prepare_next: false,
     };
     // A new segment, starting with a checkpoint of what was replayed: the
     // start proves the store can be written, and every older segment is
@@ -1461,6 +1472,8 @@ struct LogBackend {
     prepared_len: u64,
     /// The next segment's file being prepared (`fsync` only).
     preparing: Option<std::thread::JoinHandle<std::io::Result<File>>>,
+    /// The next segment is to be prepared at the next commit.
+    prepare_next: bool,
 }
 
 /// Writes `size` bytes of zeros to a new [`PREPARED_FILE`] in `dir` and
@@ -1605,16 +1618,26 @@ impl LogBackend {
         self.len = buf.len() as u64;
         self.prepared_len = prepared_len;
         self.needs_roll = false;
-        if self.durability == Durability::Fsync {
-            // The next segment's zeros are written while this one fills,
-            // off the writer thread: a roll then costs a rename.
-            let (dir, size) = (self.dir.clone(), self.segment_target());
-            self.preparing = std::thread::Builder::new()
-                .name("switchboard-segment".into())
-                .spawn(move || prepare_segment(&dir, size))
-                .ok();
-        }
+        // The next segment's zeros are written while this one fills, off
+        // the writer thread: a roll then costs a rename. They start with
+        // the first commit into this segment, not here: at a start this
+        // roll comes before the engine rebuilds its state, which the
+        // zeros' writing would only slow down on a shared core.
+        self.prepare_next = self.durability == Durability::Fsync;
         Ok(())
+    }
+
+    /// Starts preparing the next segment, once per segment (see `roll`).
+    fn start_preparing_next(&mut self) {
+        if !self.prepare_next {
+            return;
+        }
+        self.prepare_next = false;
+        let (dir, size) = (self.dir.clone(), self.segment_target());
+        self.preparing = std::thread::Builder::new()
+            .name("switchboard-segment".into())
+            .spawn(move || prepare_segment(&dir, size))
+            .ok();
     }
 
     /// Appends `self.buf` (whole records) as one durable write.
@@ -1846,6 +1869,7 @@ impl Backend for LogBackend {
         if self.needs_roll || self.len >= self.segment_target() {
             self.roll()?;
         }
+        self.start_preparing_next();
         self.buf.clear();
         self.buf.extend_from_slice(&[0; HEADER]);
         self.buf.push(REC_BATCH);
