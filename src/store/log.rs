@@ -1404,7 +1404,6 @@ pub(super) fn open(
         needs_roll: true,
         prepared_len: 0,
         preparing: None,
-        prepare_next: false,
     };
     // A new segment, starting with a checkpoint of what was replayed: the
     // start proves the store can be written, and every older segment is
@@ -1472,8 +1471,6 @@ struct LogBackend {
     prepared_len: u64,
     /// The next segment's file being prepared (`fsync` only).
     preparing: Option<std::thread::JoinHandle<std::io::Result<File>>>,
-    /// The next segment is to be prepared at the next commit.
-    prepare_next: bool,
 }
 
 /// Writes `size` bytes of zeros to a new [`PREPARED_FILE`] in `dir` and
@@ -1618,26 +1615,16 @@ impl LogBackend {
         self.len = buf.len() as u64;
         self.prepared_len = prepared_len;
         self.needs_roll = false;
-        // The next segment's zeros are written while this one fills, off
-        // the writer thread: a roll then costs a rename. They start with
-        // the first commit into this segment, not here: at a start this
-        // roll comes before the engine rebuilds its state, which the
-        // zeros' writing would only slow down on a shared core.
-        self.prepare_next = self.durability == Durability::Fsync;
-        Ok(())
-    }
-
-    /// Starts preparing the next segment, once per segment (see `roll`).
-    fn start_preparing_next(&mut self) {
-        if !self.prepare_next {
-            return;
+        if self.durability == Durability::Fsync {
+            // The next segment's zeros are written while this one fills,
+            // off the writer thread: a roll then costs a rename.
+            let (dir, size) = (self.dir.clone(), self.segment_target());
+            self.preparing = std::thread::Builder::new()
+                .name("switchboard-segment".into())
+                .spawn(move || prepare_segment(&dir, size))
+                .ok();
         }
-        self.prepare_next = false;
-        let (dir, size) = (self.dir.clone(), self.segment_target());
-        self.preparing = std::thread::Builder::new()
-            .name("switchboard-segment".into())
-            .spawn(move || prepare_segment(&dir, size))
-            .ok();
+        Ok(())
     }
 
     /// Appends `self.buf` (whole records) as one durable write.
@@ -1869,7 +1856,6 @@ impl Backend for LogBackend {
         if self.needs_roll || self.len >= self.segment_target() {
             self.roll()?;
         }
-        self.start_preparing_next();
         self.buf.clear();
         self.buf.extend_from_slice(&[0; HEADER]);
         self.buf.push(REC_BATCH);
