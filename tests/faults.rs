@@ -602,3 +602,45 @@ async fn a_full_disk_fails_fast_resumes_and_loses_nothing() {
     drop(broker);
     drop(mount);
 }
+
+/// On a disk without room for a segment's zeros and its records both, no
+/// segment is prepared (the zeros would hold the last free bytes that the
+/// commits need): the start's new segment holds its checkpoint only, and
+/// writes still go through (a real, small tmpfs).
+#[tokio::test]
+async fn a_segment_is_not_prepared_where_it_would_leave_no_room() {
+    use switchboard::metrics::Metrics;
+    use switchboard::store::{Durability, Store, StoreEngine};
+    let Some(mount) = common::Tmpfs::mount("8m") else {
+        return;
+    };
+    let dir = mount.path.join("data");
+    // 6 MiB of zeros would fit in 8 MiB, but would leave less than 6 MiB.
+    let (store, _) = Store::<()>::open_with(
+        &dir,
+        Durability::Fsync,
+        Duration::from_millis(3),
+        100,
+        std::sync::Arc::new(Metrics::default()),
+        false,
+        StoreEngine::Log,
+        6 << 20,
+    )
+    .unwrap();
+    let mut sizes: Vec<(String, u64)> = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    sizes.sort();
+    let (name, len) = sizes.last().cloned().unwrap();
+    assert!(name.ends_with(".log"), "{sizes:?}");
+    assert!(len < 1 << 20, "the new segment was prepared: {sizes:?}");
+    let ticket = store.submit(Vec::new(), ()).unwrap();
+    assert_eq!(store.wait_durable(ticket).await, Ok(()));
+}

@@ -1475,9 +1475,20 @@ struct LogBackend {
 
 /// Writes `size` bytes of zeros to a new [`PREPARED_FILE`] in `dir` and
 /// syncs it with its size and allocation.
-/// On failure (a full disk, most likely) the partial file is removed: the
-/// zeros must never take the room that the records need.
+/// The zeros must never take the room that the records need: they are
+/// written only where at least as much room stays free beside them (a
+/// preparation that ran out of room would hold the disk's last free bytes
+/// until it gave up, and the commits meanwhile would find none), and on
+/// failure the partial file is removed.
 fn prepare_segment(dir: &Path, size: u64) -> std::io::Result<File> {
+    let stat = rustix::fs::statvfs(dir)?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if free < size.saturating_mul(2) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!("{free} bytes free, too little to set {size} aside for a segment"),
+        ));
+    }
     let path = dir.join(PREPARED_FILE);
     write_zeros(&path, size).inspect_err(|_| {
         let _ = std::fs::remove_file(&path);
