@@ -1268,12 +1268,9 @@ pub(super) fn open(
     for (i, &id) in ids.iter().enumerate() {
         let path = log_dir.join(segment_name(id));
         let last = i + 1 == ids.len();
-        let mut file = File::open(&path).map_err(|source| StoreError::Dir {
-            path: path.clone(),
-            source,
-        })?;
         bytes.clear();
-        file.read_to_end(&mut bytes)
+        let file = File::open(&path)
+            .and_then(|mut file| file.read_to_end(&mut bytes).map(|_| file))
             .map_err(|source| StoreError::Dir {
                 path: path.clone(),
                 source,
